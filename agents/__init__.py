@@ -1,0 +1,1 @@
+"""Persona agents: records, cultures, prompt templates and model backends."""

@@ -1,0 +1,68 @@
+"""Prompt templates: one Jinja file per prompt, rendered strictly in a sandbox.
+
+A user's `--prompts DIR` overrides built-in templates by file name. A prompt's version is the
+hash of its template text, stored with every artefact it produced, so an edited prompt never
+masquerades as the old one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from jinja2 import ChoiceLoader, FileSystemLoader, StrictUndefined, TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+BUILTIN_DIR = Path(__file__).parent
+
+
+class PromptError(ValueError):
+    """A template that is missing, malformed, or rendered without a variable it needs."""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    name: str
+    text: str
+    version: str
+
+
+class Prompts:
+    """Loads `<name>.j2` from the override directory first, then from the built-in ones."""
+
+    def __init__(self, override_dir: str | Path | None = None):
+        dirs = [str(override_dir)] if override_dir else []
+        if override_dir and not Path(override_dir).is_dir():
+            raise PromptError(f"--prompts {override_dir}: not a directory")
+        self.override_dir = str(override_dir) if override_dir else None
+        self.env = ImmutableSandboxedEnvironment(
+            loader=ChoiceLoader([FileSystemLoader(d) for d in [*dirs, str(BUILTIN_DIR)]]),
+            undefined=StrictUndefined,
+            keep_trailing_newline=False,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            autoescape=False,
+        )
+
+    def source(self, name: str) -> tuple[str, str]:
+        """(template text, file it came from)."""
+        try:
+            text, filename, _ = self.env.loader.get_source(self.env, f"{name}.j2")
+        except TemplateError as exc:
+            raise PromptError(f"prompt {name!r}: no template {name}.j2 ({exc})") from exc
+        return text, filename
+
+    def version(self, name: str) -> str:
+        return hashlib.sha256(self.source(name)[0].encode()).hexdigest()[:12]
+
+    def render(self, name: str, **variables) -> Rendered:
+        _, filename = self.source(name)
+        try:
+            text = self.env.get_template(f"{name}.j2").render(**variables).strip()
+        except TemplateError as exc:
+            raise PromptError(f"{filename}: {type(exc).__name__}: {exc}") from exc
+        return Rendered(name, text, self.version(name))
+
+    def versions(self, names: list[str]) -> dict[str, str]:
+        return {n: self.version(n) for n in names}

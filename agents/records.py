@@ -1,0 +1,146 @@
+"""Domain records: pure, frozen, validated, and round-trippable through JSON.
+
+Nothing here touches storage or models; `graphs.store` persists these and the graphs consume them.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Record(BaseModel):
+    """Base for every record: immutable and strict about unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str | bytes):
+        return cls.model_validate_json(text)
+
+
+class HofstedeScores(Record):
+    """Hofstede's six dimensions on their published 0-120 scale; None where no score is published."""
+
+    power_distance: int | None = Field(None, ge=0, le=120)
+    individualism: int | None = Field(None, ge=0, le=120)
+    motivation: int | None = Field(None, ge=0, le=120, description="achievement (formerly masculinity)")
+    uncertainty_avoidance: int | None = Field(None, ge=0, le=120)
+    long_term_orientation: int | None = Field(None, ge=0, le=120)
+    indulgence: int | None = Field(None, ge=0, le=120)
+
+
+class HofstedeWords(Record):
+    """The same six dimensions as the words the role-play prompt uses (CLCA Tables 17/18)."""
+
+    power_distance: str
+    individualism: str
+    motivation: str
+    uncertainty_avoidance: str
+    long_term_orientation: str
+    indulgence: str
+
+
+class InglehartWelzel(Record):
+    """Position on the Inglehart-Welzel cultural map, in words."""
+
+    survival_self_expression: str
+    traditional_secular: str
+
+
+class Culture(Record):
+    """A culture the pipeline can adapt to, keyed by its ISO 3166-1 alpha-3 code."""
+
+    code: str = Field(pattern=r"^[A-Z]{3}$")
+    name: str = Field(min_length=1)
+    demonym: str = Field(min_length=1)
+    language: str = Field(min_length=1)
+    hofstede_scores: HofstedeScores
+    hofstede_words: HofstedeWords
+    inglehart_welzel: InglehartWelzel
+    sources: tuple[str, ...] = ()
+
+    def descriptors(self) -> str:
+        """One sentence of cultural dimensions in words, as the paper's role-play prompt phrases them."""
+        h, iw = self.hofstede_words, self.inglehart_welzel
+        return (
+            f"{h.power_distance}, {h.individualism}, {h.motivation}, {h.uncertainty_avoidance}, "
+            f"{h.long_term_orientation}, {h.indulgence} (Hofstede); "
+            f"{iw.survival_self_expression}, {iw.traditional_secular} (Inglehart-Welzel)"
+        )
+
+
+class Persona(Record):
+    """One participant of a scenario. Goal and secret are private to the agent that plays them."""
+
+    name: str = Field(min_length=1)
+    age: int | None = Field(None, ge=0, le=120)
+    gender: str = ""
+    occupation: str = ""
+    background: str = ""
+    goal: str = Field(min_length=1)
+    secret: str = ""
+
+    def public_profile(self) -> dict[str, object]:
+        """What the partner and the observer may know about this persona."""
+        return {
+            "name": self.name,
+            "age": self.age,
+            "gender": self.gender,
+            "occupation": self.occupation,
+            "background": self.background,
+        }
+
+
+class Scenario(Record):
+    """A social situation for two participants; `participants[0]` (the inquirer) speaks first."""
+
+    id: str = Field(min_length=1)
+    culture: str | None = Field(None, pattern=r"^[A-Z]{3}$", description="None for culture-neutral seeds")
+    setting: str = Field(min_length=1)
+    participants: tuple[Persona, Persona]
+    relationship: str = ""
+    source: str = Field("", description="where it came from, e.g. 'sotopia:<combo_id>' or 'adapted:<seed id>'")
+
+    @field_validator("participants")
+    @classmethod
+    def _distinct_names(cls, value: tuple[Persona, Persona]) -> tuple[Persona, Persona]:
+        if value[0].name.strip().lower() == value[1].name.strip().lower():
+            raise ValueError("the two participants must have different names")
+        return value
+
+
+class Action(str, Enum):
+    """The four actions a persona can take on its turn (Sotopia's action space)."""
+
+    NONE = "none"
+    NON_VERBAL = "non-verbal"
+    SPEAK = "speak"
+    LEAVE = "leave"
+
+
+class Turn(Record):
+    """One persona's turn, parsed. An unparseable output keeps its raw text and `valid=False`."""
+
+    index: int = Field(ge=0)
+    speaker: int = Field(ge=0, le=1)
+    name: str
+    action: Action | None
+    text: str
+    raw: str = ""
+    valid: bool = True
+
+
+class Intent(Record):
+    """The observer's reading of one turn: what the speaker meant and whether it cites culture."""
+
+    turn_index: int = Field(ge=0)
+    intent: str
+    reason: str = ""
+    cultural: bool = False
+    raw: str = ""
+    valid: bool = True

@@ -1,0 +1,52 @@
+import asyncio
+
+import pytest
+
+from agents.models import GenerationParams, Model, ModelSpecError, ScriptedBackend, load_model
+
+
+def test_hf_backend_batches_concurrent_requests(tiny_model_dir):
+    model = load_model(tiny_model_dir)
+    calls = []
+    original = model.backend._generate_batch
+    model.backend._generate_batch = lambda convs, params: calls.append(len(convs)) or original(convs, params)
+    msgs = [{"role": "user", "content": "Hello"}]
+    params = GenerationParams(max_new_tokens=5, seed=0)
+
+    async def run():
+        return await asyncio.gather(*(model.achat(msgs, task="t", params=params) for _ in range(6)))
+
+    outs = asyncio.run(run())
+    assert len(outs) == 6 and all(isinstance(o, str) for o in outs)
+    assert max(calls) > 1, calls  # at least one generate call served several episodes
+    assert model.usage.calls["t"] == 6 and model.usage.prompt_tokens["t"] > 0
+
+
+def test_transient_errors_are_retried_and_counted():
+    attempts = iter([ConnectionError("down"), ConnectionError("down"), "fine"])
+
+    def reply(messages, task):
+        item = next(attempts)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    model = Model(ScriptedBackend(reply), "scripted", backoff_s=0.001)
+    assert model.chat_many([[{"role": "user", "content": "x"}]], task="t") == ["fine"]
+    assert model.usage.retries == 2 and model.usage.calls["t"] == 1
+
+
+def test_non_transient_errors_are_not_retried():
+    def reply(messages, task):
+        raise ValueError("bad request")
+
+    model = Model(ScriptedBackend(reply), "scripted", backoff_s=0.001)
+    with pytest.raises(ValueError):
+        model.chat_many([[{"role": "user", "content": "x"}]], task="t")
+    assert model.usage.retries == 0
+
+
+@pytest.mark.parametrize("spec", ["not a model", "openai:missing-url", "./does/not/exist"])
+def test_bad_model_specs_fail_clearly(spec):
+    with pytest.raises(ModelSpecError, match="model spec"):
+        load_model(spec)

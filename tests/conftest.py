@@ -13,3 +13,38 @@ from tests.tiny_model import build_tiny_model  # noqa: E402
 def tiny_model_dir(tmp_path_factory):
     """Path to a tiny random Llama + tokenizer; use it as a model spec."""
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny-model")))
+
+
+@pytest.fixture
+def culture():
+    """China with the paper's descriptors, built in code so graph tests do not depend on YAML files."""
+    from agents.records import Culture, HofstedeScores, HofstedeWords, InglehartWelzel
+
+    return Culture(
+        code="CHN", name="China", demonym="Chinese", language="Chinese",
+        hofstede_scores=HofstedeScores(power_distance=80, individualism=20, motivation=66,
+                                       uncertainty_avoidance=30, long_term_orientation=87, indulgence=24),
+        hofstede_words=HofstedeWords(power_distance="highly hierarchical", individualism="moderately collective",
+                                     motivation="moderate achievement", uncertainty_avoidance="moderately risk-taking",
+                                     long_term_orientation="highly pragmatic", indulgence="highly restrained"),
+        inglehart_welzel=InglehartWelzel(survival_self_expression="little survival values",
+                                         traditional_secular="moderately secular"),
+    )
+
+
+@pytest.fixture
+def scenario():
+    from agents.records import Persona, Scenario
+
+    return Scenario(
+        id="test-teahouse", culture="CHN", setting="Two neighbours meet in a Suzhou teahouse.",
+        participants=(
+            Persona(name="Li Wei", age=58, gender="Man", occupation="retired teacher",
+                    background="Has lived in the lane for forty years.", goal="Borrow a ladder",
+                    secret="He broke the last ladder he borrowed"),
+            Persona(name="Chen Jing", age=31, gender="Woman", occupation="nurse",
+                    background="Moved in last spring.", goal="Keep her weekend free",
+                    secret="She is moving away next month"),
+        ),
+        relationship="acquaintances", source="hand-written",
+    )

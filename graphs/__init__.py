@@ -1,0 +1,1 @@
+"""LangGraph state machines (episode, adaptation, judge), the SQLite store and their CLIs."""

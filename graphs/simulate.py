@@ -1,0 +1,193 @@
+"""Simulate culturally grounded role-play episodes into the SQLite store.
+
+    python -m graphs.simulate --culture CHN --episodes 8 --model smollm2
+    python -m graphs.simulate --culture JPN --episodes 100 --samples 2 --model openai:Qwen2.5-7B@http://127.0.0.1:8000/v1 --concurrency 32
+
+Rerunning the same command resumes: finished episodes are skipped, episodes in flight continue from
+their last LangGraph checkpoint, failed ones are retried. Episode ids come from (scenario, culture,
+model, seed, sample), so nothing is stored twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, replace
+
+import aiosqlite
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from tqdm import tqdm
+
+from agents.cultures import CultureError, load_culture
+from agents.models import GenerationParams, Model, ModelSpecError, load_model
+from agents.prompts import PromptError, Prompts
+from agents.records import Culture, Intent, Scenario, Turn
+from agents.seeds import sotopia_seeds
+from graphs.episode import PROMPT_NAMES, EpisodeContext, build_episode_graph, recursion_limit, turn_seed
+from graphs.store import DEFAULT_DB, FINAL, Store, episode_id, git_commit
+
+
+@dataclass(frozen=True)
+class PlannedEpisode:
+    id: str
+    scenario: Scenario
+    sample: int
+
+
+def plan_episodes(scenarios: list[Scenario], culture: str, model: str, seed: int, episodes: int,
+                  samples: int) -> list[PlannedEpisode]:
+    """A seeded choice of scenarios, `samples` episodes each, `episodes` in all."""
+    order = list(scenarios)
+    random.Random(seed).shuffle(order)
+    plan = [
+        PlannedEpisode(episode_id(s.id, culture, model, seed, k), s, k)
+        for s in order
+        for k in range(samples)
+    ]
+    return plan[:episodes]
+
+
+async def run_episode(graph, store: Store, ctx: EpisodeContext, planned: PlannedEpisode, row: dict,
+                      saver: AsyncSqliteSaver) -> str:
+    """Run (or resume) one episode to its end and store it; returns the final status."""
+    config = {"configurable": {"thread_id": planned.id}, "recursion_limit": recursion_limit(ctx.max_turns)}
+    store.begin_episode(row)
+    try:
+        snapshot = await graph.aget_state(config)
+        if not snapshot.values:
+            state = await graph.ainvoke({"turns": [], "intents": [], "ended_by": None}, config, context=ctx)
+        elif snapshot.next:
+            state = await graph.ainvoke(None, config, context=ctx)  # resume from the last checkpoint
+        else:
+            state = snapshot.values  # the graph had finished, the store write had not
+    except Exception as exc:  # noqa: BLE001 - recorded as the episode's failure, then retried on rerun
+        store.finish_episode(planned.id, "failed", [], [], ended_by=None, intent_version=None,
+                             error=f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
+        return "failed"
+    status = "invalid" if state.get("ended_by") == "invalid" else "done"
+    store.finish_episode(
+        planned.id, status,
+        [Turn.model_validate(t) for t in state["turns"]],
+        [Intent.model_validate(i) for i in state.get("intents", [])],
+        ended_by=state.get("ended_by"), intent_version=ctx.prompts.version("observer_turn"),
+    )
+    await saver.adelete_thread(planned.id)
+    return status
+
+
+async def simulate(store: Store, plan: list[PlannedEpisode], *, culture: Culture, model: Model, prompts: Prompts,
+                   max_turns: int, concurrency: int, seed: int, run_id: str, config: dict,
+                   speaker_params: GenerationParams = GenerationParams(max_new_tokens=160),
+                   progress: bool = True) -> dict:
+    """Run every planned episode that is not final yet, `concurrency` at a time."""
+    versions = prompts.versions(PROMPT_NAMES)
+    todo = []
+    for p in plan:
+        row = store.episode(p.id)
+        if row is None or row["status"] not in FINAL:
+            todo.append(p)
+    counts = {"skipped": len(plan) - len(todo), "done": 0, "invalid": 0, "failed": 0}
+    base_ctx = EpisodeContext(scenario=plan[0].scenario if plan else None, culture=culture, model=model,
+                              prompts=prompts, max_turns=max_turns, speaker_params=speaker_params)
+    async with aiosqlite.connect(store.path) as conn:
+        await conn.execute("PRAGMA busy_timeout = 30000")
+        saver = AsyncSqliteSaver(conn)
+        graph = build_episode_graph(checkpointer=saver)
+        gate = asyncio.Semaphore(concurrency)
+        bar = tqdm(total=len(todo), desc=f"episodes {culture.code}", unit="ep", disable=not progress)
+
+        async def one(p: PlannedEpisode) -> None:
+            async with gate:
+                ctx = replace(base_ctx, scenario=p.scenario, seed=turn_seed(seed, p.sample, p.id))
+                row = {"id": p.id, "scenario_id": p.scenario.id, "culture": culture.code, "model": model.spec,
+                       "seed": seed, "sample": p.sample, "max_turns": max_turns, "run_id": run_id,
+                       "prompt_versions": json.dumps(versions, sort_keys=True), "git": git_commit_cached,
+                       "config": json.dumps(config, sort_keys=True)}
+                status = await run_episode(graph, store, ctx, p, row, saver)
+                counts[status] += 1
+                bar.update(1)
+
+        git_commit_cached = git_commit()
+        await asyncio.gather(*(one(p) for p in todo))
+        bar.close()
+    return counts
+
+
+def summarize(store: Store, plan: list[PlannedEpisode], counts: dict, model: Model, wall_s: float) -> dict:
+    ids = [p.id for p in plan]
+    marks = ",".join("?" * len(ids)) or "''"
+    turns = store.db.execute(f"select count(*) from turns where episode_id in ({marks})", ids).fetchone()[0]
+    statuses = dict(store.db.execute(
+        f"select status, count(*) from episodes where id in ({marks}) group by status", ids).fetchall())
+    return {"requested": len(plan), "statuses": statuses, "this_run": counts, "turns": turns,
+            "usage": model.usage.totals(), "wall_s": round(wall_s, 1)}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m graphs.simulate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--culture", required=True, help="ISO-3 code of a culture with a YAML file, e.g. CHN")
+    p.add_argument("--episodes", type=int, default=8, help="episodes in all")
+    p.add_argument("--samples", type=int, default=1, help="episodes per scenario (the paper used 2)")
+    p.add_argument("--model", default="smollm2", help="model spec (smollm2, hub id, dir, openai:M@URL, vllm:M)")
+    p.add_argument("--db", default=DEFAULT_DB, help="SQLite store")
+    p.add_argument("--max-turns", type=int, default=10, help="rounds; one round is one utterance from each")
+    p.add_argument("--concurrency", type=int, default=8, help="episodes in flight (and in-process batch size)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompts", default=None, help="directory whose templates override the built-in ones")
+    p.add_argument("--cultures-dir", default=None, help="directory of extra culture YAML files")
+    p.add_argument("--temperature", type=float, default=0.7, help="speaker sampling temperature")
+    p.add_argument("--top-p", type=float, default=0.7)
+    p.add_argument("--max-new-tokens", type=int, default=160)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = make_parser().parse_args(argv)
+    if args.episodes < 1 or args.samples < 1 or args.max_turns < 1 or args.concurrency < 1:
+        sys.exit("error: --episodes, --samples, --max-turns and --concurrency must be at least 1")
+    try:
+        culture = load_culture(args.culture, args.cultures_dir)
+        prompts = Prompts(args.prompts)
+        prompts.versions(PROMPT_NAMES)  # fail on a missing template before loading a model
+        model = load_model(args.model, max_batch=args.concurrency)
+    except (CultureError, PromptError, ModelSpecError) as exc:
+        sys.exit(f"error: {exc}")
+    store = Store(args.db)
+    scenarios = sotopia_seeds()
+    for s in scenarios:
+        if store.scenario(s.id) is None:
+            store.put_scenario(s, seed_id=s.id)
+    plan = plan_episodes(list(scenarios), culture.code, args.model, args.seed, args.episodes, args.samples)
+    config = {k: v for k, v in vars(args).items() if k not in ("no_progress",)}
+    run_id = store.start_run("graphs.simulate " + " ".join(argv if argv is not None else sys.argv[1:]), config)
+    started = time.perf_counter()
+    counts = asyncio.run(simulate(
+        store, plan, culture=culture, model=model, prompts=prompts, max_turns=args.max_turns,
+        concurrency=args.concurrency, seed=args.seed, run_id=run_id, config=config, progress=not args.no_progress,
+        speaker_params=GenerationParams(args.max_new_tokens, args.temperature, args.top_p),
+    ))
+    summary = summarize(store, plan, counts, model, time.perf_counter() - started)
+    store.finish_run(run_id, summary)
+    s, u = summary["statuses"], summary["usage"]
+    print(
+        f"\n{summary['requested']} episodes requested for {culture.name}: {s.get('done', 0)} done, "
+        f"{s.get('invalid', 0)} invalid (unparseable turn), {s.get('failed', 0)} failed; "
+        f"{counts['skipped']} already stored, {summary['turns']} turns; "
+        f"{u['calls']} model calls, {u['prompt_tokens']} prompt + {u['completion_tokens']} completion tokens; "
+        f"{summary['wall_s']} s"
+    )
+    print(f"Look at them:  sqlite-utils {args.db} \"select e.id, e.status, t.idx, t.name, t.action, t.text, "
+          f"i.intent from episodes e join turns t on t.episode_id = e.id left join intents i on "
+          f"i.episode_id = e.id and i.turn_index = t.idx where e.culture = '{culture.code}' order by e.id, t.idx\" "
+          f"--table")
+    if s.get("failed"):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""The SQLite store: one file holds runs, scenarios, episodes, turns, intents (and later judgements).
+
+Structured events are stored, never rendered prose: a turn is (speaker, action, text, raw, valid),
+rendered only at the edges (prompts, TRL rows, pages). WAL mode and a busy timeout let several
+processes write the same file. LangGraph's checkpointer shares the file for episodes in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable
+
+import sqlite_utils
+
+from agents.records import Intent, Scenario, Turn
+
+DEFAULT_DB = "runs/clca.db"
+
+# Final statuses are never re-run; 'running' resumes from its checkpoint; 'failed' is retried.
+FINAL = ("done", "invalid")
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def git_commit() -> str | None:
+    """The commit of the code that produced an artefact ('+dirty' when the tree has local edits)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def episode_id(scenario_id: str, culture: str, model: str, seed: int, sample: int) -> str:
+    """Deterministic, so rerunning a command finds the episodes it already made."""
+    key = json.dumps([scenario_id, culture, model, seed, sample])
+    return "ep-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+class Store:
+    def __init__(self, path: str | Path = DEFAULT_DB):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite_utils.Database(self.path)
+        self.db.execute("PRAGMA busy_timeout = 30000")
+        self.db.enable_wal()
+        self._create_tables()
+
+    def _create_tables(self) -> None:
+        t = self.db.table
+        if not t("runs").exists():
+            t("runs").create(
+                {"id": str, "command": str, "config": str, "git": str, "started": str, "finished": str,
+                 "summary": str},
+                pk="id",
+            )
+        if not t("scenarios").exists():
+            t("scenarios").create(
+                {"id": str, "culture": str, "seed_id": str, "source": str, "data": str, "status": str,
+                 "model": str, "prompt_version": str, "attempts": int, "error": str, "created": str},
+                pk="id",
+            )
+            t("scenarios").create_index(["culture", "status"])
+        if not t("episodes").exists():
+            t("episodes").create(
+                {"id": str, "scenario_id": str, "culture": str, "model": str, "seed": int, "sample": int,
+                 "status": str, "ended_by": str, "n_turns": int, "max_turns": int, "prompt_versions": str,
+                 "config": str, "git": str, "run_id": str, "error": str, "usage": str, "created": str,
+                 "finished": str},
+                pk="id",
+            )
+            t("episodes").create_index(["culture", "status"])
+        if not t("turns").exists():
+            t("turns").create(
+                {"episode_id": str, "idx": int, "speaker": int, "name": str, "action": str, "text": str,
+                 "raw": str, "valid": int},
+                pk=("episode_id", "idx"),
+            )
+        if not t("intents").exists():
+            t("intents").create(
+                {"episode_id": str, "turn_index": int, "intent": str, "reason": str, "cultural": int, "raw": str,
+                 "valid": int, "prompt_version": str},
+                pk=("episode_id", "turn_index"),
+            )
+
+    # ------------------------------------------------------------ runs
+
+    def start_run(self, command: str, config: dict) -> str:
+        run_id = uuid.uuid4().hex[:12]
+        self.db["runs"].insert(
+            {"id": run_id, "command": command, "config": json.dumps(config, sort_keys=True), "git": git_commit(),
+             "started": now()}
+        )
+        return run_id
+
+    def finish_run(self, run_id: str, summary: dict) -> None:
+        self.db["runs"].update(run_id, {"finished": now(), "summary": json.dumps(summary, sort_keys=True)})
+
+    # ------------------------------------------------------------ scenarios
+
+    def put_scenario(self, scenario: Scenario, **meta) -> None:
+        row = {"id": scenario.id, "culture": scenario.culture, "source": scenario.source,
+               "data": scenario.to_json(), "status": "ok", "created": now(), **meta}
+        self.db["scenarios"].upsert(row, pk="id", alter=True)
+
+    def scenario(self, scenario_id: str) -> Scenario | None:
+        rows = list(self.db["scenarios"].rows_where("id = ?", [scenario_id]))
+        return Scenario.from_json(rows[0]["data"]) if rows and rows[0]["data"] else None
+
+    def scenarios(self, culture: str | None = None, status: str = "ok") -> list[Scenario]:
+        where, args = "status = ?", [status]
+        if culture:
+            where, args = where + " and culture = ?", [*args, culture]
+        return [Scenario.from_json(r["data"]) for r in self.db["scenarios"].rows_where(where, args, order_by="id")]
+
+    # ------------------------------------------------------------ episodes
+
+    def episode(self, ep_id: str) -> dict | None:
+        rows = list(self.db["episodes"].rows_where("id = ?", [ep_id]))
+        return rows[0] if rows else None
+
+    def begin_episode(self, row: dict) -> None:
+        """Record an episode as running, keeping its creation time if it was started before."""
+        old = self.episode(row["id"])
+        self.db["episodes"].upsert(
+            {**row, "status": "running", "created": old["created"] if old else now()}, pk="id", alter=True
+        )
+
+    def finish_episode(
+        self, ep_id: str, status: str, turns: Iterable[Turn], intents: Iterable[Intent], *, ended_by: str | None,
+        intent_version: str | None, usage: dict | None = None, error: str | None = None,
+    ) -> None:
+        """Write an episode's turns, intents and final status in one transaction."""
+        turns, intents = list(turns), list(intents)
+        with self.db.conn:
+            self.db["turns"].delete_where("episode_id = ?", [ep_id])
+            self.db["intents"].delete_where("episode_id = ?", [ep_id])
+            self.db["turns"].insert_all(
+                {"episode_id": ep_id, "idx": t.index, "speaker": t.speaker, "name": t.name,
+                 "action": t.action.value if t.action else None, "text": t.text, "raw": t.raw, "valid": int(t.valid)}
+                for t in turns
+            )
+            self.db["intents"].insert_all(
+                {"episode_id": ep_id, "turn_index": i.turn_index, "intent": i.intent, "reason": i.reason,
+                 "cultural": int(i.cultural), "raw": i.raw, "valid": int(i.valid), "prompt_version": intent_version}
+                for i in intents
+            )
+            self.db["episodes"].update(
+                ep_id,
+                {"status": status, "ended_by": ended_by, "n_turns": len(turns), "error": error,
+                 "usage": json.dumps(usage or {}, sort_keys=True), "finished": now()},
+            )
+
+    def turns(self, ep_id: str) -> list[Turn]:
+        return [
+            Turn(index=r["idx"], speaker=r["speaker"], name=r["name"], action=r["action"], text=r["text"],
+                 raw=r["raw"] or "", valid=bool(r["valid"]))
+            for r in self.db["turns"].rows_where("episode_id = ?", [ep_id], order_by="idx")
+        ]
+
+    def intents(self, ep_id: str) -> list[Intent]:
+        return [
+            Intent(turn_index=r["turn_index"], intent=r["intent"], reason=r["reason"] or "",
+                   cultural=bool(r["cultural"]), raw=r["raw"] or "", valid=bool(r["valid"]))
+            for r in self.db["intents"].rows_where("episode_id = ?", [ep_id], order_by="turn_index")
+        ]
+
+    def episodes(self, culture: str | None = None, status: str | None = None) -> list[dict]:
+        clauses, args = [], []
+        if culture:
+            clauses.append("culture = ?")
+            args.append(culture)
+        if status:
+            clauses.append("status = ?")
+            args.append(status)
+        return list(self.db["episodes"].rows_where(" and ".join(clauses) or None, args, order_by="id"))

@@ -194,6 +194,15 @@ def smollm2_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def hf_source(spec: str) -> tuple[str, str | None]:
+    """(folder or hub id, GGUF file name or None) that transformers loads for an in-process model spec."""
+    if spec == SMOLLM2:
+        return str(smollm2_dir()), SMOLLM2_GGUF
+    if not Path(spec).exists() and not re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
+        raise ModelSpecError(f"model spec {spec!r}: not 'smollm2', an existing folder, or a hub id (org/name)")
+    return spec, None
+
+
 @functools.lru_cache(maxsize=4)
 def load_hf(spec: str, adapter: str | None = None, load_in_4bit: bool = False):
     """(model, tokenizer) for `smollm2`, a local folder or a hub id; cached so agents share one copy.
@@ -205,13 +214,11 @@ def load_hf(spec: str, adapter: str | None = None, load_in_4bit: bool = False):
 
     cuda = torch.cuda.is_available()
     kwargs: dict = {"dtype": torch.bfloat16 if cuda else torch.float32}
-    if spec == SMOLLM2:
-        path, kwargs["gguf_file"] = str(smollm2_dir()), SMOLLM2_GGUF
+    path, gguf_file = hf_source(spec)
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
         kwargs["dtype"] = torch.float32  # GGUF is dequantised; bf16 gains nothing at 135M
     else:
-        path = spec
-        if not Path(spec).exists() and not re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
-            raise ModelSpecError(f"model spec {spec!r}: not 'smollm2', an existing folder, or a hub id (org/name)")
         if load_in_4bit:
             if not cuda:
                 raise ModelSpecError("4-bit loading needs a CUDA GPU")
@@ -386,5 +393,5 @@ def load_model(spec: str, *, adapter: str | None = None, load_in_4bit: bool = Fa
 
 __all__ = [
     "ChatBackend", "Completion", "GenerationParams", "Message", "Model", "ModelSpecError", "ScriptedBackend",
-    "Usage", "load_hf", "load_model", "smollm2_dir", "PUPPET_REPLIES",
+    "Usage", "hf_source", "load_hf", "load_model", "smollm2_dir", "PUPPET_REPLIES",
 ]

@@ -5,7 +5,7 @@ Specs:
   <hub id> | <local dir>       any causal LM, in-process through transformers + langchain-huggingface
   openai:<model>@<base url>    any OpenAI-compatible endpoint (`vllm serve`, llama.cpp server)
   vllm:<hub id or dir>         the vLLM offline engine (optional `vllm` extra, GPU)
-  puppet                       a zero-latency fake that returns well-formed canned answers per task
+  puppet[:<seconds>]           a fake that returns well-formed canned answers per task, optionally slow
 
 Graphs talk only to `Model`: it adds retries with backoff for transient failures and counts calls
 and tokens per task. In-process backends batch concurrent requests from different episodes into
@@ -347,13 +347,17 @@ class ScriptedBackend:
 
     transient_errors: tuple[type[BaseException], ...] = (ConnectionError,)
 
-    def __init__(self, replies: Sequence[str] | Callable[[list[Message], str], str], name: str = "scripted"):
+    def __init__(self, replies: Sequence[str] | Callable[[list[Message], str], str], name: str = "scripted",
+                 delay_s: float = 0.0):
         self.name = name
+        self.delay_s = delay_s
         self._replies = replies if callable(replies) else iter(list(replies))
         self.requests: list[tuple[str, list[Message]]] = []
 
     async def agenerate(self, messages: Sequence[Message], params: GenerationParams, task: str) -> Completion:
         self.requests.append((task, list(messages)))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)  # stands in for a remote model's latency
         text = self._replies(list(messages), task) if callable(self._replies) else next(self._replies)
         words = lambda s: len(s.split())  # noqa: E731 - a rough token count is all a fake needs
         return Completion(text, sum(words(m["content"]) for m in messages), words(text))
@@ -377,8 +381,12 @@ PUPPET_REPLIES: dict[str, Callable[[list[Message]], str]] = {}
 
 def load_model(spec: str, *, adapter: str | None = None, load_in_4bit: bool = False, max_batch: int = 8) -> Model:
     """Turn a model spec from the command line into a ready `Model`."""
-    if spec == "puppet":
-        backend: ChatBackend = ScriptedBackend(_puppet_reply, name="puppet")
+    if spec == "puppet" or spec.startswith("puppet:"):
+        delay = spec.partition(":")[2]
+        try:
+            backend: ChatBackend = ScriptedBackend(_puppet_reply, name="puppet", delay_s=float(delay or 0))
+        except ValueError:
+            raise ModelSpecError(f"model spec {spec!r}: expected puppet or puppet:<seconds of latency>") from None
     elif spec.startswith("openai:"):
         model, sep, base_url = spec.removeprefix("openai:").rpartition("@")
         if not sep or not model or not base_url.startswith("http"):

@@ -93,7 +93,7 @@ async def simulate(store: Store, plan: list[PlannedEpisode], *, culture: Culture
     counts = {"skipped": len(plan) - len(todo), "done": 0, "invalid": 0, "failed": 0}
     base_ctx = EpisodeContext(scenario=plan[0].scenario if plan else None, culture=culture, model=model,
                               prompts=prompts, max_turns=max_turns, speaker_params=speaker_params)
-    async with aiosqlite.connect(store.path) as conn:
+    async with aiosqlite.connect(store.checkpoint_path) as conn:
         await conn.execute("PRAGMA busy_timeout = 30000")
         saver = AsyncSqliteSaver(conn)
         graph = build_episode_graph(checkpointer=saver)

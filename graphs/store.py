@@ -2,7 +2,9 @@
 
 Structured events are stored, never rendered prose: a turn is (speaker, action, text, raw, valid),
 rendered only at the edges (prompts, TRL rows, pages). WAL mode and a busy timeout let several
-processes write the same file. LangGraph's checkpointer shares the file for episodes in flight.
+processes write the same file. LangGraph's checkpointer keeps episodes in flight in a sidecar file
+(`<db>.checkpoints`): sharing one file between the async checkpointer and these synchronous writes
+would let one block the event loop while the other holds the write lock.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def episode_id(scenario_id: str, culture: str, model: str, seed: int, sample: in
 class Store:
     def __init__(self, path: str | Path = DEFAULT_DB):
         self.path = Path(path)
+        self.checkpoint_path = self.path.with_name(self.path.name + ".checkpoints")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite_utils.Database(self.path)
         self.db.execute("PRAGMA busy_timeout = 30000")

@@ -1,0 +1,324 @@
+"""What `training.sft` and `training.dpo` share: argument classes, device defaults, data and model loading.
+
+TRL's scripts are the model: one `TrlParser` over (script args, trainer config, `ModelConfig`), so a YAML file
+drives a run and every field is also a command-line flag. The config subclasses here only change defaults
+that would otherwise break or slow a CPU run, and widen `lora_alpha` to a float for the paper's alpha 0.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import trl
+
+from agents.models import ModelSpecError, hf_source
+
+log = logging.getLogger(__name__)
+
+
+class TrainingSetupError(Exception):
+    """A problem with the run's config, data or model, reported as one line before any training starts."""
+
+
+# ---------------------------------------------------------------- arguments
+
+
+@dataclass
+class ScriptArguments:
+    """Data and run options shared by SFT and DPO; names follow TRL's `ScriptArguments`."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Folder written by `python -m training.dataset`, or anything `datasets.load_dataset` "
+                          "accepts (a hub id, a folder of data files)."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name, if any."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str = field(
+        default="validation",
+        metadata={"help": "Split for the final evaluation (and for eval_strategy); skipped when absent."},
+    )
+    merge_adapter: bool = field(
+        default=False,
+        metadata={"help": "After training, also write base + adapter merged into a plain model under "
+                          "<output_dir>/merged (full size: never commit it)."},
+    )
+
+
+class DeviceDefaults:
+    """Mixin for TRL configs: precision and checkpointing follow the device unless set explicitly.
+
+    TRL defaults to bf16 and gradient checkpointing, which fail (bf16) or only cost time (checkpointing)
+    on a CPU. Unset values become: bf16 on a GPU that supports it, fp16 on an older GPU, fp32 on CPU;
+    gradient checkpointing on a GPU, off on CPU.
+    """
+
+    def __post_init__(self):
+        import torch
+
+        cuda = torch.cuda.is_available()
+        if self.bf16 is None and not self.fp16:
+            self.bf16 = cuda and torch.cuda.is_bf16_supported()
+            self.fp16 = cuda and not self.bf16
+        if self.gradient_checkpointing is None:
+            self.gradient_checkpointing = cuda
+        super().__post_init__()
+
+
+@dataclass
+class SFTConfig(DeviceDefaults, trl.SFTConfig):
+    """TRL's `SFTConfig`; differs in: bf16/fp16 and gradient_checkpointing follow the device, loss on
+    assistant tokens only (`assistant_only_loss=True`)."""
+
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Recompute activations to save memory. Default: on for a GPU, off on CPU."}
+    )
+    assistant_only_loss: bool = field(
+        default=True, metadata={"help": "Compute the loss on assistant tokens only (the CLCA recipe)."}
+    )
+
+
+@dataclass
+class DPOConfig(DeviceDefaults, trl.DPOConfig):
+    """TRL's `DPOConfig`; differs in: bf16/fp16 and gradient_checkpointing follow the device."""
+
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Recompute activations to save memory. Default: on for a GPU, off on CPU."}
+    )
+
+
+@dataclass
+class ModelConfig(trl.ModelConfig):
+    """TRL's `ModelConfig`; differs in: `lora_alpha` is a float (the paper uses 0.1), `dtype` defaults to
+    the device (bfloat16 on a GPU, float32 on CPU), `use_peft=True`. `model_name_or_path` takes a model spec:
+    `smollm2`, a local folder or a hub id."""
+
+    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
+    dtype: str | None = field(
+        default=None,
+        metadata={"help": "dtype of the base weights. Default: bfloat16 on a GPU, float32 on CPU.",
+                  "choices": ["auto", "bfloat16", "float16", "float32"]},
+    )
+    use_peft: bool = field(default=True, metadata={"help": "Train a LoRA adapter (off: full fine-tuning)."})
+
+
+class OneLineParser(trl.TrlParser):
+    """`TrlParser` whose argument errors are one line (`error: ...`) instead of a usage dump."""
+
+    def error(self, message):
+        sys.exit(f"error: {message}")
+
+
+def parse(parser: trl.TrlParser, argv: Iterable[str] | None) -> tuple:
+    """Parse `--config FILE` plus overrides into the parser's dataclasses; every mistake becomes one line."""
+    import yaml
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            sys.exit("error: --config needs a YAML file")
+        path = Path(argv[i + 1])
+        if not path.is_file():
+            sys.exit(f"error: --config {path}: no such file")
+    try:
+        return parser.parse_args_and_config(argv)
+    except yaml.YAMLError as exc:
+        sys.exit(f"error: config is not valid YAML: {' '.join(str(exc).split())}")
+    except (ValueError, TypeError) as exc:  # unknown keys in the YAML, inconsistent TrainingArguments
+        sys.exit(f"error: {' '.join(str(exc).split())}")
+
+
+# ---------------------------------------------------------------- data
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_splits(args: ScriptArguments, kind: str):
+    """(DatasetDict with train and maybe test split, provenance of the source) for `kind` "sft" or "dpo".
+
+    A folder written by `training.dataset` is read as JSON lines (`<kind>_train.jsonl`, `<kind>_validation.jsonl`
+    become the splits "train" and "validation"); anything else goes to `datasets.load_dataset` unchanged.
+    """
+    import datasets
+
+    if not args.dataset_name:
+        raise TrainingSetupError("--dataset_name is required (a folder written by `python -m training.dataset`)")
+    folder = Path(args.dataset_name)
+    export_files = {split: folder / f"{kind}_{split}.jsonl" for split in ("train", "validation")}
+    if export_files["train"].is_file():
+        present = {split: p for split, p in export_files.items() if p.is_file()}
+        try:
+            splits = datasets.load_dataset("json", data_files={s: str(p) for s, p in present.items()})
+        except Exception as exc:  # noqa: BLE001 - pyarrow and datasets raise many types for a malformed file
+            raise TrainingSetupError(f"{folder}: cannot read {kind} rows ({_first_line(exc)})") from exc
+        source = {
+            "dataset_name": str(folder),
+            "files": {p.name: {"sha256": sha256_file(p), "rows": splits[s].num_rows} for s, p in present.items()},
+        }
+        for extra in ("stats.json", "README.md"):
+            if (folder / extra).is_file():
+                source["files"][extra] = {"sha256": sha256_file(folder / extra)}
+        return splits, source
+    if folder.is_dir() and any(folder.glob("*_train.jsonl")):
+        raise TrainingSetupError(f"{folder}: no {kind}_train.jsonl in this exported dataset folder")
+    try:
+        splits = datasets.load_dataset(args.dataset_name, name=args.dataset_config)
+    except Exception as exc:  # noqa: BLE001 - load_dataset raises many types for a missing dataset
+        raise TrainingSetupError(f"--dataset_name {args.dataset_name!r}: cannot load ({_first_line(exc)})") from exc
+    if not isinstance(splits, datasets.DatasetDict):
+        raise TrainingSetupError(f"--dataset_name {args.dataset_name!r}: expected named splits")
+    source = {
+        "dataset_name": args.dataset_name, "dataset_config": args.dataset_config,
+        "fingerprints": {s: d._fingerprint for s, d in splits.items()},
+        "rows": {s: d.num_rows for s, d in splits.items()},
+    }
+    return splits, source
+
+
+def pick_splits(splits, args: ScriptArguments):
+    """(train, eval or None) after checking that the train split exists."""
+    if args.dataset_train_split not in splits:
+        raise TrainingSetupError(
+            f"--dataset_train_split {args.dataset_train_split!r}: not a split of {args.dataset_name} "
+            f"(has {sorted(splits)})"
+        )
+    return splits[args.dataset_train_split], splits.get(args.dataset_test_split)
+
+
+def filter_column(dataset, column: str, wanted: str, flag: str, where: str, require_all: bool = True):
+    """Rows whose `column` is one of the comma-separated `wanted` values (all rows if the column is absent).
+
+    `require_all` (for the train split) turns a wanted value that no row has, usually a typo, into an error.
+    """
+    values = [v.strip() for v in wanted.split(",") if v.strip()]
+    if not values:
+        raise TrainingSetupError(f"--{flag}: empty")
+    if column not in dataset.column_names:
+        log.warning("%s has no %r column: --%s ignored, all rows kept", where, column, flag)
+        return dataset
+    known = set(dataset.unique(column))
+    unknown = [v for v in values if v not in known]
+    if unknown and require_all:
+        raise TrainingSetupError(f"--{flag}: {unknown} not in {where} (it has {sorted(map(str, known))})")
+    return dataset.filter(lambda row: row[column] in values)
+
+
+def check_messages(messages, where: str) -> None:
+    """A conversation TRL can train on: a list of role/content dicts with at least one assistant reply."""
+    if not isinstance(messages, list) or not messages:
+        raise TrainingSetupError(f"{where}: 'messages' must be a non-empty list")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(
+            m.get("content"), str
+        ):
+            raise TrainingSetupError(f"{where}: message {i} needs role system|user|assistant and a string content")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise TrainingSetupError(f"{where}: no assistant message to learn from")
+
+
+def row_label(source: dict, split: str, index: int) -> str:
+    """'FILE line N' for an exported folder (one row per line), 'split row N' otherwise."""
+    for name in source.get("files", {}):
+        if name.endswith(f"_{split}.jsonl"):
+            return f"{Path(source['dataset_name']) / name} line {index + 1}"
+    return f"{source['dataset_name']} {split} row {index + 1}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+# ---------------------------------------------------------------- model
+
+
+def load_base(model_args: ModelConfig):
+    """(model, tokenizer, notes) for the spec in `--model_name_or_path`, ready for a trainer.
+
+    The model is left on the CPU for the Trainer (and accelerate) to place, so nothing assumes one device.
+    4-bit QLoRA needs bitsandbytes and a CUDA GPU; without them the run falls back to full-precision LoRA and
+    says so in the notes (recorded in provenance.json).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = model_args.model_name_or_path
+    if not spec:
+        raise TrainingSetupError("--model_name_or_path is required (smollm2, a local folder or a hub id)")
+    try:
+        path, gguf_file = hf_source(spec)
+    except ModelSpecError as exc:
+        raise TrainingSetupError(str(exc)) from exc
+    cuda = torch.cuda.is_available()
+    notes: dict = {"spec": spec, "path": path, "gguf_file": gguf_file, "quantization": None}
+    if model_args.dtype in (None, "auto") and not gguf_file:
+        dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    else:
+        dtype = getattr(torch, model_args.dtype or "float32")
+    if gguf_file:
+        dtype = torch.float32  # the GGUF is dequantised on load; mixed precision still applies on a GPU
+    kwargs: dict = {"dtype": dtype, "revision": model_args.model_revision}
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if gguf_file:
+        kwargs = {"dtype": dtype, "gguf_file": gguf_file}
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        missing = _quantization_blocker(cuda, gguf_file)
+        if missing:
+            notes["quantization"] = f"requested but not used: {missing}"
+            log.warning("4/8-bit loading requested but %s: training LoRA on unquantised weights", missing)
+        else:
+            kwargs["quantization_config"] = trl.get_quantization_config(model_args)
+            if model_args.load_in_4bit:
+                kwargs["quantization_config"].bnb_4bit_compute_dtype = torch.bfloat16 if dtype == torch.float32 \
+                    else dtype
+            from accelerate import PartialState
+
+            kwargs["device_map"] = {"": PartialState().local_process_index}  # one copy per process (DDP)
+            notes["quantization"] = "4-bit NF4" if model_args.load_in_4bit else "8-bit"
+    notes["dtype"] = str(dtype).removeprefix("torch.")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise TrainingSetupError(f"--model_name_or_path {spec!r}: cannot load ({_first_line(exc)})") from exc
+    if tokenizer.pad_token is None:
+        # The CLCA release added a [PAD] token and trained the embeddings; reusing eos keeps the vocab unchanged.
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, notes
+
+
+def _quantization_blocker(cuda: bool, gguf_file: str | None) -> str | None:
+    import importlib.util
+
+    if not cuda:
+        return "no CUDA GPU"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "bitsandbytes is not installed (pip install 'clca[gpu]')"
+    if gguf_file:
+        return "the model is a GGUF file"
+    return None
+
+
+def adapter_base_spec(adapter_dir: Path) -> str:
+    """The model spec an adapter written by this package was trained on (provenance.json, else adapter_config)."""
+    provenance = adapter_dir / "provenance.json"
+    if provenance.is_file():
+        return json.loads(provenance.read_text())["model"]["spec"]
+    config = adapter_dir / "adapter_config.json"
+    if not config.is_file():
+        raise TrainingSetupError(f"--adapter {adapter_dir}: not an adapter folder (no adapter_config.json)")
+    return json.loads(config.read_text())["base_model_name_or_path"]

@@ -1,0 +1,137 @@
+"""Train, then leave a self-describing output folder: adapter + tokenizer, model card, provenance, log.
+
+Shared by `training.sft` and `training.dpo`. Everything written here is enough to say later which base model,
+which data files (by hash), which config and which commit produced an adapter, and how training went.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import subprocess
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TEMPLATES = Path(__file__).with_name("templates")
+
+
+def train_and_save(trainer, record: dict, script_args, training_args, model_args) -> dict:
+    """Train (resuming from the last checkpoint in output_dir if there is one), evaluate, save; return metrics."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = Path(training_args.output_dir)
+    resume = training_args.resume_from_checkpoint
+    if resume is None and out.is_dir():
+        resume = get_last_checkpoint(str(out))  # rerunning the same command continues an interrupted run
+    if resume:
+        log.info("resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    metrics = {"train": result.metrics}
+    if trainer.eval_dataset is not None:
+        metrics["eval"] = trainer.evaluate()
+
+    model = trainer.model
+    if hasattr(model, "peft_config"):
+        # The spec, not the resolved path, so `load_model(spec, adapter=DIR)` and the card name the same model.
+        for config in model.peft_config.values():
+            config.base_model_name_or_path = record["model"]["spec"]
+    trainer.save_model(str(out))
+    if trainer.is_world_process_zero():
+        record.update(
+            resumed_from=str(resume) if resume else None,
+            metrics=metrics,
+            config={
+                "script": dataclasses.asdict(script_args),
+                "training": training_args.to_dict(),
+                "model": dataclasses.asdict(model_args),
+            },
+        )
+        write_record(out, record, trainer.state.log_history)
+        if script_args.merge_adapter:
+            merge_adapter(record["model"]["spec"], out, out / "merged")
+    trainer.accelerator.wait_for_everyone()
+    return metrics
+
+
+def write_record(out: Path, record: dict, log_history: list[dict]) -> None:
+    """training_log.json, provenance.json and the README.md model card."""
+    import torch
+
+    record = {
+        **record,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "git": git_state(),
+        "versions": _versions(),
+        "device": {
+            "cuda_devices": torch.cuda.device_count(),
+            "name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        },
+    }
+    (out / "training_log.json").write_text(json.dumps(log_history, indent=2))
+    (out / "provenance.json").write_text(json.dumps(record, indent=2, default=str))
+    env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True)
+    card = env.get_template("model_card.md.j2").render(r=record, name=out.name, out=str(out))
+    (out / "README.md").write_text(card)
+
+
+def git_state() -> dict:
+    """Commit of the code that ran, and whether it had uncommitted changes; None outside a git checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def merge_adapter(spec: str, adapter_dir: Path, out: Path) -> Path:
+    """Base weights + LoRA folded into one plain model folder (with the adapter's tokenizer).
+
+    The base is reloaded unquantised, because merging into 4-bit weights loses precision. A GGUF-loaded model
+    refuses `save_pretrained`, so its merged weights are copied into a freshly built model of the same config.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agents.models import hf_source
+
+    path, gguf_file = hf_source(spec)
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    dtype = torch.float32 if gguf_file or not torch.cuda.is_available() else torch.bfloat16
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    if gguf_file:
+        config = merged.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        plain.load_state_dict(merged.state_dict())
+        plain.tie_weights()
+        merged = plain
+    merged.save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(out)
+    log.info("merged model written to %s", out)
+    return out
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    names = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes")
+    found = {}
+    for name in names:
+        try:
+            found[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return found

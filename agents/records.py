@@ -35,14 +35,17 @@ class HofstedeScores(Record):
 
 
 class HofstedeWords(Record):
-    """The same six dimensions as the words the role-play prompt uses (CLCA Tables 17/18)."""
+    """The same six dimensions as the words the role-play prompt uses (CLCA Tables 17/18).
 
-    power_distance: str
-    individualism: str
-    motivation: str
-    uncertainty_avoidance: str
-    long_term_orientation: str
-    indulgence: str
+    None where the dimension has no published score: the prompt then leaves it out rather than guess.
+    """
+
+    power_distance: str | None
+    individualism: str | None
+    motivation: str | None
+    uncertainty_avoidance: str | None
+    long_term_orientation: str | None
+    indulgence: str | None
 
 
 class InglehartWelzel(Record):
@@ -50,6 +53,10 @@ class InglehartWelzel(Record):
 
     survival_self_expression: str
     traditional_secular: str
+    # The culture's coordinates on the map, where known (the paper's five keep the paper's own words):
+    # positive = self-expression / secular-rational, negative = survival / traditional.
+    self_expression_score: float | None = None
+    secular_score: float | None = None
 
 
 class Culture(Record):
@@ -67,11 +74,14 @@ class Culture(Record):
     def descriptors(self) -> str:
         """One sentence of cultural dimensions in words, as the paper's role-play prompt phrases them."""
         h, iw = self.hofstede_words, self.inglehart_welzel
-        return (
-            f"{h.power_distance}, {h.individualism}, {h.motivation}, {h.uncertainty_avoidance}, "
-            f"{h.long_term_orientation}, {h.indulgence} (Hofstede); "
-            f"{iw.survival_self_expression}, {iw.traditional_secular} (Inglehart-Welzel)"
-        )
+        hofstede = [
+            word
+            for word in (h.power_distance, h.individualism, h.motivation, h.uncertainty_avoidance,
+                         h.long_term_orientation, h.indulgence)
+            if word is not None
+        ]
+        inglehart = f"{iw.survival_self_expression}, {iw.traditional_secular} (Inglehart-Welzel)"
+        return f"{', '.join(hofstede)} (Hofstede); {inglehart}" if hofstede else inglehart
 
 
 class Persona(Record):

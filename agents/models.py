@@ -375,8 +375,15 @@ def _puppet_reply(messages: list[Message], task: str) -> str:
     raise ValueError(f"the puppet model has no canned reply for task {task!r}")
 
 
+def _wvs_first_option(messages: list[Message]) -> str:
+    """WVS evaluation: always the first listed option code (or the scale's low end)."""
+    text = messages[-1]["content"]
+    found = re.search(r"^(\d+)\. ", text, re.M) or re.search(r"from (\d+) to", text)
+    return found.group(1) if found else "1"
+
+
 # Other stages add canned replies for their own tasks here (task name -> reply function).
-PUPPET_REPLIES: dict[str, Callable[[list[Message]], str]] = {}
+PUPPET_REPLIES: dict[str, Callable[[list[Message]], str]] = {"wvs": _wvs_first_option}
 
 
 def load_model(spec: str, *, adapter: str | None = None, load_in_4bit: bool = False, max_batch: int = 8) -> Model:

@@ -1,0 +1,3 @@
+from eval.wvs.run import main
+
+main()

@@ -1,0 +1,184 @@
+"""The official WVS Wave 7 respondent file (CSV): weighted distributions, personas, true answers.
+
+Users download the file themselves after registering at worldvaluessurvey.org; it is never bundled
+or committed. Columns used (official names): B_COUNTRY (ISO numeric) or B_COUNTRY_ALPHA,
+D_INTERVIEW, W_WEIGHT, the item columns Q1..Q259, and the persona columns below. Negative codes
+(-1 don't know, -2 no answer, -4 not asked, -5 missing) count as missing everywhere.
+
+`write_synthetic_file` makes a file with the same columns from the bundled shares, for tests and
+for trying the pipeline without the real data.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from eval.wvs.items import Item, WVSError, all_items
+from eval.wvs.survey import BY_NUMERIC, COUNTRIES, BundledShares, Country
+
+# Value labels of the persona columns, from the WVS-7 codebook (the CLCA paper's persona fields).
+DEMOGRAPHICS: dict[str, dict[int, str]] = {
+    "H_SETTLEMENT": {1: "capital city", 2: "regional centre", 3: "district centre",
+                     4: "another city or town", 5: "village"},
+    "H_URBRURAL": {1: "urban", 2: "rural"},
+    "Q260": {1: "male", 2: "female"},
+    "X003R": {1: "16-24", 2: "25-34", 3: "35-44", 4: "45-54", 5: "55-64", 6: "65 or older"},
+    "Q263": {1: "yes", 2: "no, immigrated"},
+    "Q273": {1: "married", 2: "living together as married", 3: "divorced", 4: "separated",
+             5: "widowed", 6: "single"},
+    "Q275": {0: "early childhood education or none", 1: "primary", 2: "lower secondary",
+             3: "upper secondary", 4: "post-secondary non-tertiary", 5: "short-cycle tertiary",
+             6: "bachelor or equivalent", 7: "master or equivalent", 8: "doctoral or equivalent"},
+    "Q281": {0: "never had a job", 1: "professional and technical", 2: "higher administrative",
+             3: "clerical", 4: "sales", 5: "service", 6: "skilled worker", 7: "semi-skilled worker",
+             8: "unskilled worker", 9: "farm worker", 10: "farm proprietor or manager"},
+    "Q279": {1: "full time (30 hours a week or more)", 2: "part time", 3: "self-employed",
+             4: "retired or pensioned", 5: "homemaker, not otherwise employed", 6: "student",
+             7: "unemployed", 8: "other"},
+    "Q287": {1: "upper class", 2: "upper middle class", 3: "lower middle class", 4: "working class",
+             5: "lower class"},
+}
+HOUSEHOLD = "Q270"  # number of people in the household: a count, not a code
+PERSONA_COLUMNS = [*DEMOGRAPHICS, HOUSEHOLD]
+# Template variable for each persona column (agents/prompts/wvs_persona.j2).
+PERSONA_FIELDS = {
+    "H_SETTLEMENT": "settlement", "H_URBRURAL": "urban_rural", "Q260": "sex", "X003R": "age",
+    "Q263": "born_here", "Q273": "marital", "Q275": "education", "Q281": "occupation",
+    "Q279": "employment", "Q287": "social_class", HOUSEHOLD: "household",
+}
+
+
+@dataclass(frozen=True)
+class Respondent:
+    interview: str  # D_INTERVIEW, or the row number where the column is absent
+    weight: float
+    answers: dict[str, int]  # item id -> raw code; missing answers are absent
+    persona: dict[str, str | None]  # template variable -> text; None where missing
+
+
+class RespondentFile:
+    """Reads the columns it needs from an official WVS-7 CSV (comma or semicolon separated)."""
+
+    def __init__(self, path: str | Path, items: list[Item], weighted: bool = True):
+        self.path = Path(path)
+        self.weighted = weighted
+        if not self.path.is_file():
+            raise WVSError(f"--wvs-file {path}: no such file")
+        self._items = {i.qid: i for i in items}
+        self.by_country: dict[str, list[Respondent]] = {}
+        self.missing_columns: set[str] = set()
+        self._read()
+
+    def _read(self) -> None:
+        with self.path.open(newline="", encoding="utf-8-sig") as fh:
+            head = fh.readline()
+            fh.seek(0)
+            reader = csv.reader(fh, delimiter=";" if head.count(";") > head.count(",") else ",")
+            header = [h.strip() for h in next(reader, [])]
+            col = {name: i for i, name in enumerate(header)}
+            if "B_COUNTRY_ALPHA" not in col and "B_COUNTRY" not in col:
+                raise WVSError(f"{self.path}: line 1: no B_COUNTRY or B_COUNTRY_ALPHA column")
+            if self.weighted and "W_WEIGHT" not in col:
+                raise WVSError(f"{self.path}: line 1: no W_WEIGHT column (pass --unweighted to use raw counts)")
+            self.missing_columns = {c for c in [*self._items, *PERSONA_COLUMNS] if c not in col}
+            for lineno, row in enumerate(reader, start=2):
+                if not row:
+                    continue
+                try:
+                    alpha3 = self._country_of(row, col)
+                    self.by_country.setdefault(alpha3, []).append(self._respondent(row, col, lineno))
+                except (ValueError, IndexError) as exc:
+                    raise WVSError(f"{self.path}: line {lineno}: {exc}") from exc
+
+    def _country_of(self, row: list[str], col: dict[str, int]) -> str:
+        if "B_COUNTRY_ALPHA" in col and row[col["B_COUNTRY_ALPHA"]].strip():
+            return row[col["B_COUNTRY_ALPHA"]].strip().upper()
+        numeric = int(float(row[col["B_COUNTRY"]]))
+        if numeric not in BY_NUMERIC:
+            raise ValueError(f"B_COUNTRY {numeric} is not a WVS-7 country code")
+        return BY_NUMERIC[numeric].alpha3
+
+    def _respondent(self, row: list[str], col: dict[str, int], lineno: int) -> Respondent:
+        def code(name: str) -> int | None:
+            if name not in col or not row[col[name]].strip():
+                return None
+            value = int(float(row[col[name]]))
+            return value if value >= 0 else None
+
+        answers = {}
+        for qid, item in self._items.items():
+            value = code(qid)
+            if value is not None and value in item.codes:
+                answers[qid] = value
+        persona: dict[str, str | None] = {}
+        for name, labels in DEMOGRAPHICS.items():
+            value = code(name)
+            persona[PERSONA_FIELDS[name]] = labels.get(value) if value is not None else None
+        household = code(HOUSEHOLD)
+        persona[PERSONA_FIELDS[HOUSEHOLD]] = str(household) if household else None
+        weight = float(row[col["W_WEIGHT"]]) if self.weighted else 1.0
+        interview = row[col["D_INTERVIEW"]].strip() if "D_INTERVIEW" in col else str(lineno)
+        return Respondent(interview, weight, answers, persona)
+
+    def countries(self) -> list[str]:
+        return sorted(self.by_country)
+
+    def respondents(self, alpha3: str) -> list[Respondent]:
+        if alpha3 not in self.by_country:
+            raise WVSError(f"--wvs-file {self.path}: no respondents for {alpha3} (it has: {', '.join(self.countries())})")
+        return self.by_country[alpha3]
+
+    def source(self, alpha3: str) -> str:
+        how = "weighted by W_WEIGHT" if self.weighted else "unweighted"
+        return f"WVS-7 respondent file {self.path.name}, {how}, shares of valid answers"
+
+    def distribution(self, alpha3: str, item: Item) -> np.ndarray | None:
+        vec = np.zeros(len(item.codes))
+        for r in self.respondents(alpha3):
+            code = r.answers.get(item.qid)
+            if code is not None:
+                vec[item.codes.index(code)] += r.weight
+        return vec / vec.sum() if vec.sum() > 0 else None
+
+    def sample(self, alpha3: str, n: int, seed: int) -> list[Respondent]:
+        """`n` respondents without replacement (all of them if fewer), reproducible per seed and country."""
+        pool = self.respondents(alpha3)
+        rng = np.random.default_rng([seed, COUNTRIES[alpha3].numeric if alpha3 in COUNTRIES else 0])
+        picked = rng.choice(len(pool), size=min(n, len(pool)), replace=False)
+        return [pool[i] for i in sorted(picked)]
+
+
+def write_synthetic_file(path: str | Path, countries: list[Country], n_per_country: int, seed: int = 0,
+                         missing_rate: float = 0.03) -> Path:
+    """A fake WVS-7 CSV with the official column names: answers drawn from the bundled shares,
+    random demographics and weights, and a few negative (missing) codes. Not real microdata."""
+    rng = np.random.default_rng(seed)
+    shares = BundledShares()
+    items = list(all_items().values())
+    columns = ["B_COUNTRY", "B_COUNTRY_ALPHA", "D_INTERVIEW", "W_WEIGHT", *PERSONA_COLUMNS, *(i.qid for i in items)]
+    path = Path(path)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        for c in countries:
+            dists = {i.qid: shares.distribution(c.alpha3, i) for i in items}
+            for k in range(n_per_country):
+                row = {"B_COUNTRY": c.numeric, "B_COUNTRY_ALPHA": c.alpha3,
+                       "D_INTERVIEW": c.numeric * 100000 + k + 1, "W_WEIGHT": round(float(rng.uniform(0.5, 1.5)), 4)}
+                for name, labels in DEMOGRAPHICS.items():
+                    row[name] = int(rng.choice(list(labels)))
+                row[HOUSEHOLD] = int(rng.integers(1, 7))
+                for item in items:
+                    dist = dists[item.qid]
+                    if dist is None:
+                        row[item.qid] = -4  # not asked in this country
+                    elif rng.random() < missing_rate:
+                        row[item.qid] = int(rng.choice([-1, -2]))
+                    else:
+                        row[item.qid] = item.codes[int(rng.choice(len(dist), p=dist))]
+                writer.writerow([row[name] for name in columns])
+    return path

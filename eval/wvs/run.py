@@ -1,0 +1,217 @@
+"""`python -m eval.wvs`: score a model (and adapter) against WVS-7 answer distributions.
+
+    # the paper's protocol on the respondent file you downloaded (1000 personas x 44 items x 5 countries)
+    python -m eval.wvs --model meta-llama/Llama-3.1-8B-Instruct --adapter runs/adapter-CHN \\
+        --countries CHN,DEU,GBR,MEX,JPN --items clca44 --method generate --wvs-file WVS_Cross-National_Wave_7_csv_v6_0.csv \\
+        --out results/llama8b-chn.json
+    # quick, no respondent file: country prompt, option probabilities, bundled shares
+    python -m eval.wvs --model smollm2 --countries CHN --items clca44 --method logprob --out results/base.json
+
+Writes NAME.json (metrics with bootstrap CIs and provenance), NAME.items.csv (one row per country
+and item), NAME.answers.jsonl (every unit's answer), NAME.metrics.png and NAME.items.<ISO3>.png.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from agents.models import GenerationParams, Model, ModelSpecError, load_model
+from agents.prompts import PromptError, Prompts
+from eval.wvs.items import Item, WVSError, select_items
+from eval.wvs.readers import GenerateReader, ItemAnswers, LogprobReader
+from eval.wvs.respondents import PERSONA_COLUMNS, RespondentFile
+from eval.wvs.score import CountryInput, overall, score_country, strip_replicates
+from eval.wvs.survey import BundledShares, country
+
+PROMPT_TEMPLATES = {"country": "wvs_country", "persona": "wvs_persona", "cultural": "wvs_cultural", "none": None}
+QUESTION_TEMPLATE = "wvs_question"
+
+
+@dataclass
+class EvalConfig:
+    """Defaults follow the CLCA paper where it has one (1000 personas, greedy decoding, paper parser)."""
+
+    model: str = field(metadata={"help": "model spec: smollm2, a local folder, a hub id, openai:M@URL, vllm:M, puppet"})
+    adapter: str | None = field(default=None, metadata={"help": "PEFT adapter folder to load on top of the model"})
+    countries: str = field(default="CHN,DEU,GBR,MEX,JPN", metadata={"help": "comma list of ISO alpha-3 codes"})
+    items: str = field(default="clca44", metadata={"help": "clca44 (the paper's 44 items), all, or ids such as Q1,Q27"})
+    method: str = field(default="logprob", metadata={
+        "help": "logprob: option-label probabilities (in-process models); generate: generate and parse",
+        "choices": ["logprob", "generate"]})
+    prompt: str = field(default="auto", metadata={
+        "help": "system prompt: persona (needs --wvs-file), country, cultural, none; auto = persona with a "
+                "respondent file, else country", "choices": ["auto", "persona", "country", "cultural", "none"]})
+    wvs_file: str | None = field(default=None, metadata={
+        "help": "official WVS-7 CSV: weighted survey shares, personas and individual accuracy"})
+    personas: int = field(default=1000, metadata={"help": "respondents sampled per country (persona prompt)"})
+    samples: int = field(default=1, metadata={"help": "generations per prompt for country/cultural/none prompts"})
+    temperature: float = field(default=0.0, metadata={"help": "generate: 0 = greedy, else sampling temperature"})
+    max_new_tokens: int = field(default=16, metadata={"help": "generate: answer length limit"})
+    parser: str = field(default="paper", metadata={"help": "generate: paper rules, or lenient (also '2. Agree', labels)",
+                                                   "choices": ["paper", "lenient"]})
+    seed: int = field(default=0, metadata={"help": "seeds persona sampling, sampled decoding and the bootstrap"})
+    bootstrap: int = field(default=1000, metadata={"help": "bootstrap replicates for confidence intervals"})
+    batch_size: int = field(default=16, metadata={"help": "prompts per forward pass"})
+    unweighted: bool = field(default=False, metadata={"help": "ignore W_WEIGHT in --wvs-file (the paper's choice)"})
+    prompts_dir: str | None = field(default=None, metadata={"help": "folder of .j2 files overriding the built-in prompts"})
+    out: str = field(default="results/wvs.json", metadata={"help": "results JSON; other outputs go beside it"})
+    plots: bool = field(default=True, metadata={"help": "write PNG plots (--no-plots to skip)"})
+
+
+def evaluate(cfg: EvalConfig, model: Model | None = None) -> dict:
+    """Run the evaluation and return the results dict (written out by `report.write_outputs`)."""
+    items = select_items(cfg.items)
+    countries = [country(c) for c in cfg.countries.split(",") if c.strip()]
+    if not countries:
+        raise WVSError("--countries: no country given")
+    prompt_kind = cfg.prompt if cfg.prompt != "auto" else ("persona" if cfg.wvs_file else "country")
+    if prompt_kind == "persona" and not cfg.wvs_file:
+        raise WVSError("--prompt persona needs --wvs-file (personas are real respondents' demographics)")
+    if min(cfg.personas, cfg.samples, cfg.bootstrap, cfg.batch_size) < 1:
+        raise WVSError("--personas, --samples, --bootstrap and --batch-size must be at least 1")
+    prompts = Prompts(cfg.prompts_dir)
+    survey = RespondentFile(cfg.wvs_file, items, weighted=not cfg.unweighted) if cfg.wvs_file else BundledShares()
+    for c in countries:  # unknown or absent countries fail here, before a model is loaded
+        if cfg.wvs_file:
+            survey.respondents(c.alpha3)
+        else:
+            survey.source(c.alpha3)
+    if prompt_kind == "persona" and set(PERSONA_COLUMNS) <= survey.missing_columns:
+        raise WVSError(f"--wvs-file {cfg.wvs_file}: line 1: none of the persona columns {PERSONA_COLUMNS}")
+    reader = _reader(cfg, model)
+    questions = {it.qid: _question(prompts, it) for it in items}
+
+    notes = []
+    if not cfg.wvs_file:
+        notes.append("no --wvs-file: survey shares are the bundled unweighted ones; persona prompts and "
+                     "individual accuracy need respondents, so the prompt is per country")
+    if cfg.method == "logprob" and cfg.samples > 1:
+        notes.append("--samples is ignored by --method logprob (the distribution is read directly)")
+
+    started = time.perf_counter()
+    summaries, item_records, answer_records, counts = {}, [], [], {}
+    rng = np.random.default_rng(cfg.seed)
+    for c in countries:
+        present = [(it, d) for it in items if (d := survey.distribution(c.alpha3, it)) is not None]
+        missing = [it.qid for it in items if it.qid not in {p.qid for p, _ in present}]
+        if not present:
+            raise WVSError(f"country {c.alpha3}: none of the requested items has survey data")
+        systems, unit_ids, truth = _units(cfg, prompt_kind, prompts, survey, c, [it for it, _ in present])
+        answers = reader.read(systems, [it for it, _ in present], [questions[it.qid] for it, _ in present])
+        data = CountryInput([it for it, _ in present], [d for _, d in present], answers, truth)
+        summaries[c.alpha3], records = score_country(data, cfg.bootstrap, rng)
+        item_records += [{"country": c.alpha3, **r} for r in records]
+        answer_records += _answer_records(c.alpha3, unit_ids, [it for it, _ in present], answers)
+        counts[c.alpha3] = {"units": len(systems), "items": len(present), "items_missing": missing,
+                            "respondents_in_file": len(survey.respondents(c.alpha3)) if cfg.wvs_file else None}
+
+    template_names = [QUESTION_TEMPLATE] + ([PROMPT_TEMPLATES[prompt_kind]] if PROMPT_TEMPLATES[prompt_kind] else [])
+    return {
+        "provenance": {
+            "config": asdict(cfg),
+            "prompt": prompt_kind,
+            "prompt_versions": prompts.versions(template_names),
+            "items": [it.qid for it in items],
+            "survey": {"sources": {c.alpha3: survey.source(c.alpha3) for c in countries}},
+            "counts": counts,
+            "model_usage": reader.model.usage.totals() if isinstance(reader, GenerateReader) else None,
+            "seconds": round(time.perf_counter() - started, 2),
+            "notes": notes,
+            **_code_version(),
+        },
+        "summary": {
+            "overall": overall(summaries),
+            "countries": {k: strip_replicates(v) for k, v in summaries.items()},
+        },
+        "items": item_records,
+        "answers": answer_records,
+    }
+
+
+def _reader(cfg: EvalConfig, model: Model | None):
+    in_process = not cfg.model.startswith(("openai:", "vllm:", "puppet"))
+    if cfg.method == "logprob":
+        if model is not None or not in_process:
+            raise WVSError("--method logprob needs an in-process transformers model (smollm2, a folder or a hub id); "
+                           "use --method generate")
+        return LogprobReader(cfg.model, cfg.adapter, batch_size=cfg.batch_size)
+    if cfg.adapter and not in_process:
+        raise WVSError(f"--adapter works with in-process models only, not {cfg.model!r}")
+    if model is None:
+        model = load_model(cfg.model, adapter=cfg.adapter, max_batch=cfg.batch_size)
+    if cfg.temperature > 0:
+        import torch
+
+        torch.manual_seed(cfg.seed)  # one seeded stream across all batches (in-process backends)
+    params = GenerationParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=1.0)
+    return GenerateReader(model, params, cfg.parser)
+
+
+def _question(prompts: Prompts, item: Item) -> str:
+    return prompts.render(
+        QUESTION_TEMPLATE, question=item.text, numeric=item.numeric_labels, low=min(item.codes),
+        high=max(item.codes), options=[[c, o] for c, o in zip(item.codes, item.options)],
+    ).text
+
+
+def _units(cfg, prompt_kind, prompts, survey, c, items):
+    """System prompts (one per unit), unit ids, and respondents' own answers where known."""
+    template = PROMPT_TEMPLATES[prompt_kind]
+    if prompt_kind == "persona":
+        people = survey.sample(c.alpha3, cfg.personas, cfg.seed)
+        systems = [prompts.render(template, country=c.name, **p.persona).text for p in people]
+        truth = np.array([[p.answers.get(it.qid, -1) for it in items] for p in people])
+        return systems, [p.interview for p in people], truth
+    n = cfg.samples if cfg.method == "generate" else 1
+    system = prompts.render(template, country=c.name).text if template else None
+    return [system] * n, [f"sample-{k}" for k in range(n)], None
+
+
+def _answer_records(alpha3: str, unit_ids: list[str], items: list[Item], answers: list[ItemAnswers]) -> list[dict]:
+    records = []
+    for item, ans in zip(items, answers):
+        for u, unit in enumerate(unit_ids):
+            rec = {"country": alpha3, "unit": unit, "qid": item.qid, "code": int(ans.codes[u])}
+            if ans.texts is not None:
+                rec["text"] = ans.texts[u]
+            else:
+                rec["probs"] = [round(float(x), 6) for x in ans.rows[u, :-1]]
+                rec["off_option_mass"] = round(float(ans.off_option_mass[u]), 6)
+            records.append(rec)
+    return records
+
+
+def _code_version() -> dict:
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "eval", "agents"], cwd=root,
+                                    capture_output=True, text=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = None, None
+    return {"git_commit": commit, "git_dirty": dirty}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from transformers import HfArgumentParser
+
+    from eval.wvs.report import write_outputs
+
+    (cfg,) = HfArgumentParser(EvalConfig).parse_args_into_dataclasses(argv)
+    try:
+        results = evaluate(cfg)
+        paths = write_outputs(results, cfg.out, plots=cfg.plots)
+    except (WVSError, ModelSpecError, PromptError) as exc:
+        sys.exit(f"error: {exc}")
+    from eval.wvs.report import print_summary
+
+    print_summary(results)
+    print("wrote " + ", ".join(str(p) for p in paths))

@@ -1,0 +1,96 @@
+"""`python -m eval.compare BASE.json ADAPTED.json`: before/after table of two WVS evaluations.
+
+Laid out like the CLCA paper's Table 2: one column per country plus the average, and for each
+metric the base row, the adapted row and their difference (adapted - base). For js, kl, paper_kl,
+emd and invalid_rate lower is better; for accuracy higher is better.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+METRICS = ["paper_kl", "js", "kl", "emd", "accuracy", "invalid_rate"]
+LOWER_IS_BETTER = {"paper_kl", "js", "kl", "emd", "invalid_rate"}
+MUST_MATCH = ["items", "prompt"]
+
+
+class CompareError(ValueError):
+    pass
+
+
+def load(path: str) -> dict:
+    try:
+        results = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CompareError(f"{path}: cannot read results JSON ({exc})") from exc
+    if "summary" not in results or "provenance" not in results:
+        raise CompareError(f"{path}: not a results file of python -m eval.wvs (no summary/provenance)")
+    return results
+
+
+def table(base: dict, adapted: dict) -> str:
+    countries = [c for c in base["summary"]["countries"] if c in adapted["summary"]["countries"]]
+    if not countries:
+        raise CompareError("the two results share no country")
+    label_b, label_a = _label(base), _label(adapted)
+    lines = [f"base:    {label_b}", f"adapted: {label_a}"]
+    for key in MUST_MATCH:
+        if base["provenance"][key] != adapted["provenance"][key]:
+            lines.append(f"warning: the runs differ in {key}; the deltas mix two protocols")
+    if base["provenance"]["config"]["method"] != adapted["provenance"]["config"]["method"]:
+        lines.append("warning: the runs used different answer-reading methods")
+    header = f"{'':22}" + "".join(f"{c:>9}" for c in countries) + f"{'Average':>9}"
+    for metric in METRICS:
+        cells_b = [_value(base, c, metric) for c in countries]
+        cells_a = [_value(adapted, c, metric) for c in countries]
+        if all(v is None for v in cells_b + cells_a):
+            continue
+        # the average over the shared countries only, so both rows average the same set
+        avg_b, avg_a = _mean(cells_b), _mean(cells_a)
+        better = "lower" if metric in LOWER_IS_BETTER else "higher"
+        lines += ["", f"{metric} ({better} is better)", header]
+        lines.append(f"{'  base':22}" + "".join(_cell(v) for v in [*cells_b, avg_b]))
+        lines.append(f"{'  adapted':22}" + "".join(_cell(v) for v in [*cells_a, avg_a]))
+        deltas = [a - b if a is not None and b is not None else None
+                  for a, b in zip([*cells_a, avg_a], [*cells_b, avg_b])]
+        lines.append(f"{'  delta':22}" + "".join(_cell(v, signed=True) for v in deltas))
+    return "\n".join(lines)
+
+
+def _label(results: dict) -> str:
+    cfg = results["provenance"]["config"]
+    return f"{cfg['model']}" + (f" + {cfg['adapter']}" if cfg.get("adapter") else "") + \
+        f" ({cfg['method']}, {results['provenance']['prompt']} prompt)"
+
+
+def _value(results: dict, country: str, metric: str) -> float | None:
+    return results["summary"]["countries"][country]["model"].get(metric, {}).get("value")
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if len(present) == len(values) and present else None
+
+
+def _cell(v: float | None, signed: bool = False) -> str:
+    if v is None:
+        return f"{'-':>9}"
+    return f"{v:>+9.4f}" if signed else f"{v:>9.4f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("base", help="results JSON of the base model")
+    parser.add_argument("adapted", help="results JSON of the adapted model")
+    args = parser.parse_args(argv)
+    try:
+        print(table(load(args.base), load(args.adapted)))
+    except CompareError as exc:
+        sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()

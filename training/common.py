@@ -295,10 +295,30 @@ def load_base(model_args: ModelConfig):
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:
         raise TrainingSetupError(f"--model_name_or_path {spec!r}: cannot load ({_first_line(exc)})") from exc
+    if gguf_file:
+        model = plain_copy(model)
     if tokenizer.pad_token is None:
         # The CLCA release added a [PAD] token and trained the embeddings; reusing eos keeps the vocab unchanged.
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer, notes
+
+
+def plain_copy(model):
+    """The same weights in a model built from its config alone.
+
+    transformers marks a GGUF-loaded model as quantised (although its weights are dequantised) and then refuses
+    to train or `save_pretrained` it; a copy without the GGUF marker does both.
+    """
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    plain.load_state_dict(model.state_dict())
+    plain.tie_weights()
+    plain.generation_config = model.generation_config
+    return plain
 
 
 def _quantization_blocker(cuda: bool, gguf_file: str | None) -> str | None:

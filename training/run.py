@@ -96,28 +96,15 @@ def git_state() -> dict:
 def merge_adapter(spec: str, adapter_dir: Path, out: Path) -> Path:
     """Base weights + LoRA folded into one plain model folder (with the adapter's tokenizer).
 
-    The base is reloaded unquantised, because merging into 4-bit weights loses precision. A GGUF-loaded model
-    refuses `save_pretrained`, so its merged weights are copied into a freshly built model of the same config.
+    The base is reloaded unquantised (merging into 4-bit weights loses precision), in float32 on the CPU.
     """
-    import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from agents.models import hf_source
+    from training.common import ModelConfig, load_base
 
-    path, gguf_file = hf_source(spec)
-    extra = {"gguf_file": gguf_file} if gguf_file else {}
-    dtype = torch.float32 if gguf_file or not torch.cuda.is_available() else torch.bfloat16
-    base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
+    base, _, _ = load_base(ModelConfig(model_name_or_path=spec, dtype="float32"))
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    if gguf_file:
-        config = merged.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        plain.load_state_dict(merged.state_dict())
-        plain.tie_weights()
-        merged = plain
     merged.save_pretrained(out)
     AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(out)
     log.info("merged model written to %s", out)

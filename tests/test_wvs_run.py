@@ -181,3 +181,13 @@ def test_puppet_and_compare_table(tmp_path, capsys):
     with pytest.raises(SystemExit, match="error: .*not a results file"):
         (tmp_path / "x.json").write_text("{}")
         compare_main([str(base), str(tmp_path / "x.json")])
+
+
+@pytest.mark.integration
+def test_smollm2_logprob_and_generate_on_three_items(tmp_path):
+    common = ["--model", "smollm2", "--countries", "JPN", "--items", "Q1,Q7,Q43", "--bootstrap", "50", "--no-plots"]
+    main([*common, "--out", str(tmp_path / "lp.json")])
+    main([*common, "--method", "generate", "--parser", "lenient", "--out", str(tmp_path / "gen.json")])
+    for name in ("lp.json", "gen.json"):
+        jpn = json.loads((tmp_path / name).read_text())["summary"]["countries"]["JPN"]["model"]
+        assert 0 <= jpn["js"]["value"] <= np.sqrt(np.log(2)) and 0 <= jpn["invalid_rate"]["value"] <= 1

@@ -41,7 +41,7 @@ class LogprobReader:
     method = "logprob"
 
     def __init__(self, spec: str, adapter: str | None = None, batch_size: int = 16, reuse_prefix: bool = True):
-        self.model, self.tokenizer = load_hf(spec, adapter)
+        self.model, self.tokenizer = load_hf(spec, adapter, False)  # same cache key as load_model
         self.batch_size = batch_size
         self.reuse_prefix = reuse_prefix
         self.device = next(self.model.parameters()).device
@@ -92,7 +92,8 @@ class LogprobReader:
             input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in chunk], device=self.device)
             mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in chunk], device=self.device)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
-            logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+            logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                                logits_to_keep=1).logits[:, -1]
             rows.append(torch.log_softmax(logits.float(), dim=-1).cpu())
         return torch.cat(rows)
 
@@ -115,9 +116,13 @@ class LogprobReader:
             suffix_mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in chunk], device=self.device)
             mask = torch.cat([torch.ones(b, p, dtype=suffix_mask.dtype, device=self.device), suffix_mask], dim=1)
             positions = torch.arange(p, p + width, device=self.device).expand(b, width)
-            logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache).logits
-            last = torch.tensor([len(x) - 1 for x in chunk], device=self.device)
-            rows.append(torch.log_softmax(logits[torch.arange(b, device=self.device), last].float(), dim=-1).cpu())
+            # the vocabulary projection only at each row's last real token, not at every position
+            last = [len(x) - 1 for x in chunk]
+            keep = sorted(set(last))
+            logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                                logits_to_keep=torch.tensor(keep, device=self.device)).logits
+            picked = logits[torch.arange(b, device=self.device), torch.tensor([keep.index(j) for j in last])]
+            rows.append(torch.log_softmax(picked.float(), dim=-1).cpu())
         return torch.cat(rows)
 
 

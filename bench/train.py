@@ -1,7 +1,7 @@
 """Step time and peak memory of `training.sft` against a plain TRL `SFTTrainer` script, in one run.
 
-    python bench/train.py                       # SmolLM2-135M, the export fixture, 2 rounds x 8 steps (~4 min, 2 cores)
-    python bench/train.py --model PATH --rounds 3 --steps 10
+    python bench/train.py                       # SmolLM2-135M, the export fixture, 2 rounds x 6 steps (~4 min, 2 cores)
+    python bench/train.py --model PATH --rounds 3 --steps 10 --batch 4
 
 Each trial runs in its own process (so its peak RSS is its own), alternating ours / plain so that load on a
 shared machine hits both alike. Both train the same rows with the same LoRA, batch, length and seed; the plain
@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPORT = ROOT / "tests" / "fixtures" / "training_export"
-SETTINGS = {"batch": 4, "max_length": 512, "lora_r": 8, "lora_alpha": 16, "lr": 2e-4, "seed": 42,
+SETTINGS = {"max_length": 512, "lora_r": 8, "lora_alpha": 16, "lr": 2e-4, "seed": 42,
             "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 
 
@@ -34,7 +34,10 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2", help="model spec (default smollm2)")
     parser.add_argument("--dataset_name", default=str(EXPORT), help="exported dataset folder")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=2, help="per-device batch size")
+    parser.add_argument("--threads", type=int, help="torch CPU threads per trial (default: torch's own choice); "
+                        "1 avoids thread-spinning collapse on a machine shared with other jobs")
     parser.add_argument("--worker", choices=["ours", "plain"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -46,7 +49,8 @@ def main() -> None:
         for path in ("ours", "plain") if round_ % 2 == 0 else ("plain", "ours"):
             out = Path(f"/tmp/clca-bench-train-{os.getpid()}-{path}-{round_}")
             cmd = [sys.executable, __file__, "--worker", path, "--model", args.model,
-                   "--dataset_name", args.dataset_name, "--steps", str(args.steps), "--out", str(out)]
+                   "--dataset_name", args.dataset_name, "--steps", str(args.steps), "--batch", str(args.batch),
+                   "--out", str(out)] + (["--threads", str(args.threads)] if args.threads else [])
             line = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout.splitlines()[-1]
             results[path].append(json.loads(line))
             print(f"round {round_} {path}: {results[path][-1]}", flush=True)
@@ -60,7 +64,7 @@ def main() -> None:
         }
     ratio = summary["ours"]["median_step_s"] / summary["plain"]["median_step_s"]
     print(json.dumps(summary, indent=2))
-    print(f"model {args.model}, {args.rounds} rounds x {args.steps} steps, batch {SETTINGS['batch']}: "
+    print(f"model {args.model}, {args.rounds} rounds x {args.steps} steps, batch {args.batch}: "
           f"step time ours/plain = {ratio:.3f} (target <= 1.05)")
 
 
@@ -79,6 +83,8 @@ def worker(args) -> None:
         def on_step_end(self, *_, **__):
             self.times.append(time.perf_counter() - self._start)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     trainer = (build_ours if args.worker == "ours" else build_plain)(args)
     timer = StepTimer()
     trainer.add_callback(timer)
@@ -90,7 +96,7 @@ def worker(args) -> None:
 
 
 def common_flags(args) -> dict:
-    return {"output_dir": args.out, "max_steps": args.steps, "per_device_train_batch_size": SETTINGS["batch"],
+    return {"output_dir": args.out, "max_steps": args.steps, "per_device_train_batch_size": args.batch,
             "learning_rate": SETTINGS["lr"], "max_length": SETTINGS["max_length"], "seed": SETTINGS["seed"],
             "save_strategy": "no", "logging_steps": 1, "disable_tqdm": True}
 

@@ -18,7 +18,7 @@ def test_demo_preset_trains_a_usable_smollm2_adapter(tmp_path):
     out = tmp_path / "demo-adapter"
     sft.main([
         "--config", str(DEMO), "--dataset_name", str(EXPORT), "--output_dir", str(out),
-        "--max_steps", "3", "--save_steps", "3", "--logging_steps", "1", "--disable_tqdm", "true",
+        "--max_steps", "2", "--save_steps", "2", "--logging_steps", "1", "--disable_tqdm", "true",
     ])
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["model"]["spec"] == "smollm2"

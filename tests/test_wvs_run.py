@@ -191,3 +191,18 @@ def test_smollm2_logprob_and_generate_on_three_items(tmp_path):
     for name in ("lp.json", "gen.json"):
         jpn = json.loads((tmp_path / name).read_text())["summary"]["countries"]["JPN"]["model"]
         assert 0 <= jpn["js"]["value"] <= np.sqrt(np.log(2)) and 0 <= jpn["invalid_rate"]["value"] <= 1
+
+
+def test_adapter_is_loaded_and_recorded(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    lora = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")
+    args = ["--model", tiny_model_dir, "--countries", "JPN", "--items", "Q1,Q2", "--bootstrap", "10", "--no-plots"]
+    main([*args, "--out", str(tmp_path / "base.json")])
+    main([*args, "--adapter", str(tmp_path / "adapter"), "--out", str(tmp_path / "adapted.json")])
+    base_r, adapted_r = (json.loads((tmp_path / n).read_text()) for n in ("base.json", "adapted.json"))
+    assert adapted_r["provenance"]["config"]["adapter"] == str(tmp_path / "adapter")
+    assert base_r["items"][0]["model"] != adapted_r["items"][0]["model"]  # the random LoRA moved the answers

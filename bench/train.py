@@ -121,6 +121,7 @@ def build_plain(args):
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
+    from trl.chat_template_utils import has_generation_markers
 
     from agents.models import hf_source
     from training.common import plain_copy
@@ -136,7 +137,7 @@ def build_plain(args):
     cuda = torch.cuda.is_available()
     config = SFTConfig(
         **common_flags(args), assistant_only_loss=True, bf16=cuda, gradient_checkpointing=cuda,
-        chat_template_path=None if "generation" in (tokenizer.chat_template or "") else str(CHATML_TRAINING_TEMPLATE),
+        chat_template_path=None if has_generation_markers(tokenizer.chat_template) else str(CHATML_TRAINING_TEMPLATE),
     )
     lora = LoraConfig(r=SETTINGS["lora_r"], lora_alpha=SETTINGS["lora_alpha"], lora_dropout=0.05,
                       target_modules=SETTINGS["targets"], task_type="CAUSAL_LM")

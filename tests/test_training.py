@@ -101,7 +101,8 @@ class TestSFT:
         assert "eval_loss" in provenance["metrics"]["eval"]
         log = json.loads((sft_adapter / "training_log.json").read_text())
         assert [e["step"] for e in log if "loss" in e] == [1, 2]
-        assert json.loads((sft_adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == tiny_model_dir
+        adapter_config = json.loads((sft_adapter / "adapter_config.json").read_text())
+        assert adapter_config["base_model_name_or_path"] == tiny_model_dir
         assert files["sft_train.jsonl"]["sha256"] in (sft_adapter / "README.md").read_text()
 
     def test_adapter_loads_and_generates(self, sft_adapter, tiny_model_dir):

@@ -130,7 +130,8 @@ def choose_chat_template(tokenizer, rows, training_args: SFTConfig, source: dict
                 "the model's own template: pass --chat_template_path FILE.jinja (with generation markers)"
             )
     training_args.chat_template_path = str(CHATML_TRAINING_TEMPLATE)
-    return {"source": f"training/chat_templates/{CHATML_TRAINING_TEMPLATE.name}", "sha256": _sha(CHATML_TRAINING_TEMPLATE)}
+    source = f"training/chat_templates/{CHATML_TRAINING_TEMPLATE.name}"
+    return {"source": source, "sha256": _sha(CHATML_TRAINING_TEMPLATE)}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -43,6 +43,9 @@ class GenerationParams:
     temperature: float = 0.7
     top_p: float = 0.7
     seed: int | None = None
+    # The reply is forced to start with this text (returned as part of it). Small models follow an
+    # output format far more reliably when its first token is given.
+    prefix: str = ""
 
     @property
     def greedy(self) -> bool:
@@ -264,7 +267,8 @@ class HFBackend(BatchingBackend):
         import torch
 
         prompts = [
-            self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations
+            self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) + params.prefix
+            for c in conversations
         ]
         if params.seed is not None:
             torch.manual_seed(params.seed)
@@ -275,7 +279,7 @@ class HFBackend(BatchingBackend):
             gen.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
         with torch.inference_mode():
             result = self.llm.generate(prompts, pipeline_kwargs=gen)
-        texts = [g[0].text for g in result.generations]
+        texts = [params.prefix + g[0].text for g in result.generations]
         return [
             Completion(t.strip(), self._count(p), self._count(t)) for p, t in zip(prompts, texts)
         ]
@@ -303,14 +307,21 @@ class VLLMBackend(BatchingBackend):
             max_tokens=params.max_new_tokens, temperature=max(params.temperature, 0.0),
             top_p=params.top_p if not params.greedy else 1.0, seed=params.seed,
         )
-        outs = self.llm.chat(conversations, sampling, use_tqdm=False)
+        if params.prefix:  # continue a partial assistant message instead of starting a new one
+            conversations = [[*c, {"role": "assistant", "content": params.prefix}] for c in conversations]
+        outs = self.llm.chat(conversations, sampling, use_tqdm=False, add_generation_prompt=not params.prefix,
+                             continue_final_message=bool(params.prefix))
         return [
-            Completion(o.outputs[0].text.strip(), len(o.prompt_token_ids), len(o.outputs[0].token_ids)) for o in outs
+            Completion((params.prefix + o.outputs[0].text).strip(), len(o.prompt_token_ids), len(o.outputs[0].token_ids))
+            for o in outs
         ]
 
 
 class OpenAIBackend:
-    """Any OpenAI-compatible chat endpoint; concurrent episodes send requests in parallel."""
+    """Any OpenAI-compatible chat endpoint; concurrent episodes send requests in parallel.
+
+    `GenerationParams.prefix` is not sent: the chat API has no portable way to prefill a reply.
+    """
 
     def __init__(self, model: str, base_url: str):
         try:

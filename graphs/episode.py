@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import operator
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -40,8 +40,8 @@ class EpisodeContext:
     prompts: Prompts
     max_turns: int = 10  # rounds: one utterance from each participant, as in the paper
     seed: int = 0
-    speaker_params: GenerationParams = GenerationParams(max_new_tokens=160)
-    observer_params: GenerationParams = GenerationParams(max_new_tokens=80, temperature=0.0)
+    speaker_params: GenerationParams = GenerationParams(max_new_tokens=160, prefix="ACTION:")
+    observer_params: GenerationParams = GenerationParams(max_new_tokens=80, temperature=0.0, prefix="INTENT:")
 
 
 # ------------------------------------------------------------------ parsing
@@ -63,11 +63,16 @@ def parse_turn(raw: str, index: int, speaker: int, name: str) -> Turn:
     action = _ACTION_WORDS.get(action_match.group(1).strip().lower()) if action_match else None
     text = output_match.group(1).strip() if output_match else ""
     text = re.split(r"\n\s*ACTION\s*:", text, flags=re.IGNORECASE)[0].strip()  # one turn only
-    if action is None or (action is Action.SPEAK and not text):
+    if action is None or (action is Action.SPEAK and not _has_words(text)):
         return Turn(index=index, speaker=speaker, name=name, action=None, text=raw.strip(), raw=raw, valid=False)
     if text.upper() == "NONE":
         text = ""
     return Turn(index=index, speaker=speaker, name=name, action=action, text=text, raw=raw)
+
+
+def _has_words(text: str) -> bool:
+    """False for empty text and for the format's placeholder dots echoed back."""
+    return bool(re.search(r"\w", text))
 
 
 def _field(raw: str, key: str) -> str | None:
@@ -78,7 +83,7 @@ def _field(raw: str, key: str) -> str | None:
 def parse_intent(raw: str, turn_index: int) -> Intent:
     """INTENT/REASON/CULTURAL text -> Intent; without an INTENT line the label is invalid."""
     intent = _field(raw, "INTENT")
-    if not intent:
+    if not intent or not _has_words(intent):
         return Intent(turn_index=turn_index, intent="", raw=raw, valid=False)
     cultural = (_field(raw, "CULTURAL") or "").lower().startswith("yes")
     return Intent(turn_index=turn_index, intent=intent, reason=_field(raw, "REASON") or "", cultural=cultural, raw=raw)
@@ -127,8 +132,7 @@ def _speaker_node(me: int):
         ctx = runtime.context
         turns = [Turn.model_validate(t) for t in state.get("turns", [])]
         params = ctx.speaker_params
-        params = GenerationParams(params.max_new_tokens, params.temperature, params.top_p,
-                                  turn_seed(ctx.seed, len(turns), SPEAKERS[me]))
+        params = replace(params, seed=turn_seed(ctx.seed, len(turns), SPEAKERS[me]))
         raw = await ctx.model.achat(speaker_view(ctx, me, turns), task="roleplay", params=params)
         turn = parse_turn(raw, len(turns), me, ctx.scenario.participants[me].name)
         update: dict = {"turns": [turn.model_dump(mode="json")]}

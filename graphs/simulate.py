@@ -81,7 +81,7 @@ async def run_episode(graph, store: Store, ctx: EpisodeContext, planned: Planned
 
 async def simulate(store: Store, plan: list[PlannedEpisode], *, culture: Culture, model: Model, prompts: Prompts,
                    max_turns: int, concurrency: int, seed: int, run_id: str, config: dict,
-                   speaker_params: GenerationParams = GenerationParams(max_new_tokens=160),
+                   speaker_params: GenerationParams = EpisodeContext.speaker_params,
                    progress: bool = True) -> dict:
     """Run every planned episode that is not final yet, `concurrency` at a time."""
     versions = prompts.versions(PROMPT_NAMES)
@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     counts = asyncio.run(simulate(
         store, plan, culture=culture, model=model, prompts=prompts, max_turns=args.max_turns,
         concurrency=args.concurrency, seed=args.seed, run_id=run_id, config=config, progress=not args.no_progress,
-        speaker_params=GenerationParams(args.max_new_tokens, args.temperature, args.top_p),
+        speaker_params=replace(EpisodeContext.speaker_params, max_new_tokens=args.max_new_tokens,
+                               temperature=args.temperature, top_p=args.top_p),
     ))
     summary = summarize(store, plan, counts, model, time.perf_counter() - started)
     store.finish_run(run_id, summary)

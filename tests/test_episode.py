@@ -37,6 +37,7 @@ def scripted(speaker_lines, intent="INTENT: Greeting.\nREASON: Politeness to eld
         ("Hello there, how are you?", None, "Hello there, how are you?", False),
         ("ACTION: dance\nOUTPUT: twirls", None, "ACTION: dance\nOUTPUT: twirls", False),
         ("ACTION: speak\nOUTPUT:", None, "ACTION: speak\nOUTPUT:", False),
+        ("ACTION: speak\nOUTPUT: ...", None, "ACTION: speak\nOUTPUT: ...", False),  # the format echoed back
     ],
 )
 def test_parse_turn(raw, action, text, valid):
@@ -50,6 +51,7 @@ def test_parse_intent():
     assert parse_intent("INTENT: Asking.\nCULTURAL: no", 0).cultural is False
     bad = parse_intent("I think she wants to leave.", 4)
     assert not bad.valid and bad.intent == "" and bad.raw == "I think she wants to leave."
+    assert not parse_intent("INTENT: ...\nREASON: ...\nCULTURAL: ...", 1).valid
 
 
 def test_episode_alternates_and_ends_on_leave(culture, scenario):

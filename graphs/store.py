@@ -1,4 +1,4 @@
-"""The SQLite store: one file holds runs, scenarios, episodes, turns, intents (and later judgements).
+"""The SQLite store: one file holds runs, scenarios, episodes, turns, intents and judgements.
 
 Structured events are stored, never rendered prose: a turn is (speaker, action, text, raw, valid),
 rendered only at the edges (prompts, TRL rows, pages). WAL mode and a busy timeout let several
@@ -98,6 +98,15 @@ class Store:
                  "valid": int, "prompt_version": str},
                 pk=("episode_id", "turn_index"),
             )
+        if not t("judgements").exists():
+            # One row per (episode, judge model, aspect): aspect is quality, culture, meta or a
+            # SOTOPIA-style dimension; label/confidence are None and valid=0 when unparseable.
+            t("judgements").create(
+                {"episode_id": str, "judge_model": str, "aspect": str, "label": str, "confidence": str,
+                 "score": float, "critique": str, "raw": str, "valid": int, "prompt_version": str,
+                 "run_id": str, "created": str},
+                pk=("episode_id", "judge_model", "aspect"),
+            )
 
     # ------------------------------------------------------------ runs
 
@@ -180,6 +189,21 @@ class Store:
                    cultural=bool(r["cultural"]), raw=r["raw"] or "", valid=bool(r["valid"]))
             for r in self.db["intents"].rows_where("episode_id = ?", [ep_id], order_by="turn_index")
         ]
+
+    # ------------------------------------------------------------ judgements
+
+    def put_judgements(self, ep_id: str, judge_model: str, rows: Iterable[dict]) -> None:
+        """Replace one judge model's verdicts on an episode in one transaction."""
+        rows = [{**r, "episode_id": ep_id, "judge_model": judge_model, "created": now()} for r in rows]
+        with self.db.conn:
+            self.db["judgements"].delete_where("episode_id = ? and judge_model = ?", [ep_id, judge_model])
+            self.db["judgements"].insert_all(rows, alter=True)
+
+    def judgements(self, ep_id: str, judge_model: str | None = None) -> list[dict]:
+        where, args = "episode_id = ?", [ep_id]
+        if judge_model:
+            where, args = where + " and judge_model = ?", [*args, judge_model]
+        return list(self.db["judgements"].rows_where(where, args, order_by="judge_model, aspect"))
 
     def episodes(self, culture: str | None = None, status: str | None = None) -> list[dict]:
         clauses, args = [], []

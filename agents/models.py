@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import importlib.util
+import json
 import logging
 import os
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
@@ -143,8 +145,9 @@ class BatchingBackend:
     """Collects concurrent requests and hands them to `_generate_batch` together.
 
     Requests that arrive while a batch is running queue up and form the next batch, so with N
-    episodes in flight each `generate` call sees up to N prompts. Only requests with identical
-    decoding params share a batch.
+    episodes in flight each `generate` call sees up to N prompts. Requests share a batch when their
+    decoding params match apart from the seed; a batch is seeded from its members' seeds, so sampling
+    is reproducible per request only at batch size 1 (or when greedy).
     """
 
     transient_errors: tuple[type[BaseException], ...] = ()
@@ -172,8 +175,10 @@ class BatchingBackend:
                 pending.append(queue.get_nowait())
             groups: dict[GenerationParams, list] = defaultdict(list)
             for item in pending:
-                groups[item[1]].append(item)
+                groups[replace(item[1], seed=None)].append(item)
             for params, items in groups.items():
+                seeds = [p.seed for _, p, _ in items if p.seed is not None]
+                params = replace(params, seed=batch_seed(seeds)) if seeds else params
                 try:
                     outs = await asyncio.to_thread(self._generate_batch, [m for m, _, _ in items], params)
                 except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller
@@ -187,6 +192,12 @@ class BatchingBackend:
 
     def _generate_batch(self, conversations: list[list[Message]], params: GenerationParams) -> list[Completion]:
         raise NotImplementedError
+
+
+def batch_seed(seeds: Sequence[int]) -> int:
+    """One seed for a batch, fixed by the (unordered) seeds of its requests."""
+    digest = hashlib.sha256(json.dumps(sorted(seeds)).encode()).digest()
+    return int.from_bytes(digest[:4], "big")
 
 
 def smollm2_dir() -> Path:

@@ -2,24 +2,30 @@ import asyncio
 
 import pytest
 
-from agents.models import GenerationParams, Model, ModelSpecError, ScriptedBackend, load_model
+from agents.models import GenerationParams, batch_seed, Model, ModelSpecError, ScriptedBackend, load_model
 
 
 def test_hf_backend_batches_concurrent_requests(tiny_model_dir):
     model = load_model(tiny_model_dir)
     calls = []
     original = model.backend._generate_batch
-    model.backend._generate_batch = lambda convs, params: calls.append(len(convs)) or original(convs, params)
+    model.backend._generate_batch = lambda convs, params: calls.append((len(convs), params.seed)) or original(
+        convs, params)
     msgs = [{"role": "user", "content": "Hello"}]
-    params = GenerationParams(max_new_tokens=5, seed=0)
 
-    async def run():
-        return await asyncio.gather(*(model.achat(msgs, task="t", params=params) for _ in range(6)))
+    async def run():  # each episode turn carries its own seed; they must still share a batch
+        return await asyncio.gather(*(
+            model.achat(msgs, task="t", params=GenerationParams(max_new_tokens=5, seed=k)) for k in range(6)))
 
     outs = asyncio.run(run())
     assert len(outs) == 6 and all(isinstance(o, str) for o in outs)
-    assert max(calls) > 1, calls  # at least one generate call served several episodes
+    assert max(n for n, _ in calls) > 1, calls  # at least one generate call served several episodes
+    assert all(seed is not None for _, seed in calls)
     assert model.usage.calls["t"] == 6 and model.usage.prompt_tokens["t"] > 0
+
+
+def test_batch_seed_depends_on_the_set_of_seeds_only():
+    assert batch_seed([3, 1, 2]) == batch_seed([1, 2, 3]) != batch_seed([1, 2, 4])
 
 
 def test_transient_errors_are_retried_and_counted():

@@ -60,6 +60,7 @@ class Store:
         self.db = sqlite_utils.Database(self.path)
         self.db.execute("PRAGMA busy_timeout = 30000")
         self.db.enable_wal()
+        self.db.execute("PRAGMA synchronous = NORMAL")  # safe under WAL against a killed process
         self._create_tables()
 
     def _create_tables(self) -> None:

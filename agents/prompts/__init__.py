@@ -43,15 +43,19 @@ class Prompts:
             trim_blocks=True,
             lstrip_blocks=True,
             autoescape=False,
+            auto_reload=False,
         )
+        self._sources: dict[str, tuple[str, str]] = {}
 
     def source(self, name: str) -> tuple[str, str]:
-        """(template text, file it came from)."""
-        try:
-            text, filename, _ = self.env.loader.get_source(self.env, f"{name}.j2")
-        except TemplateError as exc:
-            raise PromptError(f"prompt {name!r}: no template {name}.j2 ({exc})") from exc
-        return text, filename
+        """(template text, file it came from), read once: a run's prompts and versions stay fixed."""
+        if name not in self._sources:
+            try:
+                text, filename, _ = self.env.loader.get_source(self.env, f"{name}.j2")
+            except TemplateError as exc:
+                raise PromptError(f"prompt {name!r}: no template {name}.j2 ({exc})") from exc
+            self._sources[name] = (text, filename)
+        return self._sources[name]
 
     def version(self, name: str) -> str:
         return hashlib.sha256(self.source(name)[0].encode()).hexdigest()[:12]

@@ -74,7 +74,8 @@ class Store:
         if not t("scenarios").exists():
             t("scenarios").create(
                 {"id": str, "culture": str, "seed_id": str, "source": str, "data": str, "status": str,
-                 "model": str, "prompt_version": str, "attempts": int, "error": str, "created": str},
+                 "model": str, "prompt_version": str, "attempts": int, "error": str, "raw": str, "run_id": str,
+                 "git": str, "created": str},
                 pk="id",
             )
             t("scenarios").create_index(["culture", "status"])
@@ -124,14 +125,44 @@ class Store:
 
     # ------------------------------------------------------------ scenarios
 
+    # A row is a usable scenario (status 'ok', `data` holds the record) or an adaptation that never
+    # validated (status 'failed', `data` empty, `error` and the last `raw` answer say why). Rows are
+    # replaced whole, so a scenario that succeeds after failing keeps no stale error.
+
     def put_scenario(self, scenario: Scenario, **meta) -> None:
-        row = {"id": scenario.id, "culture": scenario.culture, "source": scenario.source,
-               "data": scenario.to_json(), "status": "ok", "created": now(), **meta}
-        self.db["scenarios"].upsert(row, pk="id", alter=True)
+        self.db["scenarios"].insert(self._scenario_row(scenario, meta), pk="id", replace=True, alter=True)
+
+    def put_failed_scenario(self, scenario_id: str, **meta) -> None:
+        row = {"id": scenario_id, "data": None, "status": "failed", "created": now(), **meta}
+        self.db["scenarios"].insert(row, pk="id", replace=True, alter=True)
+
+    def import_scenarios(self, scenarios: Iterable[tuple[Scenario, dict]]) -> None:
+        """Store many (scenario, provenance) pairs in one transaction: all of them or, on any error, none."""
+        rows = [self._scenario_row(s, meta) for s, meta in scenarios]
+        with self.db.atomic():
+            self.db["scenarios"].insert_all(rows, pk="id", replace=True, alter=True)
+
+    @staticmethod
+    def _scenario_row(scenario: Scenario, meta: dict) -> dict:
+        return {"id": scenario.id, "culture": scenario.culture, "source": scenario.source,
+                "data": scenario.to_json(), "status": "ok", "error": None, "raw": None, "created": now(), **meta}
+
+    def scenario_row(self, scenario_id: str) -> dict | None:
+        rows = list(self.db["scenarios"].rows_where("id = ?", [scenario_id]))
+        return rows[0] if rows else None
+
+    def scenario_status(self, scenario_id: str) -> str | None:
+        row = self.scenario_row(scenario_id)
+        return row["status"] if row else None
 
     def scenario(self, scenario_id: str) -> Scenario | None:
-        rows = list(self.db["scenarios"].rows_where("id = ?", [scenario_id]))
-        return Scenario.from_json(rows[0]["data"]) if rows and rows[0]["data"] else None
+        row = self.scenario_row(scenario_id)
+        return Scenario.from_json(row["data"]) if row and row["data"] else None
+
+    def scenario_rows(self, culture: str | None = None) -> list[dict]:
+        """Every row, failed ones included, for inspection."""
+        where, args = ("culture = ?", [culture]) if culture else (None, [])
+        return list(self.db["scenarios"].rows_where(where, args, order_by="id"))
 
     def scenarios(self, culture: str | None = None, status: str = "ok") -> list[Scenario]:
         where, args = "status = ?", [status]

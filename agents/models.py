@@ -404,8 +404,26 @@ def _wvs_first_option(messages: list[Message]) -> str:
     return found.group(1) if found else "1"
 
 
+def _adapt_renamed(messages: list[Message]) -> str:
+    """Scenario adaptation: the seed JSON from the request, its two people renamed everywhere.
+
+    The new names are made from syllables picked by a hash of the old name: deterministic, clearly
+    not real, and different from the seed's, so the answer passes the adaptation's validation.
+    """
+    request = next(m["content"] for m in messages if m["role"] == "user")
+    seed, _ = json.JSONDecoder().raw_decode(request, request.index("{"))
+    syllables = ["ka", "ri", "mo", "ta", "ne", "so", "lu", "vi", "ha", "do", "mi", "ze"]
+    text = json.dumps(seed, ensure_ascii=False)
+    for person in seed["participants"]:
+        for word in re.findall(r"\w+", person["name"]):
+            digest = hashlib.sha256(word.encode()).digest()
+            new = "".join(syllables[b % len(syllables)] for b in digest[:3]).capitalize()
+            text = re.sub(rf"\b{re.escape(word)}\b", new, text)
+    return text
+
+
 # Other stages add canned replies for their own tasks here (task name -> reply function).
-PUPPET_REPLIES: dict[str, Callable[[list[Message]], str]] = {"wvs": _wvs_first_option}
+PUPPET_REPLIES: dict[str, Callable[[list[Message]], str]] = {"wvs": _wvs_first_option, "adapt": _adapt_renamed}
 
 
 def load_model(spec: str, *, adapter: str | None = None, load_in_4bit: bool = False, max_batch: int = 8) -> Model:

@@ -1,8 +1,11 @@
 """Simulate culturally grounded role-play episodes into the SQLite store.
 
+    python -m graphs.adapt --culture CHN --n 8 --model smollm2       # first: scenarios adapted to the culture
     python -m graphs.simulate --culture CHN --episodes 8 --model smollm2
     python -m graphs.simulate --culture JPN --episodes 100 --samples 2 --model openai:Qwen2.5-7B@http://127.0.0.1:8000/v1 --concurrency 32
 
+Episodes role-play the culture's scenarios in the store (adapted by `graphs.adapt` or imported with
+`graphs.scenarios import`); `--use-seeds` role-plays the culture-neutral SOTOPIA seeds instead.
 Rerunning the same command resumes: finished episodes are skipped, episodes in flight continue from
 their last LangGraph checkpoint, failed ones are retried. Episode ids come from (scenario, culture,
 model, seed, sample), so nothing is stored twice.
@@ -17,6 +20,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import aiosqlite
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
@@ -141,6 +145,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-turns", type=int, default=10, help="rounds; one round is one utterance from each")
     p.add_argument("--concurrency", type=int, default=8, help="episodes in flight (and in-process batch size)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--use-seeds", action="store_true",
+                   help="role-play the culture-neutral SOTOPIA seeds instead of the culture's adapted scenarios")
     p.add_argument("--prompts", default=None, help="directory whose templates override the built-in ones")
     p.add_argument("--cultures-dir", default=None, help="directory of extra culture YAML files")
     p.add_argument("--temperature", type=float, default=0.7, help="speaker sampling temperature")
@@ -161,12 +167,19 @@ def main(argv: list[str] | None = None) -> None:
         model = load_model(args.model, max_batch=args.concurrency)
     except (CultureError, PromptError, ModelSpecError) as exc:
         sys.exit(f"error: {exc}")
+    if args.use_seeds:
+        scenarios = list(sotopia_seeds())
+    else:  # read without creating the store: a failed command leaves no file behind
+        scenarios = Store(args.db).scenarios(culture=culture.code) if Path(args.db).exists() else []
+        if not scenarios:
+            sys.exit(f"error: no adapted scenarios for {culture.code} in {args.db}: run python -m graphs.adapt "
+                     f"--culture {culture.code} --db {args.db} first, or pass --use-seeds")
     store = Store(args.db)
-    scenarios = sotopia_seeds()
-    for s in scenarios:
-        if store.scenario(s.id) is None:
-            store.put_scenario(s, seed_id=s.id)
-    plan = plan_episodes(list(scenarios), culture.code, args.model, args.seed, args.episodes, args.samples)
+    if args.use_seeds:
+        for s in scenarios:
+            if store.scenario(s.id) is None:
+                store.put_scenario(s, seed_id=s.id)
+    plan = plan_episodes(scenarios, culture.code, args.model, args.seed, args.episodes, args.samples)
     config = {k: v for k, v in vars(args).items() if k not in ("no_progress",)}
     run_id = store.start_run("graphs.simulate " + " ".join(argv if argv is not None else sys.argv[1:]), config)
     started = time.perf_counter()

@@ -74,7 +74,7 @@ def test_crashed_episode_resumes_from_its_checkpoint(tmp_path, culture):
 def test_sigkill_then_rerun_stores_every_episode_exactly_once(tmp_path):
     db = tmp_path / "kill.db"
     cmd = [sys.executable, "-m", "graphs.simulate", "--culture", "CHN", "--episodes", "6", "--max-turns", "3",
-           "--model", "puppet:0.02", "--db", str(db), "--concurrency", "2", "--no-progress"]
+           "--model", "puppet:0.02", "--db", str(db), "--concurrency", "2", "--no-progress", "--use-seeds"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline:  # kill once some episodes are done and others are mid-flight

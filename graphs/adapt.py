@@ -1,0 +1,316 @@
+"""Adapt seed scenarios to a culture (CLCA section 1a) and store them.
+
+    python -m graphs.adapt --culture JPN --n 20 --model smollm2
+    python -m graphs.adapt --culture DEU --n 200 --model openai:Qwen2.5-7B@http://127.0.0.1:8000/v1 --concurrency 32
+    python -m graphs.adapt --culture JPN --seeds my_seeds.jsonl --model puppet
+
+One graph per seed:
+
+    START -> adapt -> validate -> (adapt | END)
+
+`adapt` asks the model to rewrite names, occupations, setting, goals and secrets for the culture;
+`validate` pulls the JSON out of whatever the model wrapped it in and checks it against the Scenario
+record and against the seed (same structure, new names). A failed check goes back to the model with
+the error, at most `max_attempts` times in all. A seed that never validates is stored as `failed`
+with its reason; rerunning the command skips seeds already adapted and retries the failed ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import operator
+import random
+import re
+import sys
+import time
+from dataclasses import dataclass, replace
+from typing import Annotated, Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from agents.cultures import CultureError, load_culture
+from agents.models import GenerationParams, Message, Model, ModelSpecError, load_model
+from agents.prompts import PromptError, Prompts
+from agents.records import Culture, Scenario
+from agents.seeds import sotopia_seeds
+from graphs.scenarios import ScenarioFileError, read_scenarios
+from graphs.store import DEFAULT_DB, Store, git_commit
+
+PROMPT_NAMES = ["adapt_system", "adapt_user", "adapt_retry"]
+# The fields the model rewrites; id, culture and source are ours to set.
+ADAPTED_FIELDS = ("setting", "relationship", "participants")
+
+
+class AdaptationError(ValueError):
+    """Why one answer is not a usable adaptation; one line, shown to the model on the next attempt."""
+
+
+class AdaptState(TypedDict, total=False):
+    raw: str  # the latest answer
+    attempts: Annotated[list[dict], operator.add]  # {"raw": str, "error": str | None}, one per answer
+    scenario: dict | None  # the validated adaptation
+
+
+@dataclass(frozen=True)
+class AdaptContext:
+    seed: Scenario
+    culture: Culture
+    model: Model
+    prompts: Prompts
+    max_attempts: int = 3
+    sample_seed: int = 0
+    # An adapted SOTOPIA scenario is about 500 tokens of JSON; "{" makes small models start the object.
+    params: GenerationParams = GenerationParams(max_new_tokens=768, prefix="{")
+
+
+def adapted_id(culture: str, seed_id: str) -> str:
+    """One adaptation per (culture, seed): the id a rerun looks for."""
+    return f"{culture.lower()}-{seed_id}"
+
+
+# ------------------------------------------------------------------ extraction and validation
+
+
+def seed_json(seed: Scenario) -> str:
+    """The seed's adaptable fields as JSON: the shape the answer must have."""
+    data = seed.model_dump(mode="json", include=set(ADAPTED_FIELDS))
+    return json.dumps(data, ensure_ascii=False, indent=1)
+
+
+def extract_json(raw: str) -> dict[str, Any]:
+    """The first JSON object in an answer, whatever prose or code fences surround it."""
+    decoder = json.JSONDecoder()
+    first_error = None
+    for match in re.finditer(r"\{", raw):
+        try:
+            value, _ = decoder.raw_decode(raw, match.start())
+        except json.JSONDecodeError as exc:
+            first_error = first_error or exc
+            continue
+        if isinstance(value, dict):
+            return value
+    if first_error is None:
+        raise AdaptationError("the answer contains no JSON object")
+    raise AdaptationError(f"the answer is not valid JSON ({first_error.msg} at character {first_error.pos})")
+
+
+def validate_adaptation(raw: str, seed: Scenario, culture: Culture) -> Scenario:
+    """A model answer -> the adapted Scenario, or AdaptationError naming the first problem."""
+    data = extract_json(raw)
+    for key in ("id", "culture", "source"):
+        data.pop(key, None)  # ours to set; a model echoing them is harmless
+    try:
+        scenario = Scenario.model_validate(
+            {**data, "id": adapted_id(culture.code, seed.id), "culture": culture.code, "source": f"adapted:{seed.id}"}
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise AdaptationError(f"field {field}: {first['msg']}") from None
+    _check_same_structure(scenario, seed)
+    _check_names_changed(scenario, seed)
+    return scenario
+
+
+def _check_same_structure(scenario: Scenario, seed: Scenario) -> None:
+    """Every field the seed fills must be filled in the adaptation too."""
+    if seed.relationship and not scenario.relationship.strip():
+        raise AdaptationError("field relationship: empty, but the scenario has one")
+    for i, (new, old) in enumerate(zip(scenario.participants, seed.participants)):
+        for name, value in old.model_dump().items():
+            if value not in (None, "") and new.model_dump()[name] in (None, ""):
+                raise AdaptationError(f"field participants.{i}.{name}: empty, but the scenario has one")
+
+
+def _check_names_changed(scenario: Scenario, seed: Scenario) -> None:
+    """New names for both people, and no trace of the old ones anywhere in the text."""
+    old_words = {w for p in seed.participants for w in re.findall(r"\w{3,}", p.name)}
+    for i, p in enumerate(scenario.participants):
+        if p.name.strip().lower() in {s.name.strip().lower() for s in seed.participants}:
+            raise AdaptationError(f"field participants.{i}.name: {p.name!r} is a name from the original scenario")
+    texts = {"setting": scenario.setting, "relationship": scenario.relationship}
+    for i, p in enumerate(scenario.participants):
+        texts.update({f"participants.{i}.{k}": str(v) for k, v in p.model_dump().items() if isinstance(v, str)})
+    for field, text in texts.items():
+        for word in sorted(old_words):
+            if re.search(rf"\b{re.escape(word)}\b", text):
+                raise AdaptationError(f"field {field}: still uses the original name {word!r}")
+
+
+# ------------------------------------------------------------------ graph
+
+
+def adapt_messages(ctx: AdaptContext, attempts: list[dict]) -> list[Message]:
+    """The request, then each failed answer followed by its validation error."""
+    system = ctx.prompts.render("adapt_system", culture=ctx.culture)
+    user = ctx.prompts.render("adapt_user", culture=ctx.culture, seed=ctx.seed, seed_json=seed_json(ctx.seed))
+    messages: list[Message] = [{"role": "system", "content": system.text}, {"role": "user", "content": user.text}]
+    for number, attempt in enumerate(attempts, start=1):
+        retry = ctx.prompts.render("adapt_retry", error=attempt["error"], culture=ctx.culture, attempt=number)
+        messages += [{"role": "assistant", "content": attempt["raw"]}, {"role": "user", "content": retry.text}]
+    return messages
+
+
+def sample_seed(base: int, seed_id: str, attempt: int) -> int:
+    """A per-call sampling seed, fixed by the run seed, the seed scenario and the attempt."""
+    return int(hashlib.sha256(f"{base}:{seed_id}:{attempt}".encode()).hexdigest()[:8], 16)
+
+
+async def adapt(state: AdaptState, runtime: Runtime[AdaptContext]) -> dict:
+    ctx = runtime.context
+    attempts = state.get("attempts", [])
+    params = replace(ctx.params, seed=sample_seed(ctx.sample_seed, ctx.seed.id, len(attempts)))
+    raw = await ctx.model.achat(adapt_messages(ctx, attempts), task="adapt", params=params)
+    return {"raw": raw}
+
+
+def validate(state: AdaptState, runtime: Runtime[AdaptContext]) -> dict:
+    ctx = runtime.context
+    try:
+        scenario = validate_adaptation(state["raw"], ctx.seed, ctx.culture)
+    except AdaptationError as exc:
+        return {"attempts": [{"raw": state["raw"], "error": str(exc)}]}
+    return {"attempts": [{"raw": state["raw"], "error": None}], "scenario": scenario.model_dump(mode="json")}
+
+
+def should_retry(state: AdaptState, runtime: Runtime[AdaptContext]) -> str:
+    """End on a valid adaptation or when the attempts are spent; otherwise ask again."""
+    if state.get("scenario") or len(state["attempts"]) >= runtime.context.max_attempts:
+        return END
+    return "adapt"
+
+
+def build_adapt_graph(route=should_retry):
+    graph = StateGraph(AdaptState, context_schema=AdaptContext)
+    graph.add_node("adapt", adapt)
+    graph.add_node("validate", validate)
+    graph.add_edge(START, "adapt")
+    graph.add_edge("adapt", "validate")
+    graph.add_conditional_edges("validate", route, ["adapt", END])
+    return graph.compile()
+
+
+# ------------------------------------------------------------------ running and storing
+
+
+async def adapt_seeds(store: Store, seeds: list[Scenario], *, culture: Culture, model: Model, prompts: Prompts,
+                      max_attempts: int, params: GenerationParams, concurrency: int, seed: int, run_id: str,
+                      progress: bool = True) -> dict:
+    """Adapt every seed not yet adapted for the culture, `concurrency` at a time, storing each result."""
+    versions = json.dumps(prompts.versions(PROMPT_NAMES), sort_keys=True)
+    todo = [s for s in seeds if store.scenario_status(adapted_id(culture.code, s.id)) != "ok"]
+    counts = {"skipped": len(seeds) - len(todo), "adapted": 0, "failed": 0, "attempts": 0, "first_try": 0}
+    graph = build_adapt_graph()
+    gate = asyncio.Semaphore(concurrency)
+    bar = tqdm(total=len(todo), desc=f"adapt {culture.code}", unit="scenario", disable=not progress)
+    commit = git_commit()
+    if todo:  # a user template that cannot render fails the run here, not once per seed
+        probe = AdaptContext(seed=todo[0], culture=culture, model=model, prompts=prompts)
+        adapt_messages(probe, [{"raw": "", "error": "probe"}])
+
+    async def one(s: Scenario) -> None:
+        async with gate:
+            ctx = AdaptContext(seed=s, culture=culture, model=model, prompts=prompts, max_attempts=max_attempts,
+                               sample_seed=seed, params=params)
+            meta = {"culture": culture.code, "seed_id": s.id, "model": model.spec, "prompt_version": versions,
+                    "run_id": run_id, "git": commit}
+            try:
+                state = await graph.ainvoke({"attempts": []}, {"recursion_limit": 2 * max_attempts + 5}, context=ctx)
+            except PromptError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a crashed model call is this seed's recorded failure
+                store.put_failed_scenario(adapted_id(culture.code, s.id), attempts=0, raw="",
+                                          error=f"{type(exc).__name__}: {exc}".splitlines()[0][:500], **meta)
+                counts["failed"] += 1
+            else:
+                attempts = state["attempts"]
+                counts["attempts"] += len(attempts)
+                if state.get("scenario"):
+                    store.put_scenario(Scenario.model_validate(state["scenario"]), attempts=len(attempts), **meta)
+                    counts["adapted"] += 1
+                    counts["first_try"] += len(attempts) == 1
+                else:
+                    store.put_failed_scenario(adapted_id(culture.code, s.id), attempts=len(attempts),
+                                              raw=attempts[-1]["raw"], error=attempts[-1]["error"], **meta)
+                    counts["failed"] += 1
+            bar.update(1)
+
+    await asyncio.gather(*(one(s) for s in todo))
+    bar.close()
+    return counts
+
+
+def choose_seeds(seeds: list[Scenario], n: int | None, seed: int) -> list[Scenario]:
+    """A seeded choice of n seeds (all of them when n is None), stable across reruns."""
+    order = list(seeds)
+    random.Random(seed).shuffle(order)
+    return order if n is None else order[:n]
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m graphs.adapt", description=__doc__.split("\n\n")[0])
+    p.add_argument("--culture", required=True, help="ISO-3 code of a culture with a YAML file, e.g. JPN")
+    p.add_argument("--n", type=int, default=None, help="seeds to adapt, a seeded choice (default: all)")
+    p.add_argument("--seeds", default=None, help="JSON Lines file of your own seed scenarios (default: SOTOPIA)")
+    p.add_argument("--model", default="smollm2", help="model spec (smollm2, hub id, dir, openai:M@URL, vllm:M)")
+    p.add_argument("--db", default=DEFAULT_DB, help="SQLite store")
+    p.add_argument("--max-attempts", type=int, default=3, help="answers per seed, the first included")
+    p.add_argument("--concurrency", type=int, default=8, help="seeds in flight (and in-process batch size)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompts", default=None, help="directory whose templates override the built-in ones")
+    p.add_argument("--cultures-dir", default=None, help="directory of extra culture YAML files")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.7)
+    p.add_argument("--max-new-tokens", type=int, default=768)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = make_parser().parse_args(argv)
+    if (args.n is not None and args.n < 1) or args.max_attempts < 1 or args.concurrency < 1:
+        sys.exit("error: --n, --max-attempts and --concurrency must be at least 1")
+    try:
+        culture = load_culture(args.culture, args.cultures_dir)
+        prompts = Prompts(args.prompts)
+        prompts.versions(PROMPT_NAMES)  # fail on a missing template before loading a model
+        seeds = read_scenarios(args.seeds) if args.seeds else list(sotopia_seeds())
+        model = load_model(args.model, max_batch=args.concurrency)
+    except (CultureError, PromptError, ModelSpecError, ScenarioFileError) as exc:
+        sys.exit(f"error: {exc}")
+    store = Store(args.db)
+    chosen = choose_seeds(seeds, args.n, args.seed)
+    config = {k: v for k, v in vars(args).items() if k != "no_progress"}
+    run_id = store.start_run("graphs.adapt " + " ".join(argv if argv is not None else sys.argv[1:]), config)
+    params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                              prefix=AdaptContext.params.prefix)
+    started = time.perf_counter()
+    try:
+        counts = asyncio.run(adapt_seeds(
+            store, chosen, culture=culture, model=model, prompts=prompts, max_attempts=args.max_attempts,
+            params=params, concurrency=args.concurrency, seed=args.seed, run_id=run_id,
+            progress=not args.no_progress,
+        ))
+    except PromptError as exc:  # a user template that fails to render stops the run before any answer
+        sys.exit(f"error: {exc}")
+    wall_s = round(time.perf_counter() - started, 1)
+    store.finish_run(run_id, {**counts, "usage": model.usage.totals(), "wall_s": wall_s})
+    tried = counts["adapted"] + counts["failed"]
+    rate = f"{counts['adapted']}/{tried} valid ({counts['first_try']} on the first attempt)" if tried else "none tried"
+    u = model.usage.totals()
+    print(
+        f"\n{len(chosen)} seeds for {culture.name}: {counts['adapted']} adapted, {counts['failed']} failed "
+        f"(never validated), {counts['skipped']} already adapted; {rate}; {counts['attempts']} answers, "
+        f"{u['prompt_tokens']} prompt + {u['completion_tokens']} completion tokens; {wall_s} s"
+    )
+    print(f"Look at them:  python -m graphs.scenarios list --culture {culture.code} --db {args.db}")
+
+
+if __name__ == "__main__":
+    main()

@@ -48,6 +48,9 @@ class GenerationParams:
     # The reply is forced to start with this text (returned as part of it). Small models follow an
     # output format far more reliably when its first token is given.
     prefix: str = ""
+    # Generation ends at the first of these strings (cut from the reply): a one-paragraph answer
+    # needs no more tokens, and small models otherwise ramble to max_new_tokens.
+    stop: tuple[str, ...] = ()
 
     @property
     def greedy(self) -> bool:
@@ -194,6 +197,12 @@ class BatchingBackend:
         raise NotImplementedError
 
 
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """The text before the first stop string (generation stops after it, so it is still there)."""
+    cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return text[: min(cuts)] if cuts else text
+
+
 def batch_seed(seeds: Sequence[int]) -> int:
     """One seed for a batch, fixed by the (unordered) seeds of its requests."""
     digest = hashlib.sha256(json.dumps(sorted(seeds)).encode()).digest()
@@ -288,9 +297,11 @@ class HFBackend(BatchingBackend):
             gen["do_sample"] = False
         else:
             gen.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+        if params.stop:
+            gen["stop_sequence"] = list(params.stop)
         with torch.inference_mode():
             result = self.llm.generate(prompts, pipeline_kwargs=gen)
-        texts = [params.prefix + g[0].text for g in result.generations]
+        texts = [params.prefix + cut_at_stop(g[0].text, params.stop) for g in result.generations]
         return [
             Completion(t.strip(), self._count(p), self._count(t)) for p, t in zip(prompts, texts)
         ]
@@ -316,7 +327,7 @@ class VLLMBackend(BatchingBackend):
 
         sampling = SamplingParams(
             max_tokens=params.max_new_tokens, temperature=max(params.temperature, 0.0),
-            top_p=params.top_p if not params.greedy else 1.0, seed=params.seed,
+            top_p=params.top_p if not params.greedy else 1.0, seed=params.seed, stop=list(params.stop) or None,
         )
         if params.prefix:  # continue a partial assistant message instead of starting a new one
             conversations = [[*c, {"role": "assistant", "content": params.prefix}] for c in conversations]
@@ -352,7 +363,7 @@ class OpenAIBackend:
         chat = self._chat_cls(
             model=self._model, base_url=self._base_url, api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"),
             temperature=max(params.temperature, 0.0), top_p=params.top_p, seed=params.seed, max_retries=0,
-            max_tokens=params.max_new_tokens,
+            max_tokens=params.max_new_tokens, stop=list(params.stop) or None,
             # llama.cpp's server ignores max_completion_tokens, which is what max_tokens is sent as.
             extra_body={"max_tokens": params.max_new_tokens},
         )
@@ -422,8 +433,26 @@ def _adapt_renamed(messages: list[Message]) -> str:
     return text
 
 
+def _judge_approves(messages: list[Message]) -> str:
+    """Judging (graphs.judge): a favourable, well-formed answer to whichever question is asked."""
+    question = messages[-1]["content"]
+    if "ALIGNMENT:" in question:
+        return "ALIGNMENT: aligned\nCONFIDENCE: confident"
+    if "LABEL:" in question:
+        return "CRITIQUE: The earlier judgements fit the dialogue.\nLABEL: good\nCONFIDENCE: confident"
+    return "QUALITY: good\nCONFIDENCE: confident"
+
+
+def _contrastive_reply(messages: list[Message]) -> str:
+    """Contrastive pairs (training.dataset): a reply from the persona without cultural grounding."""
+    turn = re.search(r"Turn #(\d+)", messages[-1]["content"])
+    return f"ACTION: speak\nOUTPUT: An ungrounded reply at turn {turn.group(1) if turn else '?'}."
+
+
 # Other stages add canned replies for their own tasks here (task name -> reply function).
-PUPPET_REPLIES: dict[str, Callable[[list[Message]], str]] = {"wvs": _wvs_first_option, "adapt": _adapt_renamed}
+PUPPET_REPLIES: dict[str, Callable[[list[Message]], str]] = {
+    "wvs": _wvs_first_option, "adapt": _adapt_renamed, "judge": _judge_approves, "contrastive": _contrastive_reply,
+}
 
 
 def load_model(spec: str, *, adapter: str | None = None, load_in_4bit: bool = False, max_batch: int = 8) -> Model:

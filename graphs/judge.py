@@ -1,0 +1,421 @@
+"""Judge simulated episodes and decide which ones training may use (CLCA section 1c).
+
+    python -m graphs.judge --culture CHN --model smollm2
+    python -m graphs.judge --culture JPN --model openai:Qwen2.5-72B@http://127.0.0.1:8000/v1 --concurrency 32
+
+Per episode, a small LangGraph graph asks the judge model three questions:
+
+    START -> quality --\
+    START -> culture ---> meta -> END
+
+`quality` (good/bad) and `culture` (aligned/not aligned) each come with a confidence (very confident,
+confident, not sure); `meta` critiques both and gives its own good/bad label and confidence. Every answer
+is stored in the `judgements` table with the judge model and prompt version; an answer that does not
+parse is stored with valid=0 and no label, never a default. Rerunning skips episodes this judge model
+has already judged (`--rejudge` redoes them).
+
+The filter is separate from judging: `FilterRule` + `verdict()` decide from stored judgements, so the
+dataset exporter and the site viewer apply the same rule. The paper's rule (the default) drops an
+episode when the meta label or the quality label is bad with "very confident".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import operator
+import re
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+from typing import Annotated, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from tqdm import tqdm
+
+from agents.cultures import CultureError, load_culture
+from agents.models import GenerationParams, Message, Model, ModelSpecError, load_model
+from agents.prompts import PromptError, Prompts
+from agents.records import Culture, Scenario, Turn
+from graphs.episode import turn_seed
+from graphs.store import DEFAULT_DB, FINAL, Store
+
+# aspect -> (answer key, label vocabulary); the confidence vocabulary is shared.
+LABELS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "quality": ("QUALITY", ("good", "bad")),
+    "culture": ("ALIGNMENT", ("aligned", "not aligned")),
+    "meta": ("LABEL", ("good", "bad")),
+}
+ASPECTS = tuple(LABELS)
+CONFIDENCES = ("very confident", "confident", "not sure")
+PROMPT_NAMES = ["judge_system", "judge_quality", "judge_culture", "judge_meta"]
+# Episodes shorter than this (in valid utterances) give nothing to judge or to train on.
+MIN_UTTERANCES = 2
+
+
+# ------------------------------------------------------------------ parsing
+
+
+def _line_value(raw: str, key: str) -> str | None:
+    """The text after `KEY:` on its line (markdown bold and list marks tolerated)."""
+    match = re.search(rf"^[\W_]*{key}[\W_]*:\s*(.*)$", raw, re.IGNORECASE | re.MULTILINE)
+    return match.group(1).strip() if match else None
+
+
+def _choice(value: str | None, options: tuple[str, ...]) -> str | None:
+    """The option `value` starts with, if it names no other option; otherwise None.
+
+    "Bad - it repeats" -> bad; "good | bad" (the options copied) -> None; "not good" -> None.
+    """
+    if value is None:
+        return None
+    text = re.sub(r"\s+", " ", re.sub(r"[\[\]()*_`\"']", " ", value.lower())).strip()
+    by_length = sorted(options, key=len, reverse=True)  # "not aligned" before "aligned"
+    found = re.findall(r"\b(" + "|".join(map(re.escape, by_length)) + r")\b", text)
+    if not found or len(set(found)) > 1 or not text.startswith(found[0]):
+        return None
+    return found[0]
+
+
+def _critique(raw: str) -> str:
+    match = re.search(r"^[\W_]*CRITIQUE[\W_]*:\s*(.*?)(?=^[\W_]*(?:LABEL|CONFIDENCE)[\W_]*:|\Z)", raw,
+                      re.IGNORECASE | re.MULTILINE | re.DOTALL)
+    return match.group(1).strip() if match else ""
+
+
+def parse_judgement(aspect: str, raw: str) -> dict:
+    """A judge answer -> a judgements row; valid only when both label and confidence parse."""
+    key, options = LABELS[aspect]
+    label = _choice(_line_value(raw, key), options)
+    confidence = _choice(_line_value(raw, "CONFIDENCE"), CONFIDENCES)
+    valid = label is not None and confidence is not None
+    return {
+        "aspect": aspect, "label": label if valid else None, "confidence": confidence if valid else None,
+        "score": None, "critique": _critique(raw) if aspect == "meta" else None, "raw": raw, "valid": int(valid),
+    }
+
+
+# ------------------------------------------------------------------ filter
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Drop when `aspect` has `label` with one of `confidences` (any confidence when empty)."""
+
+    aspect: str
+    label: str
+    confidences: tuple[str, ...] = ()
+
+    def matches(self, row: dict) -> bool:
+        return row["label"] == self.label and (not self.confidences or row["confidence"] in self.confidences)
+
+    def __str__(self) -> str:
+        return f"{self.aspect}={self.label}" + (f"@{'/'.join(self.confidences)}" if self.confidences else "")
+
+
+class JudgeError(ValueError):
+    """Bad input to the judge command, reported as one line."""
+
+
+class FilterRuleError(JudgeError):
+    """A filter rule that names an unknown aspect, label or confidence."""
+
+
+@dataclass(frozen=True)
+class FilterRule:
+    """Which judged episodes to drop. `on_invalid` says what an invalid or missing judgement of an aspect
+    the rule names does: "keep" (no evidence against the episode, the paper's literal rule) or "drop".
+    `keep_all` keeps every episode, judged or not (the paper's no-filtering ablation)."""
+
+    drop_if: tuple[Condition, ...] = ()
+    on_invalid: str = "keep"
+    keep_all: bool = False
+
+    @classmethod
+    def parse(cls, text: str, on_invalid: str = "keep") -> FilterRule:
+        """'none', or comma-separated conditions 'aspect=label[@confidence[/confidence...]]'."""
+        if on_invalid not in ("keep", "drop"):
+            raise FilterRuleError(f"on-invalid {on_invalid!r}: expected keep or drop")
+        if text.strip().lower() == "none":
+            return cls(keep_all=True, on_invalid=on_invalid)
+        conditions = []
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            aspect, sep, rest = part.partition("=")
+            label, _, confs = rest.partition("@")
+            aspect, label = aspect.strip(), label.strip()
+            confidences = tuple(c.strip() for c in confs.split("/") if c.strip())
+            if not sep or aspect not in LABELS:
+                raise FilterRuleError(f"filter rule {part!r}: expected aspect=label[@confidence] with aspect one of "
+                                      f"{', '.join(ASPECTS)}")
+            if label not in LABELS[aspect][1]:
+                raise FilterRuleError(f"filter rule {part!r}: label must be one of {', '.join(LABELS[aspect][1])}")
+            if any(c not in CONFIDENCES for c in confidences):
+                raise FilterRuleError(f"filter rule {part!r}: confidence must be one of {', '.join(CONFIDENCES)}")
+            conditions.append(Condition(aspect, label, confidences))
+        if not conditions:
+            raise FilterRuleError("filter rule: empty (use 'none' to keep every episode)")
+        return cls(drop_if=tuple(conditions), on_invalid=on_invalid)
+
+    def __str__(self) -> str:
+        body = "none" if self.keep_all else ",".join(map(str, self.drop_if))
+        return f"{body} (on invalid: {self.on_invalid})"
+
+
+PAPER_RULE_TEXT = "meta=bad@very confident,quality=bad@very confident"
+PAPER_RULE = FilterRule.parse(PAPER_RULE_TEXT)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kept: bool
+    judged: bool
+    reasons: tuple[str, ...] = ()  # the conditions that dropped it, or why it was not judged
+    invalid: tuple[str, ...] = ()  # aspects the rule names whose judgement is invalid or missing
+
+
+def verdict(judgements: list[dict], rule: FilterRule = PAPER_RULE) -> Verdict:
+    """Keep or drop one episode from one judge model's stored judgements (`Store.judgements(ep, model)`)."""
+    by_aspect = {row["aspect"]: row for row in judgements}
+    if rule.keep_all:
+        return Verdict(kept=True, judged=bool(by_aspect))
+    if not by_aspect:
+        return Verdict(kept=False, judged=False, reasons=("not judged",))
+    reasons, invalid = [], []
+    for condition in rule.drop_if:
+        row = by_aspect.get(condition.aspect)
+        if row is None or not row["valid"]:
+            invalid.append(condition.aspect)
+        elif condition.matches(row):
+            reasons.append(str(condition))
+    invalid = list(dict.fromkeys(invalid))
+    if invalid and rule.on_invalid == "drop":
+        reasons.extend(f"{aspect} invalid" for aspect in invalid)
+    return Verdict(kept=not reasons, judged=True, reasons=tuple(reasons), invalid=tuple(invalid))
+
+
+def episode_verdicts(store: Store, culture: str, judge_model: str | None, rule: FilterRule = PAPER_RULE
+                     ) -> list[tuple[dict, Verdict]]:
+    """(episode row, verdict) for every judgeable episode of a culture, in id order."""
+    return [
+        (row, verdict(store.judgements(row["id"], judge_model) if judge_model else [], rule))
+        for row in judgeable_episodes(store, culture)
+    ]
+
+
+def judgeable_episodes(store: Store, culture: str) -> list[dict]:
+    """Finished episodes with at least MIN_UTTERANCES valid turns. An episode that ended on an
+    unparseable turn counts with the turns before it, as the paper kept truncated dialogues."""
+    rows = [r for r in store.episodes(culture) if r["status"] in FINAL]
+    return [r for r in rows if len(valid_turns(store.turns(r["id"]))) >= MIN_UTTERANCES]
+
+
+def valid_turns(turns: list[Turn]) -> list[Turn]:
+    """The turns before the first invalid one (an episode ends at its first unparseable turn)."""
+    out = []
+    for t in turns:
+        if not t.valid:
+            break
+        out.append(t)
+    return out
+
+
+# ------------------------------------------------------------------ graph
+
+
+class JudgeState(TypedDict, total=False):
+    judgements: Annotated[list[dict], operator.add]  # judgements rows, one per aspect
+
+
+@dataclass(frozen=True)
+class JudgeContext:
+    scenario: Scenario
+    culture: Culture
+    turns: tuple[Turn, ...]
+    model: Model
+    prompts: Prompts
+    seed: int = 0
+    # The paper's judge: temperature 0, at most 200 new tokens.
+    params: GenerationParams = GenerationParams(max_new_tokens=200, temperature=0.0)
+
+
+def judge_messages(ctx: JudgeContext, aspect: str, **variables) -> tuple[list[Message], str]:
+    """(messages for one judge call, the prompt version stored with its answer)."""
+    system = ctx.prompts.render("judge_system", scenario=ctx.scenario, culture=ctx.culture,
+                                transcript=list(ctx.turns))
+    user = ctx.prompts.render(f"judge_{aspect}", culture=ctx.culture, **variables)
+    messages = [{"role": "system", "content": system.text}, {"role": "user", "content": user.text}]
+    return messages, f"judge_system:{system.version},{user.name}:{user.version}"
+
+
+async def _ask(ctx: JudgeContext, aspect: str, **variables) -> dict:
+    messages, version = judge_messages(ctx, aspect, **variables)
+    key = "CRITIQUE" if aspect == "meta" else LABELS[aspect][0]
+    params = replace(ctx.params, seed=turn_seed(ctx.seed, 0, f"judge-{aspect}"), prefix=f"{key}:")
+    raw = await ctx.model.achat(messages, task="judge", params=params)
+    return {**parse_judgement(aspect, raw), "prompt_version": version}
+
+
+async def judge_quality(state: JudgeState, runtime: Runtime[JudgeContext]) -> dict:
+    return {"judgements": [await _ask(runtime.context, "quality")]}
+
+
+async def judge_culture(state: JudgeState, runtime: Runtime[JudgeContext]) -> dict:
+    return {"judgements": [await _ask(runtime.context, "culture")]}
+
+
+async def judge_meta(state: JudgeState, runtime: Runtime[JudgeContext]) -> dict:
+    earlier = {row["aspect"]: row for row in state["judgements"]}
+
+    def shown(aspect: str) -> dict | None:
+        row = earlier[aspect]
+        return {"label": row["label"], "confidence": row["confidence"]} if row["valid"] else None
+
+    return {"judgements": [await _ask(runtime.context, "meta", quality=shown("quality"),
+                                      alignment=shown("culture"))]}
+
+
+def build_judge_graph():
+    """quality and culture run side by side (one batch on an in-process model); meta waits for both."""
+    graph = StateGraph(JudgeState, context_schema=JudgeContext)
+    graph.add_node("quality", judge_quality)
+    graph.add_node("culture", judge_culture)
+    graph.add_node("meta", judge_meta)
+    graph.add_edge(START, "quality")
+    graph.add_edge(START, "culture")
+    graph.add_edge(["quality", "culture"], "meta")
+    graph.add_edge("meta", END)
+    return graph.compile()
+
+
+# ------------------------------------------------------------------ running
+
+
+def needs_judging(store: Store, ep_id: str, judge_model: str) -> bool:
+    """True unless this judge model has stored an answer (valid or not) for every aspect."""
+    return {r["aspect"] for r in store.judgements(ep_id, judge_model)} < set(ASPECTS)
+
+
+async def judge_episodes(store: Store, episodes: list[dict], *, culture: Culture, model: Model, prompts: Prompts,
+                         run_id: str, concurrency: int = 8, seed: int = 0, rejudge: bool = False,
+                         params: GenerationParams = JudgeContext.params, progress: bool = True) -> dict:
+    """Judge every episode not yet judged by `model` (all of them with `rejudge`); returns counts."""
+    todo = [e for e in episodes if rejudge or needs_judging(store, e["id"], model.spec)]
+    graph = build_judge_graph()
+    gate = asyncio.Semaphore(concurrency)
+    counts = Counter(skipped=len(episodes) - len(todo), judged=0, failed=0)
+    bar = tqdm(total=len(todo), desc=f"judging {culture.code}", unit="ep", disable=not progress)
+
+    async def one(row: dict) -> None:
+        async with gate:
+            scenario = store.scenario(row["scenario_id"])
+            ctx = JudgeContext(scenario=scenario, culture=culture, turns=tuple(valid_turns(store.turns(row["id"]))),
+                               model=model, prompts=prompts, seed=turn_seed(seed, 0, row["id"]), params=params)
+            try:
+                state = await graph.ainvoke({"judgements": []}, context=ctx)
+            except Exception as exc:  # noqa: BLE001 - counted, reported, retried on rerun; nothing is stored
+                counts["failed"] += 1
+                tqdm.write(f"episode {row['id']}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+            else:
+                store.put_judgements(row["id"], model.spec, [{**j, "run_id": run_id} for j in state["judgements"]])
+                counts["judged"] += 1
+            bar.update(1)
+
+    await asyncio.gather(*(one(e) for e in todo))
+    bar.close()
+    return dict(counts)
+
+
+def judgement_summary(store: Store, culture: str, judge_model: str, rule: FilterRule) -> dict:
+    """Valid shares and label counts per aspect, and what the rule keeps, over the judgeable episodes."""
+    verdicts = episode_verdicts(store, culture, judge_model, rule)
+    aspects: dict[str, Counter] = {a: Counter() for a in ASPECTS}
+    for row, _ in verdicts:
+        for j in store.judgements(row["id"], judge_model):
+            c = aspects.setdefault(j["aspect"], Counter())
+            c["answers"] += 1
+            c["valid"] += j["valid"]
+            if j["valid"]:
+                c[f"{j['label']}@{j['confidence']}"] += 1
+    reasons = Counter(r for _, v in verdicts for r in v.reasons)
+    return {
+        "episodes": len(verdicts),
+        "judged": sum(v.judged for _, v in verdicts),
+        "kept": sum(v.kept for _, v in verdicts),
+        "dropped": sum(v.judged and not v.kept for _, v in verdicts),
+        "kept_despite_invalid": sum(v.kept and bool(v.invalid) for _, v in verdicts),
+        "drop_reasons": dict(reasons),
+        "aspects": {
+            a: {**dict(c), "valid_share": round(c["valid"] / c["answers"], 4) if c["answers"] else None}
+            for a, c in aspects.items()
+        },
+        "rule": str(rule),
+    }
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m graphs.judge", description=__doc__.split("\n\n")[0])
+    p.add_argument("--culture", required=True, help="ISO-3 code of the culture whose episodes to judge, e.g. CHN")
+    p.add_argument("--model", default="smollm2", help="judge model spec (smollm2, hub id, dir, openai:M@URL, vllm:M, "
+                                                      "puppet)")
+    p.add_argument("--db", default=DEFAULT_DB, help="SQLite store written by graphs.simulate")
+    p.add_argument("--prompts", default=None, help="directory whose templates override the built-in ones")
+    p.add_argument("--cultures-dir", default=None, help="directory of extra culture YAML files")
+    p.add_argument("--concurrency", type=int, default=8, help="episodes judged at once (and in-process batch size)")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="per answer (the paper: 200)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rejudge", action="store_true", help="judge again episodes this model has already judged")
+    p.add_argument("--filter", default=PAPER_RULE_TEXT,
+                   help="rule for the kept/dropped summary: 'none' or aspect=label[@conf/conf],... "
+                        "(default: the paper's)")
+    p.add_argument("--on-invalid", default="keep", choices=["keep", "drop"],
+                   help="what an invalid judgement of an aspect the rule names does (default: keep, the paper's)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = make_parser().parse_args(argv)
+    if args.concurrency < 1 or args.max_new_tokens < 1:
+        sys.exit("error: --concurrency and --max-new-tokens must be at least 1")
+    try:
+        rule = FilterRule.parse(args.filter, args.on_invalid)
+        culture = load_culture(args.culture, args.cultures_dir)
+        prompts = Prompts(args.prompts)
+        prompts.versions(PROMPT_NAMES)  # fail on a missing template before loading a model
+        store = Store(args.db)
+        episodes = judgeable_episodes(store, culture.code)
+        if not episodes:
+            raise JudgeError(f"{args.db}: no finished {culture.code} episodes with at least {MIN_UTTERANCES} "
+                                  "valid turns to judge (run graphs.simulate first)")
+        model = load_model(args.model, max_batch=args.concurrency)
+    except (JudgeError, CultureError, PromptError, ModelSpecError) as exc:
+        sys.exit(f"error: {exc}")
+    config = {k: v for k, v in vars(args).items() if k != "no_progress"}
+    config["prompt_versions"] = prompts.versions(PROMPT_NAMES)
+    run_id = store.start_run("graphs.judge " + " ".join(argv if argv is not None else sys.argv[1:]), config)
+    started = time.perf_counter()
+    counts = asyncio.run(judge_episodes(
+        store, episodes, culture=culture, model=model, prompts=prompts, run_id=run_id,
+        concurrency=args.concurrency, seed=args.seed, rejudge=args.rejudge, progress=not args.no_progress,
+        params=replace(JudgeContext.params, max_new_tokens=args.max_new_tokens),
+    ))
+    summary = judgement_summary(store, culture.code, model.spec, rule)
+    summary.update(this_run=counts, usage=model.usage.totals(), wall_s=round(time.perf_counter() - started, 1))
+    store.finish_run(run_id, summary)
+    valid = ", ".join(f"{a} {s['valid']}/{s['answers']}" for a, s in summary["aspects"].items() if s.get("answers"))
+    print(
+        f"\n{summary['episodes']} {culture.code} episodes: {counts['judged']} judged now, {counts['skipped']} already "
+        f"judged by {model.spec}, {counts['failed']} failed; valid answers: {valid or 'none'}; "
+        f"rule {rule}: {summary['kept']} kept, {summary['dropped']} dropped "
+        f"({summary['kept_despite_invalid']} kept with an invalid judgement); {json.dumps(summary['drop_reasons'])}; "
+        f"{summary['wall_s']} s"
+    )
+    if counts["failed"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,10 +1,10 @@
 """The graphs as `langgraph dev` serves them (see `langgraph.json`).
 
-The episode graph's run context holds Python objects (a loaded model, a `Culture`, `Prompts`) that a
-server cannot receive over HTTP. Here each served graph takes a JSON-able run configuration instead
-(what LangGraph Studio shows as the assistant's context, what `langgraph_sdk` sends as `context=`),
-builds the real context from it, and runs the unchanged graph as a subgraph, so Studio still draws
-and steps through the real nodes.
+The graphs' run contexts hold Python objects (a loaded model, a `Culture`, `Prompts`) that a server
+cannot receive over HTTP. Here each served graph takes a JSON-able run configuration instead (what
+LangGraph Studio shows as the assistant's context, what `langgraph_sdk` sends as `context=`), builds
+the real context from it, and runs the unchanged graph as a subgraph, so Studio still draws and steps
+through the real nodes.
 
     langgraph dev --no-browser --port 2024            # from the repository root
     # then, from Python:
@@ -21,7 +21,7 @@ import asyncio
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import get_type_hints
+from typing import Callable, get_type_hints
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
@@ -32,7 +32,8 @@ from agents.models import Model, load_model
 from agents.prompts import Prompts
 from agents.records import Scenario
 from agents.seeds import sotopia_seeds
-from graphs.episode import PROMPT_NAMES, EpisodeContext, EpisodeState, build_episode_graph, recursion_limit
+from graphs import adapt as adapt_graph
+from graphs import episode as episode_graph
 from graphs.store import Store
 
 
@@ -55,46 +56,70 @@ class EpisodeRunConfig:
     cultures_dir: str | None = None
 
 
-EPISODE_GRAPH = build_episode_graph()
+@dataclass(frozen=True)
+class AdaptRunConfig:
+    """What a client sends to adapt one seed scenario to a culture; every field is plain JSON."""
 
-# The same state, declared with typing_extensions.TypedDict: on Python < 3.12 pydantic (hence the
-# server's input/output schemas that Studio's forms use) refuses typing.TypedDict.
-ServedEpisodeState = TypedDict("ServedEpisodeState", get_type_hints(EpisodeState, include_extras=True), total=False)
+    culture: str = "CHN"
+    model: str = "puppet"
+    seed_id: str | None = None  # a SOTOPIA seed id; None: the first seed
+    seed_scenario: dict | None = None  # a whole seed Scenario as JSON; wins over seed_id
+    max_attempts: int = 3
+    sample_seed: int = 0
+    prompts_dir: str | None = None
+    cultures_dir: str | None = None
 
 
-def episode_context(config: EpisodeRunConfig) -> EpisodeContext:
+def episode_context(config: EpisodeRunConfig) -> episode_graph.EpisodeContext:
     """Resolve a run configuration into the episode graph's context (loads files and the model)."""
     if config.max_turns < 1:
         raise ServedConfigError(f"max_turns: must be at least 1, got {config.max_turns}")
-    prompts = _prompts(config.prompts_dir)
-    return EpisodeContext(
-        scenario=_scenario(config), culture=load_culture(config.culture, config.cultures_dir),
-        model=_model(config.model), prompts=prompts, max_turns=config.max_turns, seed=config.seed,
+    return episode_graph.EpisodeContext(
+        scenario=_scenario(config.scenario, config.scenario_id, config.db, "scenario_id"),
+        culture=load_culture(config.culture, config.cultures_dir), model=_model(config.model),
+        prompts=_prompts(config.prompts_dir, tuple(episode_graph.PROMPT_NAMES)), max_turns=config.max_turns,
+        seed=config.seed,
     )
 
 
-async def run_episode(state: ServedEpisodeState, runtime: Runtime[EpisodeRunConfig]) -> dict:
-    """Build the context off the event loop (file and model loading block), then run the episode."""
-    ctx = await asyncio.to_thread(episode_context, runtime.context or EpisodeRunConfig())
-    before = {"turns": len(state.get("turns", [])), "intents": len(state.get("intents", []))}
-    final = await EPISODE_GRAPH.ainvoke(
-        {"turns": [], "intents": [], "ended_by": None, **state},
-        {"recursion_limit": recursion_limit(ctx.max_turns)}, context=ctx,
+def adapt_context(config: AdaptRunConfig) -> adapt_graph.AdaptContext:
+    if config.max_attempts < 1:
+        raise ServedConfigError(f"max_attempts: must be at least 1, got {config.max_attempts}")
+    return adapt_graph.AdaptContext(
+        seed=_scenario(config.seed_scenario, config.seed_id, None, "seed_id"),
+        culture=load_culture(config.culture, config.cultures_dir), model=_model(config.model),
+        prompts=_prompts(config.prompts_dir, tuple(adapt_graph.PROMPT_NAMES)), max_attempts=config.max_attempts,
+        sample_seed=config.sample_seed,
     )
-    # The outer state's reducers append: hand back only what this run added.
-    return {"turns": final["turns"][before["turns"]:], "intents": final["intents"][before["intents"]:],
-            "ended_by": final.get("ended_by")}
 
 
-def build_served_episode_graph():
-    graph = StateGraph(ServedEpisodeState, context_schema=EpisodeRunConfig)
-    graph.add_node("episode", run_episode)
-    graph.add_edge(START, "episode")
-    graph.add_edge("episode", END)
-    return graph.compile()
+def served(name: str, graph, state_schema: type, config_schema: type, make_context: Callable,
+           recursion_limit: Callable[[object], int]):
+    """Wrap a compiled graph whose context holds objects into one whose context is `config_schema`."""
+    # Re-declared with typing_extensions.TypedDict: on Python < 3.12 pydantic (hence the server's
+    # input/output schemas, which Studio's forms use) refuses typing.TypedDict.
+    fields = get_type_hints(state_schema, include_extras=True)
+    state = TypedDict(f"Served{state_schema.__name__}", fields, total=False)
+
+    async def run(values: dict, runtime: Runtime) -> dict:
+        # Building the context reads files and may load a model: keep that off the event loop.
+        ctx = await asyncio.to_thread(make_context, runtime.context or config_schema())
+        final = await graph.ainvoke(values, {"recursion_limit": recursion_limit(ctx)}, context=ctx)
+        # Lists in these states only grow (operator.add): hand back only what this run added.
+        return {k: v[len(values.get(k) or []):] if isinstance(v, list) else v for k, v in final.items()}
+
+    run.__name__ = name
+    outer = StateGraph(state, context_schema=config_schema)
+    outer.add_node(name, run)
+    outer.add_edge(START, name)
+    outer.add_edge(name, END)
+    return outer.compile()
 
 
-episode = build_served_episode_graph()
+episode = served("episode", episode_graph.build_episode_graph(), episode_graph.EpisodeState, EpisodeRunConfig,
+                 episode_context, lambda ctx: episode_graph.recursion_limit(ctx.max_turns))
+adapt = served("adapt", adapt_graph.build_adapt_graph(), adapt_graph.AdaptState, AdaptRunConfig, adapt_context,
+               lambda ctx: 2 * ctx.max_attempts + 5)
 
 
 # ------------------------------------------------------------------ private
@@ -107,28 +132,28 @@ def _model(spec: str) -> Model:
 
 
 @functools.cache
-def _prompts(override_dir: str | None) -> Prompts:
+def _prompts(override_dir: str | None, names: tuple[str, ...]) -> Prompts:
     prompts = Prompts(override_dir)
-    for name in PROMPT_NAMES:  # read and compile now, in the worker thread, not inside the event loop
+    for name in names:  # read and compile now, in the worker thread, not inside the event loop
         prompts.source(name)
         prompts.env.get_template(f"{name}.j2")
     return prompts
 
 
-def _scenario(config: EpisodeRunConfig) -> Scenario:
-    if config.scenario is not None:
-        return Scenario.model_validate(config.scenario)
-    if config.db and config.scenario_id:
-        if not Path(config.db).is_file():
-            raise ServedConfigError(f"db: no store at {config.db}")
-        stored = Store(config.db).scenario(config.scenario_id)
+def _scenario(whole: dict | None, scenario_id: str | None, db: str | None, field: str) -> Scenario:
+    if whole is not None:
+        return Scenario.model_validate(whole)
+    if db and scenario_id:
+        if not Path(db).is_file():
+            raise ServedConfigError(f"db: no store at {db}")
+        stored = Store(db).scenario(scenario_id)
         if stored is not None:
             return stored
     seeds = sotopia_seeds()
-    if config.scenario_id is None:
+    if scenario_id is None:
         return seeds[0]
     for seed in seeds:
-        if seed.id == config.scenario_id:
+        if seed.id == scenario_id:
             return seed
-    where = f"the store {config.db} or " if config.db else ""
-    raise ServedConfigError(f"scenario_id: {config.scenario_id!r} is in neither {where}the SOTOPIA seeds")
+    where = f"the store {db} or " if db else ""
+    raise ServedConfigError(f"{field}: {scenario_id!r} is in neither {where}the SOTOPIA seeds")

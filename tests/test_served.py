@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from agents.seeds import sotopia_seeds
-from graphs.served import EpisodeRunConfig, ServedConfigError, episode, episode_context
+from graphs.served import (
+    AdaptRunConfig, EpisodeRunConfig, ServedConfigError, adapt, adapt_context, episode, episode_context,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_START_S = 90
@@ -36,6 +38,15 @@ def test_served_episode_continues_a_given_transcript(scenario):
     assert state["turns"][0]["text"] == "Morning!"
 
 
+def test_served_adapt_in_process():
+    seed = sotopia_seeds()[0]
+    state = asyncio.run(adapt.ainvoke({}, context=AdaptRunConfig(culture="JPN", seed_id=seed.id)))
+    adapted = state["scenario"]
+    assert adapted["culture"] == "JPN" and adapted["source"] == f"adapted:{seed.id}"
+    assert [a["error"] for a in state["attempts"]] == [None]
+    assert {p["name"] for p in adapted["participants"]}.isdisjoint({p.name for p in seed.participants})
+
+
 def test_run_config_errors(tmp_path):
     with pytest.raises(ServedConfigError, match="scenario_id: 'nope' is in neither"):
         episode_context(EpisodeRunConfig(scenario_id="nope"))
@@ -43,6 +54,8 @@ def test_run_config_errors(tmp_path):
         episode_context(EpisodeRunConfig(scenario_id="x", db=str(tmp_path / "missing.db")))
     with pytest.raises(ServedConfigError, match="max_turns: must be at least 1"):
         episode_context(EpisodeRunConfig(max_turns=0))
+    with pytest.raises(ServedConfigError, match="seed_id: 'nope' is in neither the SOTOPIA seeds"):
+        adapt_context(AdaptRunConfig(seed_id="nope"))
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +125,18 @@ def test_langgraph_dev_runs_an_episode(server):
     assert client.threads.get_state(thread["thread_id"])["values"]["ended_by"] == "max_turns"
     drawn = client.assistants.get_graph(assistant["assistant_id"], xray=True)
     assert {"episode:inquirer", "episode:responder", "episode:observer"} <= {n["id"] for n in drawn["nodes"]}
+
+
+def test_langgraph_dev_serves_every_graph(server):
+    from langgraph_sdk import get_sync_client
+
+    client = get_sync_client(url=server)
+    registered = json.loads((ROOT / "langgraph.json").read_text())["graphs"]
+    assert {a["graph_id"] for a in client.assistants.search(limit=100)} == set(registered)
+    thread = client.threads.create()
+    state = client.runs.wait(thread["thread_id"], "adapt", input={}, context={"culture": "DEU", "model": "puppet"},
+                             raise_error=True)
+    assert state["scenario"]["culture"] == "DEU" and len(state["attempts"]) == 1
 
 
 def test_langgraph_dev_reports_a_bad_config(server):

@@ -1,0 +1,76 @@
+"""A small store with every kind of episode the site must show, written through the Store API."""
+
+import json
+
+from agents.records import Action, Intent, Persona, Scenario, Turn
+from graphs.store import Store
+
+
+def _scenario(sid: str, culture: str, names: tuple[str, str]) -> Scenario:
+    return Scenario(
+        id=sid, culture=culture, setting=f"A market stall in {culture}; a <b>bold</b> haggle begins.",
+        participants=(Persona(name=names[0], age=40, occupation="vendor", goal="Sell the teapot", secret="It is chipped"),
+                      Persona(name=names[1], age=25, occupation="student", goal="Buy a gift cheaply")),
+        relationship="strangers", source=f"adapted:seed-{sid}",
+    )
+
+
+def _turn(i: int, speaker: int, name: str, action: Action | None, text: str) -> Turn:
+    if action is None:
+        return Turn(index=i, speaker=speaker, name=name, action=None, text=text, raw=text, valid=False)
+    return Turn(index=i, speaker=speaker, name=name, action=action, text=text, raw=f"ACTION: {action.value}\nOUTPUT: {text}")
+
+
+# (id, culture, model, status, ended_by, turns as (speaker, action, text), intents as (intent, cultural, valid))
+EPISODES = [
+    ("ep-chn-leave", "CHN", "smollm2", "done", "leave",
+     [(0, Action.SPEAK, "Good morning, young lady. This teapot is from Yixing."),
+      (1, Action.NON_VERBAL, "bows slightly and smiles"),
+      (0, Action.SPEAK, "For you, a special price: <script>alert(1)</script>"),
+      (1, Action.LEAVE, "Thank you, I will think about it.")],
+     [("Greeting with respect", True, True), ("Showing politeness", True, True), ("Offering a discount", False, True),
+      ("Leaving without losing face", True, True)]),
+    ("ep-chn-maxturns", "CHN", "puppet", "done", "max_turns",
+     [(0, Action.SPEAK, "Hello."), (1, Action.SPEAK, "Hi."), (0, Action.SPEAK, "Nice day."), (1, Action.SPEAK, "Yes.")],
+     [("Greeting", False, True), ("Greeting back", False, True), ("", False, False), ("Agreeing", False, True)]),
+    ("ep-jpn-invalid", "JPN", "smollm2", "invalid", "invalid",
+     [(0, Action.SPEAK, "Irasshaimase."), (1, None, "I am an AI and cannot role-play.")],
+     [("Welcoming a customer", True, True)]),
+    ("ep-jpn-done", "JPN", "puppet", "done", "max_turns",
+     [(0, Action.SPEAK, "Welcome."), (1, Action.SPEAK, "How much is this?")],
+     [("Welcoming", False, True), ("Asking the price", False, True)]),
+]
+
+NAMES = {"CHN": ("Wang Fang", "Li Na"), "JPN": ("Sato Ken", "Ito Yui")}
+
+# Judge verdicts by episode: the first two are judged, one verdict unparseable.
+JUDGEMENTS = {
+    "ep-chn-leave": [{"aspect": "quality", "label": "good", "confidence": "high", "critique": "Natural.",
+                      "raw": "LABEL: good", "valid": 1, "prompt_version": "abc123", "run_id": "judge-run"},
+                     {"aspect": "culture", "label": "aligned", "confidence": "medium", "critique": "Face saving.",
+                      "raw": "LABEL: aligned", "valid": 1, "prompt_version": "def456", "run_id": "judge-run"}],
+    "ep-chn-maxturns": [{"aspect": "quality", "label": None, "confidence": None, "critique": None,
+                         "raw": "I cannot judge this.", "valid": 0, "prompt_version": "abc123", "run_id": "judge-run"}],
+}
+
+
+def make_store(path) -> Store:
+    store = Store(path)
+    run_id = store.start_run("graphs.simulate --culture CHN", {"culture": "CHN", "max_turns": 2})
+    for ep_id, culture, model, status, ended_by, turns, intents in EPISODES:
+        scenario = _scenario(f"sc-{ep_id}", culture, NAMES[culture])
+        store.put_scenario(scenario, seed_id=f"seed-{ep_id}")
+        store.begin_episode({"id": ep_id, "scenario_id": scenario.id, "culture": culture, "model": model, "seed": 7,
+                             "sample": 0, "max_turns": 2, "run_id": run_id, "git": "0123abcd",
+                             "prompt_versions": json.dumps({"roleplay_system": "feedbeef0001"}),
+                             "config": json.dumps({"culture": culture, "max_turns": 2})})
+        records = [_turn(i, s, NAMES[culture][s], a, text) for i, (s, a, text) in enumerate(turns)]
+        labels = [Intent(turn_index=i, intent=label, cultural=cultural, valid=valid,
+                         reason="Harmony matters in the culture." if cultural else "",
+                         raw=f"INTENT: {label}" if valid else "no idea")
+                  for i, (label, cultural, valid) in enumerate(intents)]
+        store.finish_episode(ep_id, status, records, labels, ended_by=ended_by, intent_version="obs0001",
+                             usage={"calls": 2 * len(records)})
+    for ep_id, rows in JUDGEMENTS.items():
+        store.put_judgements(ep_id, "judge-model", rows)
+    return store

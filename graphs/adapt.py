@@ -210,9 +210,6 @@ async def adapt_seeds(store: Store, seeds: list[Scenario], *, culture: Culture, 
     gate = asyncio.Semaphore(concurrency)
     bar = tqdm(total=len(todo), desc=f"adapt {culture.code}", unit="scenario", disable=not progress)
     commit = git_commit()
-    if todo:  # a user template that cannot render fails the run here, not once per seed
-        probe = AdaptContext(seed=todo[0], culture=culture, model=model, prompts=prompts)
-        adapt_messages(probe, [{"raw": "", "error": "probe"}])
 
     async def one(s: Scenario) -> None:
         async with gate:
@@ -222,7 +219,7 @@ async def adapt_seeds(store: Store, seeds: list[Scenario], *, culture: Culture, 
                     "run_id": run_id, "git": commit}
             try:
                 state = await graph.ainvoke({"attempts": []}, {"recursion_limit": 2 * max_attempts + 5}, context=ctx)
-            except PromptError:
+            except PromptError:  # a template that cannot render is the user's to fix, not this seed's failure
                 raise
             except Exception as exc:  # noqa: BLE001 - a crashed model call is this seed's recorded failure
                 store.put_failed_scenario(adapted_id(culture.code, s.id), attempts=0, raw="",
@@ -244,6 +241,12 @@ async def adapt_seeds(store: Store, seeds: list[Scenario], *, culture: Culture, 
     await asyncio.gather(*(one(s) for s in todo))
     bar.close()
     return counts
+
+
+def check_templates(prompts: Prompts, culture: Culture, seed: Scenario) -> None:
+    """Render every adaptation prompt once, so a broken user template fails before a model is loaded."""
+    probe = AdaptContext(seed=seed, culture=culture, model=None, prompts=prompts)  # type: ignore[arg-type]
+    adapt_messages(probe, [{"raw": "{}", "error": "an example error"}])
 
 
 def choose_seeds(seeds: list[Scenario], n: int | None, seed: int) -> list[Scenario]:
@@ -279,13 +282,15 @@ def main(argv: list[str] | None = None) -> None:
     try:
         culture = load_culture(args.culture, args.cultures_dir)
         prompts = Prompts(args.prompts)
-        prompts.versions(PROMPT_NAMES)  # fail on a missing template before loading a model
         seeds = read_scenarios(args.seeds) if args.seeds else list(sotopia_seeds())
+        if not seeds:
+            raise ScenarioFileError(f"{args.seeds}: no scenarios in the file")
+        chosen = choose_seeds(seeds, args.n, args.seed)
+        check_templates(prompts, culture, chosen[0])
         model = load_model(args.model, max_batch=args.concurrency)
     except (CultureError, PromptError, ModelSpecError, ScenarioFileError) as exc:
         sys.exit(f"error: {exc}")
     store = Store(args.db)
-    chosen = choose_seeds(seeds, args.n, args.seed)
     config = {k: v for k, v in vars(args).items() if k != "no_progress"}
     run_id = store.start_run("graphs.adapt " + " ".join(argv if argv is not None else sys.argv[1:]), config)
     params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
@@ -297,7 +302,8 @@ def main(argv: list[str] | None = None) -> None:
             params=params, concurrency=args.concurrency, seed=args.seed, run_id=run_id,
             progress=not args.no_progress,
         ))
-    except PromptError as exc:  # a user template that fails to render stops the run before any answer
+    except PromptError as exc:  # e.g. a user template that fails only on some seed's data
+        store.finish_run(run_id, {"error": str(exc)})
         sys.exit(f"error: {exc}")
     wall_s = round(time.perf_counter() - started, 1)
     store.finish_run(run_id, {**counts, "usage": model.usage.totals(), "wall_s": wall_s})

@@ -29,13 +29,14 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from agents.records import Intent, Scenario, Turn
 from graphs.adapt import build_adapt_graph
 from graphs.episode import build_episode_graph
+from graphs.judge import PAPER_RULE, PAPER_RULE_TEXT, FilterRule, JudgeError, Verdict, build_judge_graph, verdict
 from graphs.store import Store, git_commit, now
 from graphs.svg import Drawing, conversation_svg, topology_svg
 
 ASSETS = Path(__file__).parent / "view_assets"
 STATIC = ("site.css", "site.js")
 # The state machines drawn on the topology page, by name.
-TOPOLOGIES = {"episode": build_episode_graph, "adapt": build_adapt_graph}
+TOPOLOGIES = {"episode": build_episode_graph, "adapt": build_adapt_graph, "judge": build_judge_graph}
 
 
 class ViewError(ValueError):
@@ -52,6 +53,7 @@ class EpisodeView:
     intents: dict[int, Intent]
     judgements: list[dict]
     run: dict | None
+    verdicts: dict[str, Verdict]  # judge model -> keep or drop, under the site's filter rule
 
     @property
     def id(self) -> str:
@@ -65,11 +67,16 @@ class EpisodeView:
         return seen.get(0, "speaker 0"), seen.get(1, "speaker 1")
 
     @property
-    def verdicts(self) -> list[str]:
-        """`aspect: label` per judgement, the index's judge filter values; `unjudged` when there are none."""
+    def labels(self) -> list[str]:
+        """`aspect: label` per judgement, the index's judge-label filter values; `unjudged` when none."""
         if not self.judgements:
             return ["unjudged"]
         return sorted({f"{j['aspect']}: {j['label'] if j['valid'] else 'INVALID'}" for j in self.judgements})
+
+    @property
+    def outcome(self) -> list[str]:
+        """`kept` / `dropped` per judge model (both when judges disagree); `unjudged` when none judged."""
+        return sorted({"kept" if v.kept else "dropped" for v in self.verdicts.values() if v.judged}) or ["unjudged"]
 
     @property
     def cultural_intents(self) -> list[Intent]:
@@ -80,7 +87,7 @@ class EpisodeView:
         return conversation_svg(self.names, self.turns, self.intents, self.row.get("ended_by"), title=title)
 
 
-def load_episodes(store: Store) -> list[EpisodeView]:
+def load_episodes(store: Store, rule: FilterRule = PAPER_RULE) -> list[EpisodeView]:
     runs = {r["id"]: r for r in store.db["runs"].rows}
     scenarios: dict[str, Scenario | None] = {}
     views = []
@@ -88,15 +95,19 @@ def load_episodes(store: Store) -> list[EpisodeView]:
         sid = row["scenario_id"]
         if sid not in scenarios:
             scenarios[sid] = store.scenario(sid)
+        judgements = store.judgements(row["id"])
+        by_judge: dict[str, list[dict]] = {}
+        for j in judgements:
+            by_judge.setdefault(j["judge_model"], []).append(j)
         views.append(EpisodeView(
             row=row, scenario=scenarios[sid], turns=store.turns(row["id"]),
-            intents={i.turn_index: i for i in store.intents(row["id"])}, judgements=store.judgements(row["id"]),
-            run=runs.get(row["run_id"]),
+            intents={i.turn_index: i for i in store.intents(row["id"])}, judgements=judgements,
+            run=runs.get(row["run_id"]), verdicts={m: verdict(rows, rule) for m, rows in by_judge.items()},
         ))
     return views
 
 
-def build_site(db: str | Path, out: str | Path) -> dict:
+def build_site(db: str | Path, out: str | Path, rule: FilterRule = PAPER_RULE) -> dict:
     """Write the site into `out`; returns counts for the command line to print."""
     store = _open_store(db)
     out = Path(out)
@@ -105,13 +116,14 @@ def build_site(db: str | Path, out: str | Path) -> dict:
     (out / "assets").mkdir(exist_ok=True)
     for name in STATIC:
         shutil.copyfile(ASSETS / name, out / "assets" / name)
-    episodes = load_episodes(store)
-    provenance = {"store": str(Path(db).resolve()), "generated": now(), "git": git_commit()}
+    episodes = load_episodes(store, rule)
+    provenance = {"store": str(Path(db).resolve()), "generated": now(), "git": git_commit(), "rule": str(rule)}
     env = _templates()
     filters = {
         "culture": sorted({e.row["culture"] for e in episodes}),
         "status": sorted({e.row["status"] for e in episodes}),
-        "judge": sorted({v for e in episodes for v in e.verdicts}),
+        "verdict": sorted({v for e in episodes for v in e.outcome}),
+        "judge label": sorted({v for e in episodes for v in e.labels}),
         "model": sorted({e.row["model"] for e in episodes}),
     }
     totals = {
@@ -119,6 +131,7 @@ def build_site(db: str | Path, out: str | Path) -> dict:
         "intents": sum(len(e.intents) for e in episodes),
         "cultural": sum(len(e.cultural_intents) for e in episodes),
         "statuses": dict(Counter(e.row["status"] for e in episodes)),
+        "verdicts": dict(Counter(v for e in episodes for v in e.outcome)),
     }
     _write(out / "index.html", env.get_template("index.html.j2").render(
         episodes=episodes, filters=filters, totals=totals, provenance=provenance, root="."))
@@ -198,6 +211,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="site", help="folder to write the site into")
     p.add_argument("--serve", action="store_true", help="after writing, serve the site on localhost")
     p.add_argument("--port", type=int, default=8000, help="port for --serve")
+    p.add_argument("--filter", default=PAPER_RULE_TEXT,
+                   help="judge filter rule for the kept/dropped verdicts, as graphs.judge takes it (default: the paper's)")
+    p.add_argument("--on-invalid", default="keep", choices=["keep", "drop"],
+                   help="what an invalid judgement of an aspect the rule names does (default: keep, the paper's)")
     p.add_argument("--episode", help="with --export: the episode id to draw")
     p.add_argument("--export", help="with --episode: write its conversation graph to this .svg or .png file")
     return p
@@ -211,8 +228,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.export:
             print(f"wrote {export_episode(args.db, args.episode, args.export)}")
             return
-        totals = build_site(args.db, args.out)
-    except ViewError as exc:
+        totals = build_site(args.db, args.out, FilterRule.parse(args.filter, args.on_invalid))
+    except (ViewError, JudgeError) as exc:
         sys.exit(f"error: {exc}")
     index = Path(args.out).resolve() / "index.html"
     print(f"wrote {totals['episodes']} episode pages ({totals['turns']} turns) and the graph topologies to "

@@ -43,14 +43,22 @@ EPISODES = [
 
 NAMES = {"CHN": ("Wang Fang", "Li Na"), "JPN": ("Sato Ken", "Ito Yui")}
 
-# Judge verdicts by episode: the first two are judged, one verdict unparseable.
+# Judge answers by episode, in graphs.judge's vocabulary: the first is kept under the paper's rule,
+# the second dropped (quality bad, very confident) with one unparseable answer; the rest are unjudged.
+def _judgement(aspect, label, confidence, critique=""):
+    valid = label is not None
+    return {"aspect": aspect, "label": label, "confidence": confidence, "critique": critique,
+            "raw": f"{aspect.upper()}: {label}" if valid else "I cannot judge this.", "valid": int(valid),
+            "prompt_version": f"judge_{aspect}:abc123", "run_id": "judge-run"}
+
+
 JUDGEMENTS = {
-    "ep-chn-leave": [{"aspect": "quality", "label": "good", "confidence": "high", "critique": "Natural.",
-                      "raw": "LABEL: good", "valid": 1, "prompt_version": "abc123", "run_id": "judge-run"},
-                     {"aspect": "culture", "label": "aligned", "confidence": "medium", "critique": "Face saving.",
-                      "raw": "LABEL: aligned", "valid": 1, "prompt_version": "def456", "run_id": "judge-run"}],
-    "ep-chn-maxturns": [{"aspect": "quality", "label": None, "confidence": None, "critique": None,
-                         "raw": "I cannot judge this.", "valid": 0, "prompt_version": "abc123", "run_id": "judge-run"}],
+    "ep-chn-leave": [_judgement("quality", "good", "confident", "Natural."),
+                     _judgement("culture", "aligned", "confident", "Face saving."),
+                     _judgement("meta", "good", "very confident", "Both judgements hold.")],
+    "ep-chn-maxturns": [_judgement("quality", "bad", "very confident", "Empty small talk."),
+                        _judgement("culture", None, None),
+                        _judgement("meta", "bad", "confident", "Agree: nothing happens.")],
 }
 
 

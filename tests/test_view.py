@@ -10,6 +10,7 @@ import pytest
 
 from graphs import view
 from graphs.episode import build_episode_graph
+from graphs.judge import FilterRule
 from graphs.svg import _back_edges, _layers, topology_svg
 from tests.site_data import EPISODES, JUDGEMENTS, make_store
 
@@ -51,16 +52,26 @@ def test_index_lists_every_episode_with_its_filter_values(site):
     by_id = {r["data-id"]: r for r in rows}
     assert (by_id["ep-jpn-invalid"]["data-culture"], by_id["ep-jpn-invalid"]["data-status"],
             by_id["ep-jpn-invalid"]["data-model"]) == ("JPN", "invalid", "smollm2")
-    assert by_id["ep-chn-leave"]["data-judge"] == '["culture: aligned", "quality: good"]'
-    assert by_id["ep-chn-maxturns"]["data-judge"] == '["quality: INVALID"]'
-    assert by_id["ep-jpn-done"]["data-judge"] == '["unjudged"]'
-    options = {s["data-key"]: [] for s in html.having("select")}
-    assert set(options) == {"culture", "status", "judge", "model"}
+    assert by_id["ep-chn-leave"]["data-judge-label"] == '["culture: aligned", "meta: good", "quality: good"]'
+    assert by_id["ep-chn-maxturns"]["data-judge-label"] == '["culture: INVALID", "meta: bad", "quality: bad"]'
+    assert by_id["ep-jpn-done"]["data-judge-label"] == '["unjudged"]'
+    # Kept or dropped comes from graphs.judge's own rule (the paper's by default).
+    assert [by_id[i]["data-verdict"] for i in ("ep-chn-leave", "ep-chn-maxturns", "ep-jpn-done")] == [
+        '["kept"]', '["dropped"]', '["unjudged"]']
+    assert [s["data-key"] for s in html.having("select")] == ["culture", "status", "verdict", "judge-label", "model"]
     values = [a["value"] for a in html.having("option")]
-    for expected in ("CHN", "JPN", "done", "invalid", "puppet", "smollm2", "culture: aligned", "unjudged"):
+    for expected in ("CHN", "JPN", "done", "invalid", "puppet", "smollm2", "kept", "dropped", "culture: aligned"):
         assert expected in values
     assert site[1] == {"episodes": 4, "turns": 12, "intents": 11, "cultural": 4,
-                       "statuses": {"done": 3, "invalid": 1}}
+                       "statuses": {"done": 3, "invalid": 1}, "verdicts": {"kept": 1, "dropped": 1, "unjudged": 2}}
+
+
+def test_site_under_another_filter_rule(tmp_path):
+    make_store(tmp_path / "s.db")
+    totals = view.build_site(tmp_path / "s.db", tmp_path / "site", FilterRule.parse("none"))
+    assert totals["verdicts"] == {"kept": 2, "unjudged": 2}
+    with pytest.raises(SystemExit, match="^error: filter rule 'meta=awful': label must be one of good, bad$"):
+        view.main(["--db", str(tmp_path / "s.db"), "--out", str(tmp_path / "x"), "--filter", "meta=awful"])
 
 
 def test_episode_page_draws_one_node_per_turn_with_its_intent(site):
@@ -82,9 +93,13 @@ def test_episode_page_draws_one_node_per_turn_with_its_intent(site):
 def test_episode_page_shows_verdicts_scenario_and_provenance(site):
     text = page(site, "episodes/ep-chn-leave.html")
     html = Elements(text)
-    assert [j["data-aspect"] for j in html.classed("tr", "judgement")] == ["culture", "quality"]
+    assert [j["data-aspect"] for j in html.classed("tr", "judgement")] == ["culture", "meta", "quality"]
     for row in JUDGEMENTS["ep-chn-leave"]:
         assert row["critique"] in text and row["prompt_version"] in text
+    assert html.classed("p", "outcome")[0]["data-kept"] == "true"
+    dropped = page(site, "episodes/ep-chn-maxturns.html")
+    assert Elements(dropped).classed("p", "outcome")[0]["data-kept"] == "false"
+    assert "quality=bad@very confident" in dropped
     assert "Wang Fang" in text and "Secret:</b> It is chipped" in text and "Sell the teapot" in text
     assert "0123abcd" in text and "graphs.simulate --culture CHN" in text  # commit and run command
     assert "feedbeef0001" in text  # prompt versions
@@ -100,7 +115,8 @@ def test_invalid_turns_and_intents_are_shown_as_invalid(site):
     assert "I am an AI and cannot role-play." in page(site, "episodes/ep-jpn-invalid.html")
     maxturns = page(site, "episodes/ep-chn-maxturns.html")
     assert "intent: INVALID observer answer: no idea" in maxturns
-    assert Elements(maxturns).classed("tr", "judgement")[0]["class"] == "judgement invalid"
+    assert [j["class"] for j in Elements(maxturns).classed("tr", "judgement")] == [
+        "judgement invalid", "judgement", "judgement"]  # culture's answer did not parse
 
 
 def test_stored_text_is_escaped_everywhere(site):

@@ -1,4 +1,4 @@
-// Index filters: show the episodes whose culture, status, model and judge verdicts match every chosen
+// Index filters: show the episodes whose culture, status, model, verdict and judge labels match every chosen
 // value; the choice is kept in the address (?culture=CHN&status=done) so a filtered view can be shared.
 (function () {
   "use strict";
@@ -9,8 +9,9 @@
 
   function matches(row, key, value) {
     if (!value) return true;
-    if (key === "judge") return JSON.parse(row.dataset.judge).includes(value);
-    return row.dataset[key] === value;
+    const field = key.replace(/-(\w)/g, (_, c) => c.toUpperCase());  // judge-label -> judgeLabel
+    const held = row.dataset[field];
+    return held.startsWith("[") ? JSON.parse(held).includes(value) : held === value;
   }
 
   function apply() {

@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 DEMO_CULTURE ?= CHN
 DEMO_DB ?= runs/demo.db
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean chromium
 
 venv: $(STAMP)
 
@@ -23,8 +23,15 @@ $(STAMP): pyproject.toml
 	rm -f .venv/.installed-*
 	touch $@
 
-test: venv
+test: venv chromium
 	$(PY) -m pytest -q -ra
+
+# Debian's Chromium for tests/test_view_browser.py (Playwright drives it; never `playwright install`).
+# Without apt or root it only warns: that test then skips and says why.
+chromium:
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+	  && { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "warning: could not install chromium with apt; the browser test will skip"; }
 
 demo: venv
 	$(PY) -m graphs.simulate --culture $(DEMO_CULTURE) --episodes 4 --max-turns 4 --model smollm2 --db $(DEMO_DB)

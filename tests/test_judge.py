@@ -1,0 +1,223 @@
+"""graphs.judge: answer parsing, the filter rule, the per-episode graph, resuming, and the CLI (scripted models)."""
+
+import asyncio
+
+import pytest
+
+from agents.models import Model, ScriptedBackend
+from agents.prompts import Prompts
+from agents.records import Action, Turn
+from graphs.judge import (
+    PAPER_RULE, FilterRule, FilterRuleError, build_judge_graph, judge_episodes, judgeable_episodes, main,
+    parse_judgement, verdict,
+)
+from graphs.store import Store
+
+QUALITY_GOOD = "QUALITY: good\nCONFIDENCE: confident"
+ALIGNED = "ALIGNMENT: aligned\nCONFIDENCE: very confident"
+META_GOOD = "CRITIQUE: Both judgements are right.\nLABEL: good\nCONFIDENCE: confident"
+
+
+@pytest.mark.parametrize(
+    "aspect, raw, label, confidence",
+    [
+        ("quality", "QUALITY: good\nCONFIDENCE: very confident", "good", "very confident"),
+        ("quality", "**Quality:** Bad.\n**Confidence:** Confident", "bad", "confident"),
+        ("quality", "QUALITY: bad - the last lines repeat\nCONFIDENCE: not sure", "bad", "not sure"),
+        ("quality", "QUALITY: [good | bad]\nCONFIDENCE: [very confident | confident | not sure]", None, None),
+        ("quality", "QUALITY: not good\nCONFIDENCE: confident", None, None),  # a negation is not a label
+        ("quality", "QUALITY: good", None, None),  # no confidence: the whole answer is invalid
+        ("quality", "QUALITY: good\nCONFIDENCE: somewhat", None, None),
+        ("quality", "The dialogue is fine.", None, None),
+        ("quality", "", None, None),
+        ("culture", "ALIGNMENT: not aligned\nCONFIDENCE: very confident", "not aligned", "very confident"),
+        ("culture", "ALIGNMENT: Aligned\nCONFIDENCE: confident", "aligned", "confident"),
+        ("culture", "ALIGNMENT: good\nCONFIDENCE: confident", None, None),  # the wrong vocabulary
+        ("meta", "CRITIQUE: Repetitive.\nIt loops.\nLABEL: bad\nCONFIDENCE: very confident", "bad", "very confident"),
+        ("meta", "CRITIQUE: fine\nLABEL: good or bad\nCONFIDENCE: confident", None, None),
+    ],
+)
+def test_parse_judgement(aspect, raw, label, confidence):
+    row = parse_judgement(aspect, raw)
+    assert (row["label"], row["confidence"], row["valid"]) == (label, confidence, int(label is not None))
+    assert row["raw"] == raw and row["aspect"] == aspect
+
+
+def test_meta_critique_is_kept_across_lines():
+    row = parse_judgement("meta", "CRITIQUE: Repetitive.\nIt loops.\nLABEL: bad\nCONFIDENCE: very confident")
+    assert row["critique"] == "Repetitive.\nIt loops."
+    assert parse_judgement("quality", QUALITY_GOOD)["critique"] is None
+
+
+def rows(**labels):
+    """Judgement rows from aspect=(label, confidence) or aspect=None for an invalid answer."""
+    return [
+        {"aspect": a, "label": v[0] if v else None, "confidence": v[1] if v else None, "valid": int(v is not None)}
+        for a, v in labels.items()
+    ]
+
+
+@pytest.mark.parametrize(
+    "judgements, kept, reasons, invalid",
+    [
+        (rows(quality=("good", "confident"), culture=("aligned", "confident"), meta=("good", "confident")),
+         True, (), ()),
+        (rows(quality=("bad", "very confident"), culture=("aligned", "confident"), meta=("good", "confident")),
+         False, ("quality=bad@very confident",), ()),
+        (rows(quality=("bad", "confident"), culture=("aligned", "confident"), meta=("bad", "not sure")),
+         True, (), ()),
+        (rows(quality=("good", "confident"), culture=("aligned", "confident"), meta=("bad", "very confident")),
+         False, ("meta=bad@very confident",), ()),
+        # the culture label only feeds the meta-judgement in the paper's rule
+        (rows(quality=("good", "confident"), culture=("not aligned", "very confident"), meta=("good", "confident")),
+         True, (), ()),
+        (rows(quality=("good", "confident"), culture=None, meta=None), True, (), ("meta",)),
+        (rows(quality=("good", "confident")), True, (), ("meta",)),  # a missing aspect reads as invalid
+    ],
+)
+def test_paper_rule(judgements, kept, reasons, invalid):
+    v = verdict(judgements, PAPER_RULE)
+    assert (v.kept, v.judged, v.reasons, v.invalid) == (kept, True, reasons, invalid)
+
+
+def test_rule_options():
+    assert verdict([], PAPER_RULE).judged is False and verdict([], PAPER_RULE).kept is False
+    assert verdict([], FilterRule.parse("none")).kept is True
+    strict = FilterRule.parse("meta=bad@very confident,quality=bad@very confident", on_invalid="drop")
+    v = verdict(rows(quality=("good", "confident"), culture=None, meta=None), strict)
+    assert not v.kept and v.reasons == ("meta invalid",)
+    any_confidence = FilterRule.parse("culture=not aligned")
+    assert not verdict(rows(culture=("not aligned", "not sure")), any_confidence).kept
+    several = FilterRule.parse("quality=bad@very confident/confident")
+    assert not verdict(rows(quality=("bad", "confident")), several).kept
+    assert verdict(rows(quality=("bad", "not sure")), several).kept
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("meta=awful", "label must be one of good, bad"),
+        ("tone=good", "aspect one of quality, culture, meta"),
+        ("quality=bad@sure", "confidence must be one of"),
+        ("quality", "expected aspect=label"),
+        (" , ", "empty"),
+    ],
+)
+def test_bad_rules_name_the_part(text, message):
+    with pytest.raises(FilterRuleError, match=message):
+        FilterRule.parse(text)
+
+
+def test_graph_topology_snapshot():
+    expected = open("tests/snapshots/judge_graph.mmd").read()
+    assert build_judge_graph().get_graph().draw_mermaid() == expected
+
+
+def turn(i, text="Hello.", valid=True, action=Action.SPEAK):
+    names = ("Li Wei", "Chen Jing")
+    return Turn(index=i, speaker=i % 2, name=names[i % 2], action=action if valid else None, text=text,
+                raw=text, valid=valid)
+
+
+def stored_episode(store, scenario, ep_id, turns, status="done"):
+    store.put_scenario(scenario)
+    store.begin_episode({"id": ep_id, "scenario_id": scenario.id, "culture": "CHN", "model": "m", "seed": 0,
+                         "sample": 0})
+    store.finish_episode(ep_id, status, turns, [], ended_by="max_turns", intent_version="v")
+
+
+def answering(replies_by_question):
+    """A judge that answers each question by the key its prompt asks for, and records the order."""
+
+    def reply(messages, task):
+        assert task == "judge"
+        question = messages[-1]["content"]
+        for key, answer in replies_by_question.items():
+            if f"\n{key}:" in question:
+                return answer
+        raise AssertionError(question)
+
+    return ScriptedBackend(reply)
+
+
+def run_judge(store, culture, backend, **kw):
+    return asyncio.run(judge_episodes(store, judgeable_episodes(store, "CHN"), culture=culture,
+                                      model=Model(backend, "judge-m"), prompts=Prompts(), run_id="r",
+                                      progress=False, **kw))
+
+
+def test_graph_judges_stores_and_resumes(tmp_path, culture, scenario):
+    store = Store(tmp_path / "s.db")
+    stored_episode(store, scenario, "ep-a", [turn(0, "Good morning, neighbour."), turn(1, "Morning!"),
+                                             turn(2, "I REPEAT", valid=False)], status="invalid")
+    stored_episode(store, scenario, "ep-short", [turn(0), turn(1, "??", valid=False)], status="invalid")
+    backend = answering({"CRITIQUE": META_GOOD, "QUALITY": "QUALITY: bad\nCONFIDENCE: very confident",
+                         "ALIGNMENT": "no idea"})
+    assert run_judge(store, culture, backend) == {"skipped": 0, "judged": 1, "failed": 0}
+    assert [task for task, _ in backend.requests] == ["judge"] * 3
+    # quality and culture first (in either order), then meta, which sees the first two answers
+    meta_messages = backend.requests[2][1]
+    assert "Quality: bad (very confident)" in meta_messages[-1]["content"]
+    assert "Alignment with Chinese culture: no usable answer" in meta_messages[-1]["content"]
+    # the judge sees the whole scenario (goals too) and only the valid turns
+    system = meta_messages[0]["content"]
+    assert "Borrow a ladder" in system and "Turn 1\nLi Wei: Good morning, neighbour.\nChen Jing: Morning!" in system
+    assert "I REPEAT" not in system
+    by_aspect = {j["aspect"]: j for j in store.judgements("ep-a", "judge-m")}
+    assert set(by_aspect) == {"quality", "culture", "meta"}
+    assert by_aspect["culture"]["valid"] == 0 and by_aspect["culture"]["label"] is None
+    assert by_aspect["culture"]["raw"] == "no idea"
+    assert by_aspect["meta"]["critique"] == "Both judgements are right."
+    assert by_aspect["quality"]["prompt_version"].startswith("judge_system:")
+    assert "judge_quality:" in by_aspect["quality"]["prompt_version"]
+    assert store.judgements("ep-short") == []  # one valid line: nothing to judge
+    assert not verdict(store.judgements("ep-a", "judge-m")).kept
+    # rerun: nothing asked again; --rejudge asks again
+    again = answering({"CRITIQUE": META_GOOD, "QUALITY": QUALITY_GOOD, "ALIGNMENT": ALIGNED})
+    assert run_judge(store, culture, again)["skipped"] == 1 and again.requests == []
+    assert run_judge(store, culture, again, rejudge=True)["judged"] == 1
+    assert verdict(store.judgements("ep-a", "judge-m")).kept
+
+
+def test_a_failing_model_stores_nothing_and_is_retried(tmp_path, culture, scenario):
+    store = Store(tmp_path / "s.db")
+    stored_episode(store, scenario, "ep-a", [turn(0), turn(1)])
+
+    def broken(messages, task):
+        raise RuntimeError("server went away")
+
+    assert run_judge(store, culture, ScriptedBackend(broken))["failed"] == 1
+    assert store.judgements("ep-a") == []
+    backend = answering({"CRITIQUE": META_GOOD, "QUALITY": QUALITY_GOOD, "ALIGNMENT": ALIGNED})
+    assert run_judge(store, culture, backend)["judged"] == 1
+
+
+def test_cli_with_puppet(tmp_path, capsys):
+    from graphs import simulate
+
+    db = str(tmp_path / "s.db")
+    simulate.main(["--culture", "CHN", "--episodes", "3", "--max-turns", "2", "--model", "puppet", "--db", db,
+                   "--use-seeds", "--no-progress"])
+    main(["--culture", "CHN", "--model", "puppet", "--db", db, "--no-progress"])
+    out = capsys.readouterr().out
+    assert "3 judged now" in out and "quality 3/3" in out and "3 kept, 0 dropped" in out
+    main(["--culture", "CHN", "--model", "puppet", "--db", db, "--no-progress"])
+    assert "0 judged now, 3 already judged by puppet" in capsys.readouterr().out
+    run = Store(db).db.execute("select command, summary from runs order by started desc limit 1").fetchone()
+    assert run[0].startswith("graphs.judge") and '"kept": 3' in run[1]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--filter", "meta=awful"], "error: filter rule 'meta=awful'"),
+        (["--culture", "XXX"], "error: unknown culture 'XXX'"),
+        (["--culture", "DEU"], "no finished DEU episodes"),
+    ],
+)
+def test_cli_errors_are_one_line(tmp_path, args, message):
+    db = str(tmp_path / "empty.db")
+    argv = ["--culture", "CHN", "--model", "puppet", "--db", db, *args]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert message in str(exc.value) and "\n" not in str(exc.value)

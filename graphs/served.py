@@ -30,10 +30,11 @@ from typing_extensions import TypedDict
 from agents.cultures import load_culture
 from agents.models import Model, load_model
 from agents.prompts import Prompts
-from agents.records import Scenario
+from agents.records import Scenario, Turn
 from agents.seeds import sotopia_seeds
 from graphs import adapt as adapt_graph
 from graphs import episode as episode_graph
+from graphs import judge as judge_graph
 from graphs.store import Store
 
 
@@ -70,6 +71,21 @@ class AdaptRunConfig:
     cultures_dir: str | None = None
 
 
+@dataclass(frozen=True)
+class JudgeRunConfig:
+    """What a client sends to judge one episode: a stored one (db + episode_id) or one given whole."""
+
+    model: str = "puppet"  # the judge model spec
+    db: str | None = None
+    episode_id: str | None = None  # an episode in `db`: its scenario, culture and turns are judged
+    culture: str | None = None  # with scenario + turns; for a stored episode, its own culture by default
+    scenario: dict | None = None
+    turns: list[dict] | None = None  # Turn records as JSON
+    seed: int = 0
+    prompts_dir: str | None = None
+    cultures_dir: str | None = None
+
+
 def episode_context(config: EpisodeRunConfig) -> episode_graph.EpisodeContext:
     """Resolve a run configuration into the episode graph's context (loads files and the model)."""
     if config.max_turns < 1:
@@ -90,6 +106,28 @@ def adapt_context(config: AdaptRunConfig) -> adapt_graph.AdaptContext:
         culture=load_culture(config.culture, config.cultures_dir), model=_model(config.model),
         prompts=_prompts(config.prompts_dir, tuple(adapt_graph.PROMPT_NAMES)), max_attempts=config.max_attempts,
         sample_seed=config.sample_seed,
+    )
+
+
+def judge_context(config: JudgeRunConfig) -> judge_graph.JudgeContext:
+    if config.episode_id:
+        if not config.db or not Path(config.db).is_file():
+            raise ServedConfigError(f"db: episode_id needs an existing store, got {config.db!r}")
+        store = Store(config.db)
+        row = store.episode(config.episode_id)
+        if row is None:
+            raise ServedConfigError(f"episode_id: {config.episode_id!r} is not in {config.db}")
+        scenario, turns = store.scenario(row["scenario_id"]), store.turns(config.episode_id)
+        culture = config.culture or row["culture"]
+    elif config.scenario is not None and config.turns is not None and config.culture:
+        scenario, culture = Scenario.model_validate(config.scenario), config.culture
+        turns = [Turn.model_validate(t) for t in config.turns]
+    else:
+        raise ServedConfigError("give db + episode_id, or culture + scenario + turns")
+    return judge_graph.JudgeContext(
+        scenario=scenario, culture=load_culture(culture, config.cultures_dir),
+        turns=tuple(judge_graph.valid_turns(turns)), model=_model(config.model),
+        prompts=_prompts(config.prompts_dir, tuple(judge_graph.PROMPT_NAMES)), seed=config.seed,
     )
 
 
@@ -118,6 +156,8 @@ def served(name: str, graph, state_schema: type, config_schema: type, make_conte
 
 episode = served("episode", episode_graph.build_episode_graph(), episode_graph.EpisodeState, EpisodeRunConfig,
                  episode_context, lambda ctx: episode_graph.recursion_limit(ctx.max_turns))
+judge = served("judge", judge_graph.build_judge_graph(), judge_graph.JudgeState, JudgeRunConfig, judge_context,
+               lambda ctx: 10)
 adapt = served("adapt", adapt_graph.build_adapt_graph(), adapt_graph.AdaptState, AdaptRunConfig, adapt_context,
                lambda ctx: 2 * ctx.max_attempts + 5)
 

@@ -15,8 +15,10 @@ import pytest
 
 from agents.seeds import sotopia_seeds
 from graphs.served import (
-    AdaptRunConfig, EpisodeRunConfig, ServedConfigError, adapt, adapt_context, episode, episode_context,
+    AdaptRunConfig, EpisodeRunConfig, JudgeRunConfig, ServedConfigError, adapt, adapt_context, episode,
+    episode_context, judge, judge_context,
 )
+from tests.site_data import make_store
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_START_S = 90
@@ -47,6 +49,13 @@ def test_served_adapt_in_process():
     assert {p["name"] for p in adapted["participants"]}.isdisjoint({p.name for p in seed.participants})
 
 
+def test_served_judge_in_process(tmp_path):
+    make_store(tmp_path / "s.db")
+    state = asyncio.run(judge.ainvoke({}, context=JudgeRunConfig(db=str(tmp_path / "s.db"), episode_id="ep-jpn-done")))
+    assert sorted(j["aspect"] for j in state["judgements"]) == ["culture", "meta", "quality"]
+    assert all(j["valid"] for j in state["judgements"])
+
+
 def test_run_config_errors(tmp_path):
     with pytest.raises(ServedConfigError, match="scenario_id: 'nope' is in neither"):
         episode_context(EpisodeRunConfig(scenario_id="nope"))
@@ -56,6 +65,11 @@ def test_run_config_errors(tmp_path):
         episode_context(EpisodeRunConfig(max_turns=0))
     with pytest.raises(ServedConfigError, match="seed_id: 'nope' is in neither the SOTOPIA seeds"):
         adapt_context(AdaptRunConfig(seed_id="nope"))
+    with pytest.raises(ServedConfigError, match="give db \\+ episode_id, or culture \\+ scenario \\+ turns"):
+        judge_context(JudgeRunConfig())
+    make_store(tmp_path / "s.db")
+    with pytest.raises(ServedConfigError, match="episode_id: 'ep-nope' is not in"):
+        judge_context(JudgeRunConfig(db=str(tmp_path / "s.db"), episode_id="ep-nope"))
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +141,7 @@ def test_langgraph_dev_runs_an_episode(server):
     assert {"episode:inquirer", "episode:responder", "episode:observer"} <= {n["id"] for n in drawn["nodes"]}
 
 
-def test_langgraph_dev_serves_every_graph(server):
+def test_langgraph_dev_serves_every_graph(server, tmp_path):
     from langgraph_sdk import get_sync_client
 
     client = get_sync_client(url=server)
@@ -137,6 +151,11 @@ def test_langgraph_dev_serves_every_graph(server):
     state = client.runs.wait(thread["thread_id"], "adapt", input={}, context={"culture": "DEU", "model": "puppet"},
                              raise_error=True)
     assert state["scenario"]["culture"] == "DEU" and len(state["attempts"]) == 1
+    make_store(tmp_path / "s.db")
+    state = client.runs.wait(client.threads.create()["thread_id"], "judge",
+                             input={}, context={"db": str(tmp_path / "s.db"), "episode_id": "ep-chn-leave"},
+                             raise_error=True)
+    assert sorted(j["aspect"] for j in state["judgements"]) == ["culture", "meta", "quality"]
 
 
 def test_langgraph_dev_reports_a_bad_config(server):

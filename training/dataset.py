@@ -170,7 +170,8 @@ def pair_row(prompt: list[Message], chosen: str, rejected: str, kind: str, ep: E
     return {
         "prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
         "rejected": [{"role": "assistant", "content": rejected}], "kind": kind, "episode_id": ep.id,
-        "rejected_episode_id": rejected_episode, "scenario_id": ep.scenario.id, "perspective": persona,
+        # "" rather than None: a column that is all null in one split cannot be cast to text in the other
+        "rejected_episode_id": rejected_episode or "", "scenario_id": ep.scenario.id, "perspective": persona,
         "culture": culture.code,
     }
 
@@ -295,11 +296,19 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def read_back(out: Path, names: list[str]) -> dict[str, int]:
-    """Rows per file as `datasets.load_dataset("json", ...)` reads them: what training will see."""
+    """Rows per file as training reads them: `datasets.load_dataset("json", ...)` with both splits of a kind at
+    once, so columns must agree between the splits."""
     import datasets
 
     datasets.disable_progress_bars()
-    return {n: datasets.load_dataset("json", data_files=str(out / n), split="train").num_rows for n in names}
+    rows = {}
+    for kind in ("sft", "dpo"):
+        files = {n.removeprefix(f"{kind}_").removesuffix(".jsonl"): str(out / n) for n in names
+                 if n.startswith(f"{kind}_")}
+        if files:
+            splits = datasets.load_dataset("json", data_files=files)
+            rows.update({f"{kind}_{split}.jsonl": d.num_rows for split, d in splits.items()})
+    return rows
 
 
 def export(store: Store, out: Path, *, culture: Culture, prompts: Prompts, judge_model: str | None,

@@ -40,8 +40,10 @@ class EpisodeContext:
     prompts: Prompts
     max_turns: int = 10  # rounds: one utterance from each participant, as in the paper
     seed: int = 0
-    speaker_params: GenerationParams = GenerationParams(max_new_tokens=160, prefix="ACTION:")
-    observer_params: GenerationParams = GenerationParams(max_new_tokens=80, temperature=0.0, prefix="INTENT:")
+    # Both answers are one short block: a blank line ends them (small models ramble on after it).
+    speaker_params: GenerationParams = GenerationParams(max_new_tokens=160, prefix="ACTION:", stop=("\n\n",))
+    observer_params: GenerationParams = GenerationParams(max_new_tokens=80, temperature=0.0, prefix="INTENT:",
+                                                         stop=("\n\n",))
 
 
 # ------------------------------------------------------------------ parsing

@@ -1,8 +1,9 @@
 import asyncio
+from dataclasses import replace
 
 import pytest
 
-from agents.models import GenerationParams, batch_seed, Model, ModelSpecError, ScriptedBackend, load_model
+from agents.models import GenerationParams, batch_seed, cut_at_stop, Model, ModelSpecError, ScriptedBackend, load_model
 
 
 def test_hf_backend_batches_concurrent_requests(tiny_model_dir):
@@ -22,6 +23,16 @@ def test_hf_backend_batches_concurrent_requests(tiny_model_dir):
     assert max(n for n, _ in calls) > 1, calls  # at least one generate call served several episodes
     assert all(seed is not None for _, seed in calls)
     assert model.usage.calls["t"] == 6 and model.usage.prompt_tokens["t"] > 0
+
+
+def test_hf_generation_ends_at_a_stop_string(tiny_model_dir):
+    model = load_model(tiny_model_dir)
+    msgs = [[{"role": "user", "content": "Hello"}]]
+    seeded = GenerationParams(max_new_tokens=24, temperature=1.0, top_p=1.0, seed=3)  # same draws up to the stop
+    [full] = model.chat_many(msgs, task="t", params=seeded)
+    stop = next(full[i:i + 2] for i in range(len(full) // 2, len(full) - 1) if full[i:i + 2].isalnum())
+    [cut] = model.chat_many(msgs, task="t", params=replace(seeded, stop=(stop,)))
+    assert cut == cut_at_stop(full, [stop]).strip() and len(cut) < len(full)
 
 
 def test_batch_seed_depends_on_the_set_of_seeds_only():

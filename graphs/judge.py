@@ -14,6 +14,9 @@ is stored in the `judgements` table with the judge model and prompt version; an 
 parse is stored with valid=0 and no label, never a default. Rerunning skips episodes this judge model
 has already judged (`--rejudge` redoes them).
 
+`--sotopia` adds a fourth node, alongside, that scores both participants on the SOTOPIA-EVAL dimensions
+(aspects "goal:0", "believability:1", ...; the number is in `score`). The filter does not read them.
+
 The filter is separate from judging: `FilterRule` + `verdict()` decide from stored judgements, so the
 dataset exporter and the site viewer apply the same rule. The paper's rule (the default) drops an
 episode when the meta label or the quality label is bad with "very confident".
@@ -52,6 +55,19 @@ LABELS: dict[str, tuple[str, tuple[str, ...]]] = {
 ASPECTS = tuple(LABELS)
 CONFIDENCES = ("very confident", "confident", "not sure")
 PROMPT_NAMES = ["judge_system", "judge_quality", "judge_culture", "judge_meta"]
+# Optional SOTOPIA-EVAL dimensions, scored per participant: (answer key, low, high, what it measures).
+# Stored as aspect "<dimension>:<participant index>", e.g. "goal:0", with the number in `score`.
+SOTOPIA_DIMENSIONS: dict[str, tuple[str, int, int, str]] = {
+    "believability": ("BELIEVABILITY", 0, 10, "acts naturally and consistently with their profile"),
+    "relationship": ("RELATIONSHIP", -5, 5, "how much the interaction harmed (negative) or helped (positive) "
+                                            "their relationship with the other person"),
+    "knowledge": ("KNOWLEDGE", 0, 10, "how much new, important information they gained"),
+    "secret": ("SECRET", -10, 0, "how much of their secret they gave away (0: kept it)"),
+    "social_rules": ("SOCIAL_RULES", -10, 0, "how far they broke social norms or laws (0: not at all)"),
+    "financial_and_material_benefits": ("FINANCIAL", -5, 5, "material or financial losses (negative) or gains"),
+    "goal": ("GOAL", 0, 10, "how far they achieved their social goal"),
+}
+SOTOPIA_ASPECTS = tuple(f"{d}:{i}" for i in (0, 1) for d in SOTOPIA_DIMENSIONS)
 # Episodes shorter than this (in valid utterances) give nothing to judge or to train on.
 MIN_UTTERANCES = 2
 
@@ -84,6 +100,19 @@ def _critique(raw: str) -> str:
     match = re.search(r"^[\W_]*CRITIQUE[\W_]*:\s*(.*?)(?=^[\W_]*(?:LABEL|CONFIDENCE)[\W_]*:|\Z)", raw,
                       re.IGNORECASE | re.MULTILINE | re.DOTALL)
     return match.group(1).strip() if match else ""
+
+
+def parse_scores(participant: int, raw: str) -> list[dict]:
+    """A SOTOPIA answer -> one row per dimension; a missing or out-of-range number is that row's invalid value."""
+    rows = []
+    for dimension, (key, low, high, _) in SOTOPIA_DIMENSIONS.items():
+        value = (_line_value(raw, key) or "").strip("*_ ").rstrip(".")
+        number = re.fullmatch(r"([+-]?\d+)(?:\s*/\s*\d+)?", value)  # "7" or "7/10"
+        score = int(number.group(1)) if number else None
+        valid = score is not None and low <= score <= high
+        rows.append({"aspect": f"{dimension}:{participant}", "label": None, "confidence": None,
+                     "score": float(score) if valid else None, "critique": None, "raw": raw, "valid": int(valid)})
+    return rows
 
 
 def parse_judgement(aspect: str, raw: str) -> dict:
@@ -277,8 +306,24 @@ async def judge_meta(state: JudgeState, runtime: Runtime[JudgeContext]) -> dict:
                                       alignment=shown("culture"))]}
 
 
-def build_judge_graph():
-    """quality and culture run side by side (one batch on an in-process model); meta waits for both."""
+async def judge_sotopia(state: JudgeState, runtime: Runtime[JudgeContext]) -> dict:
+    """Both participants' SOTOPIA scores, one call each (they go out together)."""
+    ctx = runtime.context
+    dimensions = [(key, low, high, meaning) for key, low, high, meaning in SOTOPIA_DIMENSIONS.values()]
+
+    async def score(i: int) -> list[dict]:
+        messages, version = judge_messages(ctx, "sotopia", person=ctx.scenario.participants[i], dimensions=dimensions)
+        params = replace(ctx.params, seed=turn_seed(ctx.seed, i, "judge-sotopia"), prefix=f"{dimensions[0][0]}:")
+        raw = await ctx.model.achat(messages, task="judge", params=params)
+        return [{**row, "prompt_version": version} for row in parse_scores(i, raw)]
+
+    first, second = await asyncio.gather(score(0), score(1))
+    return {"judgements": first + second}
+
+
+def build_judge_graph(sotopia: bool = False):
+    """quality and culture run side by side (one batch on an in-process model); meta waits for both.
+    With `sotopia`, a fourth node scores both participants on the SOTOPIA dimensions alongside."""
     graph = StateGraph(JudgeState, context_schema=JudgeContext)
     graph.add_node("quality", judge_quality)
     graph.add_node("culture", judge_culture)
@@ -287,23 +332,29 @@ def build_judge_graph():
     graph.add_edge(START, "culture")
     graph.add_edge(["quality", "culture"], "meta")
     graph.add_edge("meta", END)
+    if sotopia:
+        graph.add_node("sotopia", judge_sotopia)
+        graph.add_edge(START, "sotopia")
+        graph.add_edge("sotopia", END)
     return graph.compile()
 
 
 # ------------------------------------------------------------------ running
 
 
-def needs_judging(store: Store, ep_id: str, judge_model: str) -> bool:
-    """True unless this judge model has stored an answer (valid or not) for every aspect."""
-    return {r["aspect"] for r in store.judgements(ep_id, judge_model)} < set(ASPECTS)
+def needs_judging(store: Store, ep_id: str, judge_model: str, sotopia: bool = False) -> bool:
+    """True unless this judge model has stored an answer (valid or not) for every aspect asked for."""
+    wanted = set(ASPECTS) | (set(SOTOPIA_ASPECTS) if sotopia else set())
+    return not wanted <= {r["aspect"] for r in store.judgements(ep_id, judge_model)}
 
 
 async def judge_episodes(store: Store, episodes: list[dict], *, culture: Culture, model: Model, prompts: Prompts,
                          run_id: str, concurrency: int = 8, seed: int = 0, rejudge: bool = False,
-                         params: GenerationParams = JudgeContext.params, progress: bool = True) -> dict:
+                         sotopia: bool = False, params: GenerationParams = JudgeContext.params,
+                         progress: bool = True) -> dict:
     """Judge every episode not yet judged by `model` (all of them with `rejudge`); returns counts."""
-    todo = [e for e in episodes if rejudge or needs_judging(store, e["id"], model.spec)]
-    graph = build_judge_graph()
+    todo = [e for e in episodes if rejudge or needs_judging(store, e["id"], model.spec, sotopia)]
+    graph = build_judge_graph(sotopia)
     gate = asyncio.Semaphore(concurrency)
     counts = Counter(skipped=len(episodes) - len(todo), judged=0, failed=0)
     bar = tqdm(total=len(todo), desc=f"judging {culture.code}", unit="ep", disable=not progress)
@@ -337,7 +388,7 @@ def judgement_summary(store: Store, culture: str, judge_model: str, rule: Filter
             c = aspects.setdefault(j["aspect"], Counter())
             c["answers"] += 1
             c["valid"] += j["valid"]
-            if j["valid"]:
+            if j["valid"] and j["label"] is not None:
                 c[f"{j['label']}@{j['confidence']}"] += 1
     reasons = Counter(r for _, v in verdicts for r in v.reasons)
     return {
@@ -367,6 +418,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=200, help="per answer (the paper: 200)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rejudge", action="store_true", help="judge again episodes this model has already judged")
+    p.add_argument("--sotopia", action="store_true",
+                   help="also score both participants on the SOTOPIA dimensions (goal, believability, ...)")
     p.add_argument("--filter", default=PAPER_RULE_TEXT,
                    help="rule for the kept/dropped summary: 'none' or aspect=label[@conf/conf],... "
                         "(default: the paper's)")
@@ -384,7 +437,7 @@ def main(argv: list[str] | None = None) -> None:
         rule = FilterRule.parse(args.filter, args.on_invalid)
         culture = load_culture(args.culture, args.cultures_dir)
         prompts = Prompts(args.prompts)
-        prompts.versions(PROMPT_NAMES)  # fail on a missing template before loading a model
+        prompts.versions(PROMPT_NAMES + ["judge_sotopia"] * args.sotopia)  # fail before loading a model
         store = Store(args.db)
         episodes = judgeable_episodes(store, culture.code)
         if not episodes:
@@ -394,18 +447,23 @@ def main(argv: list[str] | None = None) -> None:
     except (JudgeError, CultureError, PromptError, ModelSpecError) as exc:
         sys.exit(f"error: {exc}")
     config = {k: v for k, v in vars(args).items() if k != "no_progress"}
-    config["prompt_versions"] = prompts.versions(PROMPT_NAMES)
+    config["prompt_versions"] = prompts.versions(PROMPT_NAMES + ["judge_sotopia"] * args.sotopia)
     run_id = store.start_run("graphs.judge " + " ".join(argv if argv is not None else sys.argv[1:]), config)
     started = time.perf_counter()
     counts = asyncio.run(judge_episodes(
         store, episodes, culture=culture, model=model, prompts=prompts, run_id=run_id,
-        concurrency=args.concurrency, seed=args.seed, rejudge=args.rejudge, progress=not args.no_progress,
+        concurrency=args.concurrency, seed=args.seed, rejudge=args.rejudge, sotopia=args.sotopia,
+        progress=not args.no_progress,
         params=replace(JudgeContext.params, max_new_tokens=args.max_new_tokens),
     ))
     summary = judgement_summary(store, culture.code, model.spec, rule)
     summary.update(this_run=counts, usage=model.usage.totals(), wall_s=round(time.perf_counter() - started, 1))
     store.finish_run(run_id, summary)
-    valid = ", ".join(f"{a} {s['valid']}/{s['answers']}" for a, s in summary["aspects"].items() if s.get("answers"))
+    valid = ", ".join(f"{a} {s['valid']}/{s['answers']}" for a, s in summary["aspects"].items()
+                      if s.get("answers") and a in ASPECTS)
+    scored = [s for a, s in summary["aspects"].items() if a not in ASPECTS]
+    if scored:
+        valid += f", SOTOPIA scores {sum(s['valid'] for s in scored)}/{sum(s['answers'] for s in scored)}"
     print(
         f"\n{summary['episodes']} {culture.code} episodes: {counts['judged']} judged now, {counts['skipped']} already "
         f"judged by {model.spec}, {counts['failed']} failed; valid answers: {valid or 'none'}; "

@@ -221,3 +221,40 @@ def test_cli_errors_are_one_line(tmp_path, args, message):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_sotopia_scores_parse_per_dimension():
+    from graphs.judge import SOTOPIA_DIMENSIONS, parse_scores
+
+    raw = ("BELIEVABILITY: 8\nRELATIONSHIP: -2\nKNOWLEDGE: **7/10**\nSECRET: 3\nSOCIAL_RULES: ...\n"
+           "FINANCIAL: 0.\nGOAL: 7.5")
+    by_aspect = {r["aspect"]: r for r in parse_scores(1, raw)}
+    assert set(by_aspect) == {f"{d}:1" for d in SOTOPIA_DIMENSIONS}
+    scores = {a: r["score"] for a, r in by_aspect.items()}
+    assert scores == {"believability:1": 8.0, "relationship:1": -2.0, "knowledge:1": 7.0, "secret:1": None,
+                      "social_rules:1": None, "financial_and_material_benefits:1": 0.0, "goal:1": None}
+    # out of range (secret is -10..0), the placeholder, and a fraction are invalid, never clamped or rounded
+    assert [by_aspect[a]["valid"] for a in ("secret:1", "social_rules:1", "goal:1")] == [0, 0, 0]
+
+
+def test_sotopia_node_scores_both_participants(tmp_path, culture, scenario):
+    from graphs.judge import SOTOPIA_ASPECTS, needs_judging
+
+    store = Store(tmp_path / "s.db")
+    stored_episode(store, scenario, "ep-a", [turn(0), turn(1)])
+    plain = answering({"CRITIQUE": META_GOOD, "QUALITY": QUALITY_GOOD, "ALIGNMENT": ALIGNED})
+    run_judge(store, culture, plain)
+    assert needs_judging(store, "ep-a", "judge-m", sotopia=True)
+    scores = answering({"BELIEVABILITY": "BELIEVABILITY: 9\nGOAL: 4", "CRITIQUE": META_GOOD,
+                        "QUALITY": QUALITY_GOOD, "ALIGNMENT": ALIGNED})
+    assert run_judge(store, culture, scores, sotopia=True)["judged"] == 1
+    sotopia_requests = [m for _, m in scores.requests if "\nBELIEVABILITY:" in m[-1]["content"]]
+    assert len(sotopia_requests) == 2
+    assert {m[-1]["content"].split("'s part")[0].removeprefix("Score ") for m in sotopia_requests} == {
+        "Li Wei", "Chen Jing"}
+    by_aspect = {j["aspect"]: j for j in store.judgements("ep-a", "judge-m")}
+    assert set(SOTOPIA_ASPECTS) <= set(by_aspect)
+    assert by_aspect["goal:0"]["score"] == 4.0 and by_aspect["believability:1"]["score"] == 9.0
+    assert by_aspect["knowledge:0"]["valid"] == 0
+    assert not needs_judging(store, "ep-a", "judge-m", sotopia=True)
+    assert verdict(store.judgements("ep-a", "judge-m")).kept  # the filter reads quality and meta only

@@ -437,7 +437,7 @@ def _judge_approves(messages: list[Message]) -> str:
     """Judging (graphs.judge): a favourable, well-formed answer to whichever question is asked."""
     question = messages[-1]["content"]
     if "BELIEVABILITY:" in question:  # SOTOPIA dimensions: 0 lies in every range
-        return "\n".join(f"{key}: 0" for key in re.findall(r"^([A-Z_]+): \.\.\.$", question, re.M))
+        return "\n".join(f"{key}: 0" for key in re.findall(r"^([A-Z_]+): \.\.\.$", question, re.MULTILINE))
     if "ALIGNMENT:" in question:
         return "ALIGNMENT: aligned\nCONFIDENCE: confident"
     if "LABEL:" in question:

@@ -59,8 +59,8 @@ PROMPT_NAMES = ["judge_system", "judge_quality", "judge_culture", "judge_meta"]
 # Stored as aspect "<dimension>:<participant index>", e.g. "goal:0", with the number in `score`.
 SOTOPIA_DIMENSIONS: dict[str, tuple[str, int, int, str]] = {
     "believability": ("BELIEVABILITY", 0, 10, "acts naturally and consistently with their profile"),
-    "relationship": ("RELATIONSHIP", -5, 5, "how much the interaction harmed (negative) or helped (positive) "
-                                            "their relationship with the other person"),
+    "relationship": ("RELATIONSHIP", -5, 5, ("how much the interaction harmed (negative) or helped (positive) "
+                                             "their relationship with the other person")),
     "knowledge": ("KNOWLEDGE", 0, 10, "how much new, important information they gained"),
     "secret": ("SECRET", -10, 0, "how much of their secret they gave away (0: kept it)"),
     "social_rules": ("SOCIAL_RULES", -10, 0, "how far they broke social norms or laws (0: not at all)"),

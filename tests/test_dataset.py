@@ -10,9 +10,15 @@ import pytest
 from agents.models import Model, ScriptedBackend
 from agents.prompts import Prompts
 from agents.records import Action, Intent, Turn
-from graphs.judge import PAPER_RULE, Verdict
+from graphs.judge import Verdict
 from training.dataset import (
-    Episode, contrastive_pairs, dialogue_messages, intent_messages, judged_pairs, main, table9,
+    Episode,
+    contrastive_pairs,
+    dialogue_messages,
+    intent_messages,
+    judged_pairs,
+    main,
+    table9,
     validation_scenarios,
 )
 
@@ -232,7 +238,7 @@ def test_export_end_to_end_loads_in_training(judged_store, tmp_path, tiny_model_
     from training import dpo, sft
     from training.common import ScriptArguments, load_splits
 
-    store, plan = judged_store
+    store, _ = judged_store
     # the contrastive model is a scripted fake standing in for the spec given on the command line
     fake = Model(ScriptedBackend(lambda m, t: "ACTION: speak\nOUTPUT: Something generic."), "fake")
     monkeypatch.setattr("training.dataset.load_model", lambda spec, max_batch: fake)

@@ -44,7 +44,13 @@ from agents.prompts import PromptError, Prompts, Rendered
 from agents.records import Action, Culture, Intent, Scenario, Turn
 from graphs.episode import EpisodeContext, parse_turn, speaker_view, turn_seed
 from graphs.judge import (
-    PAPER_RULE_TEXT, FilterRule, JudgeError, Verdict, episode_verdicts, judgement_summary, valid_turns,
+    PAPER_RULE_TEXT,
+    FilterRule,
+    JudgeError,
+    Verdict,
+    episode_verdicts,
+    judgement_summary,
+    valid_turns,
 )
 from graphs.store import DEFAULT_DB, Store, git_commit, now
 
@@ -291,8 +297,7 @@ def check_rows(rows: list[dict], name: str) -> None:
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 def read_back(out: Path, names: list[str]) -> dict[str, int]:

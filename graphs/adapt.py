@@ -65,8 +65,8 @@ class AdaptContext:
     prompts: Prompts
     max_attempts: int = 3
     sample_seed: int = 0
-    # An adapted SOTOPIA scenario is about 500 tokens of JSON; "{" makes small models start the object.
-    params: GenerationParams = GenerationParams(max_new_tokens=768, prefix="{")
+    # An adapted SOTOPIA scenario is about 450 tokens of JSON; "{" makes small models start the object.
+    params: GenerationParams = GenerationParams(max_new_tokens=640, prefix="{")
 
 
 def adapted_id(culture: str, seed_id: str) -> str:
@@ -78,9 +78,12 @@ def adapted_id(culture: str, seed_id: str) -> str:
 
 
 def seed_json(seed: Scenario) -> str:
-    """The seed's adaptable fields as JSON: the shape the answer must have."""
+    """The seed's adaptable fields as one line of JSON: the shape the answer must have.
+
+    One line, because models mirror the layout they are shown and indentation costs answer tokens.
+    """
     data = seed.model_dump(mode="json", include=set(ADAPTED_FIELDS))
-    return json.dumps(data, ensure_ascii=False, indent=1)
+    return json.dumps(data, ensure_ascii=False)
 
 
 def extract_json(raw: str) -> dict[str, Any]:
@@ -270,7 +273,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--cultures-dir", default=None, help="directory of extra culture YAML files")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.7)
-    p.add_argument("--max-new-tokens", type=int, default=768)
+    p.add_argument("--max-new-tokens", type=int, default=AdaptContext.params.max_new_tokens)
     p.add_argument("--no-progress", action="store_true")
     return p
 

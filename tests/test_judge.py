@@ -266,3 +266,25 @@ def test_sotopia_node_scores_both_participants(tmp_path, culture, scenario):
     assert by_aspect["knowledge:0"]["valid"] == 0
     assert not needs_judging(store, "ep-a", "judge-m", sotopia=True)
     assert verdict(store.judgements("ep-a", "judge-m")).kept  # the filter reads quality and meta only
+
+
+@pytest.mark.integration
+def test_smollm2_answers_every_question_and_each_answer_is_stored(tmp_path, culture, scenario):
+    """The real small model through the in-process backend: every answer is stored as valid or invalid."""
+    from dataclasses import replace
+
+    from agents.models import load_model
+    from graphs.judge import LABELS, JudgeContext
+
+    store = Store(tmp_path / "s.db")
+    stored_episode(store, scenario, "ep-a", [turn(0, "Good evening, Xiao Chen. May I borrow your ladder?"),
+                                             turn(1, "Of course, uncle Li. I will bring it over.")])
+    model = load_model("smollm2", max_batch=2)
+    counts = asyncio.run(judge_episodes(store, judgeable_episodes(store, "CHN"), culture=culture, model=model,
+                                        prompts=Prompts(), run_id="r", progress=False,
+                                        params=replace(JudgeContext.params, max_new_tokens=24)))
+    assert counts["judged"] == 1 and model.usage.calls["judge"] == 3
+    for row in store.judgements("ep-a", "smollm2"):
+        key = "CRITIQUE" if row["aspect"] == "meta" else LABELS[row["aspect"]][0]
+        assert row["raw"].startswith(f"{key}:")  # the forced reply prefix
+        assert (row["label"] in LABELS[row["aspect"]][1]) if row["valid"] else row["label"] is None

@@ -219,7 +219,7 @@ def test_smollm2_adapts_one_scenario_or_records_why_not(tmp_path, culture):
     model = load_model("smollm2", max_batch=1)
     counts = asyncio.run(adapt_seeds(
         store, [seed], culture=culture, model=model, prompts=Prompts(), max_attempts=2,
-        params=GenerationParams(max_new_tokens=160, prefix="{"), concurrency=1, seed=0, run_id="it", progress=False))
+        params=GenerationParams(max_new_tokens=96, prefix="{"), concurrency=1, seed=0, run_id="it", progress=False))
     assert counts["adapted"] + counts["failed"] == 1
     row = store.scenario_row(adapted_id("CHN", seed.id))
     assert row["model"] == "smollm2" and row["seed_id"] == seed.id

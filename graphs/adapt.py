@@ -66,7 +66,7 @@ class AdaptContext:
     max_attempts: int = 3
     sample_seed: int = 0
     # An adapted SOTOPIA scenario is about 450 tokens of JSON; "{" makes small models start the object.
-    params: GenerationParams = GenerationParams(max_new_tokens=640, prefix="{")
+    params: GenerationParams = GenerationParams(max_new_tokens=640, prefix="{")  # noqa: RUF009 - frozen
 
 
 def adapted_id(culture: str, seed_id: str) -> str:

@@ -10,7 +10,13 @@ from agents.records import Scenario
 from agents.seeds import sotopia_seeds
 from graphs import adapt, scenarios, simulate
 from graphs.adapt import (
-    AdaptationError, AdaptContext, adapt_seeds, adapted_id, build_adapt_graph, extract_json, validate_adaptation,
+    AdaptationError,
+    AdaptContext,
+    adapt_seeds,
+    adapted_id,
+    build_adapt_graph,
+    extract_json,
+    validate_adaptation,
 )
 from graphs.store import DEFAULT_DB, Store
 

@@ -1,5 +1,6 @@
 import json
 import re
+import sqlite3
 
 import pytest
 
@@ -96,7 +97,7 @@ def test_missing_file_and_missing_store(tmp_path):
 def test_store_import_is_one_transaction(tmp_path, scenario):
     store = Store(tmp_path / "s.db")
     unstorable = {"attempts": object()}  # sqlite cannot bind it: the second row fails mid-insert
-    with pytest.raises(Exception):
+    with pytest.raises(sqlite3.Error):
         store.import_scenarios([(adapted(scenario, 0), {}), (adapted(scenario, 1), unstorable)])
     assert stored_ids(store) == []
 

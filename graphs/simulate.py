@@ -164,8 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         culture = load_culture(args.culture, args.cultures_dir)
         prompts = Prompts(args.prompts)
         prompts.versions(PROMPT_NAMES)  # fail on a missing template before loading a model
-        model = load_model(args.model, max_batch=args.concurrency)
-    except (CultureError, PromptError, ModelSpecError) as exc:
+    except (CultureError, PromptError) as exc:
         sys.exit(f"error: {exc}")
     if args.use_seeds:
         scenarios = list(sotopia_seeds())
@@ -174,6 +173,10 @@ def main(argv: list[str] | None = None) -> None:
         if not scenarios:
             sys.exit(f"error: no adapted scenarios for {culture.code} in {args.db}: run python -m graphs.adapt "
                      f"--culture {culture.code} --db {args.db} first, or pass --use-seeds")
+    try:  # only now: loading a real model takes a while, so cheaper mistakes are reported first
+        model = load_model(args.model, max_batch=args.concurrency)
+    except ModelSpecError as exc:
+        sys.exit(f"error: {exc}")
     store = Store(args.db)
     if args.use_seeds:
         for s in scenarios:

@@ -30,7 +30,13 @@ def test_malformed_culture_file(tmp_path):
 
 
 def test_bad_model_spec(tmp_path):
-    assert "openai:<model>@<http base url>" in fails(["--culture", "CHN", "--model", "openai:gpt"], tmp_path)
+    assert "openai:<model>@<http base url>" in fails(["--culture", "CHN", "--model", "openai:gpt", "--use-seeds"],
+                                                     tmp_path)
+
+
+def test_no_adapted_scenarios_is_reported_before_the_model_loads(tmp_path):
+    message = fails(["--culture", "CHN", "--model", "no/such-model"], tmp_path)
+    assert "no adapted scenarios for CHN" in message and "--use-seeds" in message
 
 
 def test_non_positive_counts(tmp_path):

@@ -227,3 +227,14 @@ class TestErrors:
     def test_unknown_view(self, tiny_model_dir, tmp_path):
         argv = tiny_args(tiny_model_dir, tmp_path / "out", "--views", "dialog")
         assert "dialog" in self.one_line_error(sft.main, argv)
+
+
+def test_all_takes_whatever_kinds_the_export_holds_and_a_named_missing_kind_is_an_error():
+    from datasets import Dataset
+
+    from training.common import TrainingSetupError, filter_column
+
+    only_contrastive = Dataset.from_list([{"kind": "contrastive"}, {"kind": "contrastive"}])
+    assert filter_column(only_contrastive, "kind", "all", "pair_kinds", "x").num_rows == 2
+    with pytest.raises(TrainingSetupError, match=r"--pair_kinds: \['judged'\] not in x"):
+        filter_column(only_contrastive, "kind", "judged,contrastive", "pair_kinds", "x")

@@ -202,7 +202,10 @@ def filter_column(dataset, column: str, wanted: str, flag: str, where: str, requ
     """Rows whose `column` is one of the comma-separated `wanted` values (all rows if the column is absent).
 
     `require_all` (for the train split) turns a wanted value that no row has, usually a typo, into an error.
+    `all` keeps every row, whichever values the export happens to hold.
     """
+    if wanted.strip() == "all":
+        return dataset
     values = [v.strip() for v in wanted.split(",") if v.strip()]
     if not values:
         raise TrainingSetupError(f"--{flag}: empty")

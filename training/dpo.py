@@ -1,7 +1,8 @@
 """`python -m training.dpo`: preference training (DPO) of a LoRA adapter on exported CLCA pairs.
 
 The CLCA paper trains with SFT only; DPO is this project's extension, on the pairs `training.dataset` writes
-(`judged`: a kept vs a filtered-out reply; `contrastive`: a reply vs one from another culture).
+(`judged`: a kept vs a filtered-out reply; `contrastive`: the culture-grounded persona's reply vs the same
+persona's reply without culture grounding).
 
 From the CPU demo's SFT adapter (the base model is read from the adapter's provenance):
 
@@ -35,7 +36,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class DPOScriptArguments(ScriptArguments):
     pair_kinds: str = field(
-        default="judged,contrastive", metadata={"help": "Comma-separated pair kinds to train on: judged, contrastive."}
+        default="all",
+        metadata={"help": "Comma-separated pair kinds to train on: judged, contrastive; all (default): whatever "
+                          "the export holds."},
     )
     adapter: str | None = field(
         default=None,

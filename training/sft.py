@@ -38,8 +38,9 @@ CHATML_TRAINING_TEMPLATE = Path(__file__).with_name("chat_templates") / "chatml_
 @dataclass
 class SFTScriptArguments(ScriptArguments):
     views: str = field(
-        default="dialogue,intent",
-        metadata={"help": "Comma-separated row views to train on: dialogue (both perspectives), intent."},
+        default="all",
+        metadata={"help": "Comma-separated row views to train on: dialogue (both perspectives), intent; "
+                          "all (default): whatever the export holds."},
     )
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import operator
 import re
 import sys
@@ -468,8 +467,9 @@ def main(argv: list[str] | None = None) -> None:
         f"\n{summary['episodes']} {culture.code} episodes: {counts['judged']} judged now, {counts['skipped']} already "
         f"judged by {model.spec}, {counts['failed']} failed; valid answers: {valid or 'none'}; "
         f"rule {rule}: {summary['kept']} kept, {summary['dropped']} dropped "
-        f"({summary['kept_despite_invalid']} kept with an invalid judgement); {json.dumps(summary['drop_reasons'])}; "
-        f"{summary['wall_s']} s"
+        f"({summary['kept_despite_invalid']} kept with an invalid judgement)"
+        + "".join(f"; dropped for {reason}: {n}" for reason, n in summary["drop_reasons"].items())
+        + f"; {summary['wall_s']} s"
     )
     if counts["failed"]:
         sys.exit(1)

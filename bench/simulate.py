@@ -6,7 +6,10 @@
 
 model: turns per second (speaker turns; every turn also costs one observer call) on SmolLM2 with
 8 episodes in flight against 1, the same model object and settings for both. The target is at least
-4x: concurrent episodes share one batched `generate` call.
+4x: concurrent episodes share one batched `generate` call. The run at 8 plays 16 episodes so that
+episodes ending early (unparseable turns) are replaced and 8 stay in flight. Then the same eight
+first-turn prompts are generated one by one and as one batch, once for one token (prompt prefill)
+and once for 48 tokens, to show where batching pays on this machine.
 
 orchestration: turns per second with a zero-latency scripted model, so what is measured is the
 graph, the observer node, the checkpointer and the SQLite writes. The target is at least 200.
@@ -29,10 +32,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from agents.cultures import load_culture  # noqa: E402
-from agents.models import load_model  # noqa: E402
+from agents.models import GenerationParams, load_model  # noqa: E402
 from agents.prompts import Prompts  # noqa: E402
 from agents.seeds import sotopia_seeds  # noqa: E402
-from graphs.episode import EpisodeContext  # noqa: E402
+from graphs.episode import EpisodeContext, speaker_view  # noqa: E402
 from graphs.simulate import plan_episodes, simulate  # noqa: E402
 from graphs.store import Store  # noqa: E402
 
@@ -70,12 +73,35 @@ def bench_model(args) -> None:
     one = run(model, episodes=args.episodes_serial, max_turns=args.max_turns, concurrency=1, seed=args.seed,
               max_new_tokens=args.max_new_tokens)
     print(line("concurrency 1", one), flush=True)
-    eight = run(model, episodes=8, max_turns=args.max_turns, concurrency=8, seed=args.seed,
+    eight = run(model, episodes=16, max_turns=args.max_turns, concurrency=8, seed=args.seed,
                 max_new_tokens=args.max_new_tokens)
     print(line("concurrency 8", eight))
     rate = lambda r, k: r[k] / r["wall"]  # noqa: E731
     print(f"turns/s ratio, concurrency 8 / 1: {rate(eight, 'turns') / rate(one, 'turns'):.2f}x (target >= 4x); "
-          f"completion tokens/s ratio: {rate(eight, 'tokens') / rate(one, 'tokens'):.2f}x")
+          f"completion tokens/s ratio: {rate(eight, 'tokens') / rate(one, 'tokens'):.2f}x", flush=True)
+    bench_batching(model)
+
+
+def bench_batching(model) -> None:
+    """Seconds per prompt, one by one against one batch of 8: prefill alone, then 48 new tokens."""
+    culture, prompts = load_culture("CHN"), Prompts()
+    convs = [speaker_view(EpisodeContext(scenario=s, culture=culture, model=model, prompts=prompts), 0, [])
+             for s in sotopia_seeds()[:8]]
+    tok = model.backend.tokenizer
+    tokens = [len(tok(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False))["input_ids"])
+              for c in convs]
+    print(f"first-turn prompts: {min(tokens)}-{max(tokens)} tokens")
+    for new in (1, 48):
+        params = GenerationParams(max_new_tokens=new, temperature=0.0)
+        started = time.perf_counter()
+        for c in convs:
+            model.backend._generate_batch([c], params)
+        alone = (time.perf_counter() - started) / len(convs)
+        started = time.perf_counter()
+        model.backend._generate_batch(convs, params)
+        batched = (time.perf_counter() - started) / len(convs)
+        print(f"{new:>2} new tokens: {alone:.2f} s/prompt alone, {batched:.2f} s/prompt in a batch of 8: "
+              f"{alone / batched:.2f}x")
 
 
 def bench_orchestration(args) -> None:

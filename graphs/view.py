@@ -212,7 +212,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--serve", action="store_true", help="after writing, serve the site on localhost")
     p.add_argument("--port", type=int, default=8000, help="port for --serve")
     p.add_argument("--filter", default=PAPER_RULE_TEXT,
-                   help="judge filter rule for the kept/dropped verdicts, as graphs.judge takes it (default: the paper's)")
+                   help="judge filter rule for the kept/dropped verdicts, as graphs.judge takes it "
+                        "(default: the paper's)")
     p.add_argument("--on-invalid", default="keep", choices=["keep", "drop"],
                    help="what an invalid judgement of an aspect the rule names does (default: keep, the paper's)")
     p.add_argument("--episode", help="with --export: the episode id to draw")

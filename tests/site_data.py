@@ -9,7 +9,8 @@ from graphs.store import Store
 def _scenario(sid: str, culture: str, names: tuple[str, str]) -> Scenario:
     return Scenario(
         id=sid, culture=culture, setting=f"A market stall in {culture}; a <b>bold</b> haggle begins.",
-        participants=(Persona(name=names[0], age=40, occupation="vendor", goal="Sell the teapot", secret="It is chipped"),
+        participants=(Persona(name=names[0], age=40, occupation="vendor", goal="Sell the teapot",
+                              secret="It is chipped"),
                       Persona(name=names[1], age=25, occupation="student", goal="Buy a gift cheaply")),
         relationship="strangers", source=f"adapted:seed-{sid}",
     )
@@ -18,7 +19,8 @@ def _scenario(sid: str, culture: str, names: tuple[str, str]) -> Scenario:
 def _turn(i: int, speaker: int, name: str, action: Action | None, text: str) -> Turn:
     if action is None:
         return Turn(index=i, speaker=speaker, name=name, action=None, text=text, raw=text, valid=False)
-    return Turn(index=i, speaker=speaker, name=name, action=action, text=text, raw=f"ACTION: {action.value}\nOUTPUT: {text}")
+    raw = f"ACTION: {action.value}\nOUTPUT: {text}"
+    return Turn(index=i, speaker=speaker, name=name, action=action, text=text, raw=raw)
 
 
 # (id, culture, model, status, ended_by, turns as (speaker, action, text), intents as (intent, cultural, valid))

@@ -34,7 +34,8 @@ def test_served_episode_in_process(scenario):
 
 def test_served_episode_continues_a_given_transcript(scenario):
     config = EpisodeRunConfig(scenario=json.loads(scenario.to_json()), model="puppet", max_turns=2)
-    first = {"index": 0, "speaker": 0, "name": "Li Wei", "action": "speak", "text": "Morning!", "raw": "", "valid": True}
+    first = {"index": 0, "speaker": 0, "name": "Li Wei", "action": "speak", "text": "Morning!", "raw": "",
+             "valid": True}
     state = asyncio.run(episode.ainvoke({"turns": [first], "intents": []}, context=config))
     assert [t["index"] for t in state["turns"]] == [0, 1, 2, 3]  # the given turn once, then three new ones
     assert state["turns"][0]["text"] == "Morning!"

@@ -146,7 +146,8 @@ def test_topology_layers_and_loops():
     assert re.findall(r'data-node="([^"]+)"', svg) == nodes
     drawn = re.findall(r'<path class="edge" data-source="([^"]+)" data-target="([^"]+)" data-conditional="(\w+)"'
                        r' d="[^"]*" fill="none" stroke="#555" stroke-width="1.4"( stroke-dasharray="6 4")? ', svg)
-    assert sorted(drawn) == sorted((s, t, str(c).lower(), ' stroke-dasharray="6 4"' if c else "") for s, t, c, _ in edges)
+    dash = ' stroke-dasharray="6 4"'
+    assert sorted(drawn) == sorted((s, t, str(c).lower(), dash if c else "") for s, t, c, _ in edges)
 
 
 def test_topology_page_draws_every_graph(site):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class Record(BaseModel):
@@ -154,3 +154,11 @@ class Intent(Record):
     cultural: bool = False
     raw: str = ""
     valid: bool = True
+
+
+def first_error(error: ValidationError, more: bool = True) -> str:
+    """'field a.b: what is wrong' for the first problem: error messages stay one line."""
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    rest = f" (and {error.error_count() - 1} more)" if more and error.error_count() > 1 else ""
+    return f"field {field}: {first['msg']}{rest}"

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from agents.cultures import CultureError, load_culture
 from agents.models import GenerationParams, Message, Model, ModelSpecError, load_model
 from agents.prompts import PromptError, Prompts
-from agents.records import Culture, Scenario
+from agents.records import Culture, Scenario, first_error
 from agents.seeds import sotopia_seeds
 from graphs.scenarios import ScenarioFileError, read_scenarios
 from graphs.store import DEFAULT_DB, Store, git_commit
@@ -113,9 +113,7 @@ def validate_adaptation(raw: str, seed: Scenario, culture: Culture) -> Scenario:
             {**data, "id": adapted_id(culture.code, seed.id), "culture": culture.code, "source": f"adapted:{seed.id}"}
         )
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        raise AdaptationError(f"field {field}: {first['msg']}") from None
+        raise AdaptationError(first_error(exc, more=False)) from None
     _check_same_structure(scenario, seed)
     _check_names_changed(scenario, seed)
     return scenario

@@ -419,13 +419,18 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--rejudge", action="store_true", help="judge again episodes this model has already judged")
     p.add_argument("--sotopia", action="store_true",
                    help="also score both participants on the SOTOPIA dimensions (goal, believability, ...)")
-    p.add_argument("--filter", default=PAPER_RULE_TEXT,
-                   help="rule for the kept/dropped summary: 'none' or aspect=label[@conf/conf],... "
-                        "(default: the paper's)")
-    p.add_argument("--on-invalid", default="keep", choices=["keep", "drop"],
-                   help="what an invalid judgement of an aspect the rule names does (default: keep, the paper's)")
+    add_filter_arguments(p, "rule for the kept/dropped summary")
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def add_filter_arguments(p: argparse.ArgumentParser, purpose: str) -> None:
+    """--filter and --on-invalid, read by `FilterRule.parse` the same way in every command."""
+    p.add_argument("--filter", default=PAPER_RULE_TEXT,
+                   help=f"{purpose}: 'none' (keep everything, the paper's ablation) or "
+                        "aspect=label[@conf/conf],... (default: the paper's rule)")
+    p.add_argument("--on-invalid", default="keep", choices=["keep", "drop"],
+                   help="what an invalid judgement of an aspect the rule names does (default: keep, the paper's)")
 
 
 def main(argv: list[str] | None = None) -> None:

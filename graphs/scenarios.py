@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from agents.records import Scenario
+from agents.records import Scenario, first_error
 from graphs.store import DEFAULT_DB, Store, git_commit
 
 
@@ -49,10 +49,7 @@ def read_numbered(path: str | Path) -> list[tuple[int, Scenario]]:
         try:
             scenario = Scenario.model_validate(data)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(part) for part in first["loc"]) or "(top level)"
-            more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-            raise ScenarioFileError(f"{where}: field {field}: {first['msg']}{more}") from None
+            raise ScenarioFileError(f"{where}: {first_error(exc)}") from None
         if scenario.id in first_line:
             raise ScenarioFileError(f"{where}: field id: {scenario.id!r} already on line {first_line[scenario.id]}")
         first_line[scenario.id] = number

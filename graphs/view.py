@@ -29,7 +29,15 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from agents.records import Intent, Scenario, Turn
 from graphs.adapt import build_adapt_graph
 from graphs.episode import build_episode_graph
-from graphs.judge import PAPER_RULE, PAPER_RULE_TEXT, FilterRule, JudgeError, Verdict, build_judge_graph, verdict
+from graphs.judge import (
+    PAPER_RULE,
+    FilterRule,
+    JudgeError,
+    Verdict,
+    add_filter_arguments,
+    build_judge_graph,
+    verdict,
+)
 from graphs.store import Store, git_commit, now
 from graphs.svg import Drawing, conversation_svg, topology_svg
 
@@ -211,11 +219,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="site", help="folder to write the site into")
     p.add_argument("--serve", action="store_true", help="after writing, serve the site on localhost")
     p.add_argument("--port", type=int, default=8000, help="port for --serve")
-    p.add_argument("--filter", default=PAPER_RULE_TEXT,
-                   help="judge filter rule for the kept/dropped verdicts, as graphs.judge takes it "
-                        "(default: the paper's)")
-    p.add_argument("--on-invalid", default="keep", choices=["keep", "drop"],
-                   help="what an invalid judgement of an aspect the rule names does (default: keep, the paper's)")
+    add_filter_arguments(p, "rule for the kept/dropped verdicts shown")
     p.add_argument("--episode", help="with --export: the episode id to draw")
     p.add_argument("--export", help="with --episode: write its conversation graph to this .svg or .png file")
     return p

@@ -4,11 +4,16 @@ import pytest
 
 from agents.models import Model, ScriptedBackend
 from agents.prompts import Prompts
-from agents.records import Action
+from agents.records import Action, Turn
 from graphs.episode import (
-    EpisodeContext, build_episode_graph, observer_view, parse_intent, parse_turn, recursion_limit, speaker_view,
+    EpisodeContext,
+    build_episode_graph,
+    observer_view,
+    parse_intent,
+    parse_turn,
+    recursion_limit,
+    speaker_view,
 )
-from agents.records import Turn
 
 
 def run(graph, ctx):

@@ -15,8 +15,16 @@ import pytest
 
 from agents.seeds import sotopia_seeds
 from graphs.served import (
-    AdaptRunConfig, EpisodeRunConfig, JudgeRunConfig, ServedConfigError, adapt, adapt_context, episode,
-    episode_context, judge, judge_context,
+    AdaptRunConfig,
+    EpisodeRunConfig,
+    JudgeRunConfig,
+    ServedConfigError,
+    adapt,
+    adapt_context,
+    episode,
+    episode_context,
+    judge,
+    judge_context,
 )
 from tests.site_data import make_store
 

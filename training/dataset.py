@@ -44,10 +44,10 @@ from agents.prompts import PromptError, Prompts, Rendered
 from agents.records import Action, Culture, Intent, Scenario, Turn
 from graphs.episode import EpisodeContext, parse_turn, speaker_view, turn_seed
 from graphs.judge import (
-    PAPER_RULE_TEXT,
     FilterRule,
     JudgeError,
     Verdict,
+    add_filter_arguments,
     episode_verdicts,
     judgement_summary,
     valid_turns,
@@ -417,11 +417,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default=DEFAULT_DB, help="SQLite store with simulated and judged episodes")
     p.add_argument("--judge-model", default=None,
                    help="whose judgements filter the episodes (default: the only judge model in the store)")
-    p.add_argument("--filter", default=PAPER_RULE_TEXT,
-                   help="'none' (no filtering, the paper's ablation) or aspect=label[@conf/conf],... "
-                        "(default: the paper's rule)")
-    p.add_argument("--on-invalid", default="keep", choices=["keep", "drop"],
-                   help="what an invalid judgement of an aspect the rule names does (default: keep)")
+    add_filter_arguments(p, "which judged episodes to export")
     p.add_argument("--views", default="dialogue,intent", help="SFT views to write: dialogue, intent or both")
     p.add_argument("--swap-perspectives-like-release", action="store_true",
                    help="pair each persona with the OTHER participant's lines, as the paper's code release does")

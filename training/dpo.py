@@ -25,8 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from training.common import (
-    DPOConfig, ModelConfig, OneLineParser, ScriptArguments, TrainingSetupError, adapter_base_spec, check_messages,
-    filter_column, load_base, load_splits, parse, pick_splits, row_label,
+    DPOConfig,
+    ModelConfig,
+    OneLineParser,
+    ScriptArguments,
+    TrainingSetupError,
+    adapter_base_spec,
+    check_messages,
+    filter_column,
+    load_base,
+    load_splits,
+    parse,
+    pick_splits,
+    row_label,
 )
 from training.run import train_and_save
 

@@ -15,7 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 from agents.cultures.words import hofstede_words, inglehart_welzel_words
-from agents.records import Culture
+from agents.records import Culture, first_error
 
 BUILTIN_DIR = Path(__file__).parent
 # The paper's five cultures: their words are the paper's own, verbatim, not the output of the words rule.
@@ -88,10 +88,7 @@ def load_culture_file(path: str | os.PathLike) -> Culture:
     try:
         culture = Culture.model_validate(data)
     except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-        raise CultureError(f"{shown}: field {field}: {first['msg']}{more}") from None
+        raise CultureError(f"{shown}: {first_error(error)}") from None
     if culture.code != path.stem.upper():
         raise CultureError(
             f"{shown}: field code: {culture.code!r} does not match the file name (expected {path.stem.upper()!r})"

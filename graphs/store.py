@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Iterable
 
 import sqlite_utils
 
+from agents.provenance import git_commit
 from agents.records import Intent, Scenario, Turn
 
 DEFAULT_DB = "runs/clca.db"
@@ -29,21 +29,6 @@ FINAL = ("done", "invalid")
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def git_commit() -> str | None:
-    """The commit of the code that produced an artefact ('+dirty' when the tree has local edits)."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("+dirty" if dirty else "")
 
 
 def episode_id(scenario_id: str, culture: str, model: str, seed: int, sample: int) -> str:

@@ -10,14 +10,14 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import subprocess
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from agents.provenance import git_state
+
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = Path(__file__).with_name("templates")
 
 
@@ -78,19 +78,6 @@ def write_record(out: Path, record: dict, log_history: list[dict]) -> None:
     env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True)
     card = env.get_template("model_card.md.j2").render(r=record, name=out.name, out=str(out))
     (out / "README.md").write_text(card)
-
-
-def git_state() -> dict:
-    """Commit of the code that ran, and whether it had uncommitted changes; None outside a git checkout."""
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-
-    try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
 
 
 def merge_adapter(spec: str, adapter_dir: Path, out: Path) -> Path:

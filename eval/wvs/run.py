@@ -21,6 +21,7 @@ import numpy as np
 
 from agents.models import GenerationParams, Model, ModelSpecError, load_model
 from agents.prompts import PromptError, Prompts
+from agents.provenance import git_state
 from eval.wvs.items import Item, WVSError, select_items
 from eval.wvs.readers import GenerateReader, ItemAnswers, LogprobReader
 from eval.wvs.respondents import PERSONA_COLUMNS, RespondentFile
@@ -121,7 +122,7 @@ def evaluate(cfg: EvalConfig, model: Model | None = None) -> dict:
             "model_usage": reader.model.usage.totals() if isinstance(reader, GenerateReader) else None,
             "seconds": round(time.perf_counter() - started, 2),
             "notes": notes,
-            **_code_version(),
+            "git_commit": (git := git_state())["commit"], "git_dirty": git["dirty"],
         },
         "summary": {
             "overall": overall(summaries),
@@ -183,21 +184,6 @@ def _answer_records(alpha3: str, unit_ids: list[str], items: list[Item], answers
                 rec["off_option_mass"] = round(float(ans.off_option_mass[u]), 6)
             records.append(rec)
     return records
-
-
-def _code_version() -> dict:
-    import subprocess
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "eval", "agents"], cwd=root,
-                                    capture_output=True, text=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = None, None
-    return {"git_commit": commit, "git_dirty": dirty}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,13 +31,7 @@ from agents.models import GenerationParams, Model, ModelSpecError, load_model
 from agents.prompts import PromptError, Prompts
 from agents.records import Culture, Intent, Scenario, Turn
 from agents.seeds import sotopia_seeds
-from graphs.episode import (
-    PROMPT_NAMES,
-    EpisodeContext,
-    build_episode_graph,
-    recursion_limit,
-    turn_seed,
-)
+from graphs.episode import PROMPT_NAMES, EpisodeContext, build_episode_graph, recursion_limit, turn_seed
 from graphs.store import DEFAULT_DB, FINAL, Store, episode_id, git_commit
 
 

@@ -29,15 +29,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from agents.records import Intent, Scenario, Turn
 from graphs.adapt import build_adapt_graph
 from graphs.episode import build_episode_graph
-from graphs.judge import (
-    PAPER_RULE,
-    FilterRule,
-    JudgeError,
-    Verdict,
-    add_filter_arguments,
-    build_judge_graph,
-    verdict,
-)
+from graphs.judge import PAPER_RULE, FilterRule, JudgeError, Verdict, add_filter_arguments, build_judge_graph, verdict
 from graphs.store import Store, git_commit, now
 from graphs.svg import Drawing, conversation_svg, topology_svg
 

@@ -3,15 +3,7 @@ from dataclasses import replace
 
 import pytest
 
-from agents.models import (
-    GenerationParams,
-    Model,
-    ModelSpecError,
-    ScriptedBackend,
-    batch_seed,
-    cut_at_stop,
-    load_model,
-)
+from agents.models import GenerationParams, Model, ModelSpecError, ScriptedBackend, batch_seed, cut_at_stop, load_model
 
 
 def test_hf_backend_batches_concurrent_requests(tiny_model_dir):

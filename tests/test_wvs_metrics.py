@@ -6,14 +6,7 @@ import torch
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import entropy, wasserstein_distance
 
-from eval.wvs.metrics import (
-    KL_SMOOTHING,
-    emd,
-    individual_accuracy,
-    js_distance,
-    kl_divergence,
-    paper_kl,
-)
+from eval.wvs.metrics import KL_SMOOTHING, emd, individual_accuracy, js_distance, kl_divergence, paper_kl
 
 RNG = np.random.default_rng(7)
 PAIRS = [(RNG.dirichlet(np.ones(k)), RNG.dirichlet(np.ones(k))) for k in (2, 3, 5, 11) for _ in range(5)]

@@ -111,10 +111,7 @@ def choose_chat_template(tokenizer, rows, training_args: SFTConfig, source: dict
     ChatML models (SmolLM2), accepted only if it renders every training row exactly as the model's own
     template does, so the adapter is trained on the text it will see at inference.
     """
-    from trl.chat_template_utils import (
-        get_training_chat_template,
-        has_generation_markers,
-    )
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
     own = tokenizer.chat_template
     if not isinstance(own, str):

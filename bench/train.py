@@ -20,6 +20,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {"ours": [], "plain": []}
     for round_ in range(args.rounds):
         for path in ("ours", "plain") if round_ % 2 == 0 else ("plain", "ours"):
-            out = Path(f"/tmp/clca-bench-train-{os.getpid()}-{path}-{round_}")
+            out = Path(tempfile.gettempdir()) / f"clca-bench-train-{os.getpid()}-{path}-{round_}"
             cmd = [sys.executable, __file__, "--worker", path, "--model", args.model,
                    "--dataset_name", args.dataset_name, "--steps", str(args.steps), "--batch", str(args.batch),
                    "--out", str(out)] + (["--threads", str(args.threads)] if args.threads else [])

@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     rate = f"{counts['adapted']}/{tried} valid ({counts['first_try']} on the first attempt)" if tried else "none tried"
     u = model.usage.totals()
     print(
-        f"\n{len(chosen)} seeds for {culture.name}: {counts['adapted']} adapted, {counts['failed']} failed "
+        f"\n{len(chosen)} seed{'' if len(chosen) == 1 else 's'} for {culture.name}: {counts['adapted']} adapted, {counts['failed']} failed "
         f"(never validated), {counts['skipped']} already adapted; {rate}; {counts['attempts']} answers, "
         f"{u['prompt_tokens']} prompt + {u['completion_tokens']} completion tokens; {wall_s} s"
     )

@@ -32,13 +32,13 @@ from typing import Annotated, Any, TypedDict
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import ValidationError
-from tqdm import tqdm
 
 from agents.cultures import CultureError, load_culture
 from agents.models import GenerationParams, Message, Model, ModelSpecError, load_model
 from agents.prompts import PromptError, Prompts
 from agents.records import Culture, Scenario, first_error
 from agents.seeds import sotopia_seeds
+from graphs.concurrent import failure_text, run_all
 from graphs.scenarios import ScenarioFileError, read_scenarios
 from graphs.store import DEFAULT_DB, Store, git_commit
 
@@ -208,39 +208,35 @@ async def adapt_seeds(store: Store, seeds: list[Scenario], *, culture: Culture, 
     todo = [s for s in seeds if store.scenario_status(adapted_id(culture.code, s.id)) != "ok"]
     counts = {"skipped": len(seeds) - len(todo), "adapted": 0, "failed": 0, "attempts": 0, "first_try": 0}
     graph = build_adapt_graph()
-    gate = asyncio.Semaphore(concurrency)
-    bar = tqdm(total=len(todo), desc=f"adapt {culture.code}", unit="scenario", disable=not progress)
     commit = git_commit()
 
     async def one(s: Scenario) -> None:
-        async with gate:
-            ctx = AdaptContext(seed=s, culture=culture, model=model, prompts=prompts, max_attempts=max_attempts,
-                               sample_seed=seed, params=params)
-            meta = {"culture": culture.code, "seed_id": s.id, "model": model.spec, "prompt_version": versions,
-                    "run_id": run_id, "git": commit}
-            try:
-                state = await graph.ainvoke({"attempts": []}, {"recursion_limit": 2 * max_attempts + 5}, context=ctx)
-            except PromptError:  # a template that cannot render is the user's to fix, not this seed's failure
-                raise
-            except Exception as exc:  # noqa: BLE001 - a crashed model call is this seed's recorded failure
-                store.put_failed_scenario(adapted_id(culture.code, s.id), attempts=0, raw="",
-                                          error=f"{type(exc).__name__}: {exc}".splitlines()[0][:500], **meta)
-                counts["failed"] += 1
-            else:
-                attempts = state["attempts"]
-                counts["attempts"] += len(attempts)
-                if state.get("scenario"):
-                    store.put_scenario(Scenario.model_validate(state["scenario"]), attempts=len(attempts), **meta)
-                    counts["adapted"] += 1
-                    counts["first_try"] += len(attempts) == 1
-                else:
-                    store.put_failed_scenario(adapted_id(culture.code, s.id), attempts=len(attempts),
-                                              raw=attempts[-1]["raw"], error=attempts[-1]["error"], **meta)
-                    counts["failed"] += 1
-            bar.update(1)
+        ctx = AdaptContext(seed=s, culture=culture, model=model, prompts=prompts, max_attempts=max_attempts,
+                           sample_seed=seed, params=params)
+        meta = {"culture": culture.code, "seed_id": s.id, "model": model.spec, "prompt_version": versions,
+                "run_id": run_id, "git": commit}
+        try:
+            state = await graph.ainvoke({"attempts": []}, {"recursion_limit": 2 * max_attempts + 5}, context=ctx)
+        except PromptError:  # a template that cannot render is the user's to fix, not this seed's failure
+            raise
+        except Exception as exc:  # noqa: BLE001 - a crashed model call is this seed's recorded failure
+            store.put_failed_scenario(adapted_id(culture.code, s.id), attempts=0, raw="", error=failure_text(exc),
+                                      **meta)
+            counts["failed"] += 1
+            return
+        attempts = state["attempts"]
+        counts["attempts"] += len(attempts)
+        if state.get("scenario"):
+            store.put_scenario(Scenario.model_validate(state["scenario"]), attempts=len(attempts), **meta)
+            counts["adapted"] += 1
+            counts["first_try"] += len(attempts) == 1
+        else:
+            store.put_failed_scenario(adapted_id(culture.code, s.id), attempts=len(attempts),
+                                      raw=attempts[-1]["raw"], error=attempts[-1]["error"], **meta)
+            counts["failed"] += 1
 
-    await asyncio.gather(*(one(s) for s in todo))
-    bar.close()
+    await run_all(todo, one, concurrency=concurrency, desc=f"adapt {culture.code}", unit="scenario",
+                  progress=progress)
     return counts
 
 

@@ -42,6 +42,7 @@ from agents.cultures import CultureError, load_culture
 from agents.models import GenerationParams, Message, Model, ModelSpecError, load_model
 from agents.prompts import PromptError, Prompts
 from agents.records import Culture, Scenario, Turn
+from graphs.concurrent import run_all
 from graphs.episode import turn_seed
 from graphs.store import DEFAULT_DB, FINAL, Store
 
@@ -354,27 +355,22 @@ async def judge_episodes(store: Store, episodes: list[dict], *, culture: Culture
     """Judge every episode not yet judged by `model` (all of them with `rejudge`); returns counts."""
     todo = [e for e in episodes if rejudge or needs_judging(store, e["id"], model.spec, sotopia)]
     graph = build_judge_graph(sotopia)
-    gate = asyncio.Semaphore(concurrency)
     counts = Counter(skipped=len(episodes) - len(todo), judged=0, failed=0)
-    bar = tqdm(total=len(todo), desc=f"judging {culture.code}", unit="ep", disable=not progress)
 
     async def one(row: dict) -> None:
-        async with gate:
-            scenario = store.scenario(row["scenario_id"])
-            ctx = JudgeContext(scenario=scenario, culture=culture, turns=tuple(valid_turns(store.turns(row["id"]))),
-                               model=model, prompts=prompts, seed=turn_seed(seed, 0, row["id"]), params=params)
-            try:
-                state = await graph.ainvoke({"judgements": []}, context=ctx)
-            except Exception as exc:  # noqa: BLE001 - counted, reported, retried on rerun; nothing is stored
-                counts["failed"] += 1
-                tqdm.write(f"episode {row['id']}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
-            else:
-                store.put_judgements(row["id"], model.spec, [{**j, "run_id": run_id} for j in state["judgements"]])
-                counts["judged"] += 1
-            bar.update(1)
+        scenario = store.scenario(row["scenario_id"])
+        ctx = JudgeContext(scenario=scenario, culture=culture, turns=tuple(valid_turns(store.turns(row["id"]))),
+                           model=model, prompts=prompts, seed=turn_seed(seed, 0, row["id"]), params=params)
+        try:
+            state = await graph.ainvoke({"judgements": []}, context=ctx)
+        except Exception as exc:  # noqa: BLE001 - counted, reported, retried on rerun; nothing is stored
+            counts["failed"] += 1
+            tqdm.write(f"episode {row['id']}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+        else:
+            store.put_judgements(row["id"], model.spec, [{**j, "run_id": run_id} for j in state["judgements"]])
+            counts["judged"] += 1
 
-    await asyncio.gather(*(one(e) for e in todo))
-    bar.close()
+    await run_all(todo, one, concurrency=concurrency, desc=f"judging {culture.code}", unit="ep", progress=progress)
     return dict(counts)
 
 

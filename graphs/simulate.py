@@ -24,13 +24,13 @@ from pathlib import Path
 
 import aiosqlite
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-from tqdm import tqdm
 
 from agents.cultures import CultureError, load_culture
 from agents.models import GenerationParams, Model, ModelSpecError, load_model
 from agents.prompts import PromptError, Prompts
 from agents.records import Culture, Intent, Scenario, Turn
 from agents.seeds import sotopia_seeds
+from graphs.concurrent import failure_text, run_all
 from graphs.episode import PROMPT_NAMES, EpisodeContext, build_episode_graph, recursion_limit, turn_seed
 from graphs.store import DEFAULT_DB, FINAL, Store, episode_id, git_commit
 
@@ -70,7 +70,7 @@ async def run_episode(graph, store: Store, ctx: EpisodeContext, planned: Planned
             state = snapshot.values  # the graph had finished, the store write had not
     except Exception as exc:  # noqa: BLE001 - recorded as the episode's failure, then retried on rerun
         store.finish_episode(planned.id, "failed", [], [], ended_by=None, intent_version=None,
-                             error=f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
+                             error=failure_text(exc))
         return "failed"
     status = "invalid" if state.get("ended_by") == "invalid" else "done"
     store.finish_episode(
@@ -105,23 +105,18 @@ async def simulate(store: Store, plan: list[PlannedEpisode], *, culture: Culture
         await conn.execute("PRAGMA synchronous = NORMAL")
         saver = AsyncSqliteSaver(conn)
         graph = build_episode_graph(checkpointer=saver)
-        gate = asyncio.Semaphore(concurrency)
-        bar = tqdm(total=len(todo), desc=f"episodes {culture.code}", unit="ep", disable=not progress)
+        commit = git_commit()
 
         async def one(p: PlannedEpisode) -> None:
-            async with gate:
-                ctx = replace(base_ctx, scenario=p.scenario, seed=turn_seed(seed, p.sample, p.id))
-                row = {"id": p.id, "scenario_id": p.scenario.id, "culture": culture.code, "model": model.spec,
-                       "seed": seed, "sample": p.sample, "max_turns": max_turns, "run_id": run_id,
-                       "prompt_versions": json.dumps(versions, sort_keys=True), "git": git_commit_cached,
-                       "config": json.dumps(config, sort_keys=True)}
-                status = await run_episode(graph, store, ctx, p, row, saver)
-                counts[status] += 1
-                bar.update(1)
+            ctx = replace(base_ctx, scenario=p.scenario, seed=turn_seed(seed, p.sample, p.id))
+            row = {"id": p.id, "scenario_id": p.scenario.id, "culture": culture.code, "model": model.spec,
+                   "seed": seed, "sample": p.sample, "max_turns": max_turns, "run_id": run_id,
+                   "prompt_versions": json.dumps(versions, sort_keys=True), "git": commit,
+                   "config": json.dumps(config, sort_keys=True)}
+            counts[await run_episode(graph, store, ctx, p, row, saver)] += 1
 
-        git_commit_cached = git_commit()
-        await asyncio.gather(*(one(p) for p in todo))
-        bar.close()
+        await run_all(todo, one, concurrency=concurrency, desc=f"episodes {culture.code}", unit="ep",
+                      progress=progress)
     return counts
 
 

@@ -44,6 +44,8 @@ class EpisodeContext:
     speaker_params: GenerationParams = GenerationParams(max_new_tokens=160, prefix="ACTION:", stop=("\n\n",))
     observer_params: GenerationParams = GenerationParams(max_new_tokens=80, temperature=0.0, prefix="INTENT:",
                                                          stop=("\n\n",))
+    # The personas' system template; training.dataset swaps in the one without culture grounding.
+    system_template: str = "roleplay_system"
 
 
 # ------------------------------------------------------------------ parsing
@@ -97,7 +99,7 @@ def parse_intent(raw: str, turn_index: int) -> Intent:
 def speaker_view(ctx: EpisodeContext, me: int, turns: list[Turn]) -> list[Message]:
     """The transcript as persona `me` sees it: its own turns as assistant, the partner's as user."""
     persona, partner = ctx.scenario.participants[me], ctx.scenario.participants[1 - me]
-    system = ctx.prompts.render("roleplay_system", scenario=ctx.scenario, culture=ctx.culture, me=persona,
+    system = ctx.prompts.render(ctx.system_template, scenario=ctx.scenario, culture=ctx.culture, me=persona,
                                 partner=partner)
     messages: list[Message] = [{"role": "system", "content": system.text}]
     for t in turns:

@@ -206,16 +206,6 @@ def judged_pairs(prompts: Prompts, episodes: list[Episode], culture: Culture) ->
     return rows
 
 
-class _Ungrounded:
-    """The role-play prompts with the system turn swapped for its version without the culture."""
-
-    def __init__(self, prompts: Prompts):
-        self.prompts = prompts
-
-    def render(self, name: str, **variables) -> Rendered:
-        return self.prompts.render("roleplay_system_ungrounded" if name == "roleplay_system" else name, **variables)
-
-
 async def contrastive_pairs(prompts: Prompts, episodes: list[Episode], culture: Culture, model: Model, *,
                             seed: int, concurrency: int, counts: Counter) -> list[dict]:
     """For every spoken line of a kept episode: that line against the ungrounded persona's line in its place.
@@ -236,7 +226,8 @@ async def contrastive_pairs(prompts: Prompts, episodes: list[Episode], culture: 
             EpisodeContext.speaker_params, seed=turn_seed(seed, i, f"contrastive:{ep.id}"),
             **{k: config[k] for k in ("temperature", "top_p", "max_new_tokens") if config.get(k) is not None},
         )
-        ctx = EpisodeContext(scenario=ep.scenario, culture=culture, model=model, prompts=_Ungrounded(prompts))
+        ctx = EpisodeContext(scenario=ep.scenario, culture=culture, model=model, prompts=prompts,
+                             system_template="roleplay_system_ungrounded")
         async with gate:
             raw = await model.achat(speaker_view(ctx, turn.speaker, history), task="contrastive", params=params)
         counts["contrastive generations"] += 1

@@ -95,16 +95,21 @@ def load_episodes(store: Store, rule: FilterRule = PAPER_RULE) -> list[EpisodeVi
         sid = row["scenario_id"]
         if sid not in scenarios:
             scenarios[sid] = store.scenario(sid)
-        judgements = store.judgements(row["id"])
-        by_judge: dict[str, list[dict]] = {}
-        for j in judgements:
-            by_judge.setdefault(j["judge_model"], []).append(j)
-        views.append(EpisodeView(
-            row=row, scenario=scenarios[sid], turns=store.turns(row["id"]),
-            intents={i.turn_index: i for i in store.intents(row["id"])}, judgements=judgements,
-            run=runs.get(row["run_id"]), verdicts={m: verdict(rows, rule) for m, rows in by_judge.items()},
-        ))
+        views.append(episode_view(store, row, scenarios[sid], runs.get(row["run_id"]), rule))
     return views
+
+
+def episode_view(store: Store, row: dict, scenario: Scenario | None, run: dict | None,
+                 rule: FilterRule = PAPER_RULE) -> EpisodeView:
+    judgements = store.judgements(row["id"])
+    by_judge: dict[str, list[dict]] = {}
+    for j in judgements:
+        by_judge.setdefault(j["judge_model"], []).append(j)
+    return EpisodeView(
+        row=row, scenario=scenario, turns=store.turns(row["id"]),
+        intents={i.turn_index: i for i in store.intents(row["id"])}, judgements=judgements, run=run,
+        verdicts={m: verdict(rows, rule) for m, rows in by_judge.items()},
+    )
 
 
 def build_site(db: str | Path, out: str | Path, rule: FilterRule = PAPER_RULE) -> dict:
@@ -157,10 +162,10 @@ def export_episode(db: str | Path, episode_id: str, path: str | Path) -> Path:
     if path.suffix.lower() not in (".svg", ".png"):
         raise ViewError(f"--export {path}: the file name must end in .svg or .png")
     store = _open_store(db)
-    views = [e for e in load_episodes(store) if e.id == episode_id]
-    if not views:
+    row = store.episode(episode_id)
+    if row is None:
         raise ViewError(f"--episode {episode_id}: no such episode in {db}")
-    drawing = views[0].drawing()
+    drawing = episode_view(store, row, store.scenario(row["scenario_id"]), None).drawing()
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".svg":
         path.write_text(drawing.svg, encoding="utf-8")

@@ -187,6 +187,11 @@ def should_retry(state: AdaptState, runtime: Runtime[AdaptContext]) -> str:
     return "adapt"
 
 
+def recursion_limit(max_attempts: int) -> int:
+    """Each attempt costs two steps (adapt, validate); leave headroom for the start."""
+    return 2 * max_attempts + 5
+
+
 def build_adapt_graph(route=should_retry):
     graph = StateGraph(AdaptState, context_schema=AdaptContext)
     graph.add_node("adapt", adapt)
@@ -216,7 +221,7 @@ async def adapt_seeds(store: Store, seeds: list[Scenario], *, culture: Culture, 
         meta = {"culture": culture.code, "seed_id": s.id, "model": model.spec, "prompt_version": versions,
                 "run_id": run_id, "git": commit}
         try:
-            state = await graph.ainvoke({"attempts": []}, {"recursion_limit": 2 * max_attempts + 5}, context=ctx)
+            state = await graph.ainvoke({"attempts": []}, {"recursion_limit": recursion_limit(max_attempts)}, context=ctx)
         except PromptError:  # a template that cannot render is the user's to fix, not this seed's failure
             raise
         except Exception as exc:  # noqa: BLE001 - a crashed model call is this seed's recorded failure

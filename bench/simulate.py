@@ -6,10 +6,10 @@
 
 model: turns per second (speaker turns; every turn also costs one observer call) on SmolLM2 with
 8 episodes in flight against 1, the same model object and settings for both. The target is at least
-4x: concurrent episodes share one batched `generate` call. The run at 8 plays 16 episodes so that
-episodes ending early (unparseable turns) are replaced and 8 stay in flight. Then the same eight
-first-turn prompts are generated one by one and as one batch, once for one token (prompt prefill)
-and once for 48 tokens, to show where batching pays on this machine.
+4x: concurrent episodes share the engine's batch. The run at 8 plays 16 episodes so that episodes
+ending early (unparseable turns) are replaced and 8 stay in flight. Each run also reports how many
+tokens went through the model against how many prompt and reply tokens were asked for: the
+difference is prompt prefill saved by the prefix cache.
 
 orchestration: turns per second with a zero-latency scripted model, so what is measured is the
 graph, the observer node, the checkpointer and the SQLite writes. The target is at least 200.
@@ -32,10 +32,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from agents.cultures import load_culture  # noqa: E402
-from agents.models import GenerationParams, load_model  # noqa: E402
+from agents.models import load_model  # noqa: E402
 from agents.prompts import Prompts  # noqa: E402
 from agents.seeds import sotopia_seeds  # noqa: E402
-from graphs.episode import EpisodeContext, speaker_view  # noqa: E402
+from graphs.episode import EpisodeContext  # noqa: E402
 from graphs.simulate import plan_episodes, simulate  # noqa: E402
 from graphs.store import Store  # noqa: E402
 
@@ -45,6 +45,13 @@ def run(model, *, episodes: int, max_turns: int, concurrency: int, seed: int, ma
     culture, prompts = load_culture("CHN"), Prompts()
     plan = plan_episodes(sotopia_seeds(), culture.code, model.spec, seed, episodes, 1)
     before = model.usage.totals()
+    computed = [0]
+    hook = None
+    if hasattr(model.backend, "model"):  # count tokens through the in-process model: prefill + decode
+        hook = model.backend.model.register_forward_pre_hook(
+            lambda _, args, kwargs: computed.__setitem__(0, computed[0] + (kwargs.get("input_ids", args[0] if args
+                                                                                        else None)).numel()),
+            with_kwargs=True)
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "bench.db")
         started = time.perf_counter()
@@ -56,15 +63,20 @@ def run(model, *, episodes: int, max_turns: int, concurrency: int, seed: int, ma
         wall = time.perf_counter() - started
         turns = store.db.execute("select count(*) from turns").fetchone()[0]
         statuses = dict(store.db.execute("select status, count(*) from episodes group by status").fetchall())
+    if hook:
+        hook.remove()
     after = model.usage.totals()
-    return {"turns": turns, "wall": wall, "calls": after["calls"] - before["calls"],
-            "tokens": after["completion_tokens"] - before["completion_tokens"], "statuses": statuses}
+    delta = {k: after[k] - before[k] for k in ("calls", "prompt_tokens", "completion_tokens")}
+    return {"turns": turns, "wall": wall, "calls": delta["calls"], "tokens": delta["completion_tokens"],
+            "asked": delta["prompt_tokens"] + delta["completion_tokens"], "computed": computed[0],
+            "statuses": statuses}
 
 
 def line(label: str, r: dict) -> str:
     return (f"{label:<28} {r['turns']:>5} turns {r['calls']:>5} calls {r['tokens']:>6} tokens "
             f"{r['wall']:>7.1f} s  {r['turns'] / r['wall']:>8.2f} turns/s  {r['tokens'] / r['wall']:>7.1f} tok/s  "
-            f"{r['statuses']}")
+            f"{r['statuses']}" + (f"  model ran {r['computed']} of {r['asked']} prompt+reply tokens"
+                                  if r["computed"] else ""))
 
 
 def bench_model(args) -> None:
@@ -79,29 +91,6 @@ def bench_model(args) -> None:
     rate = lambda r, k: r[k] / r["wall"]  # noqa: E731
     print(f"turns/s ratio, concurrency 8 / 1: {rate(eight, 'turns') / rate(one, 'turns'):.2f}x (target >= 4x); "
           f"completion tokens/s ratio: {rate(eight, 'tokens') / rate(one, 'tokens'):.2f}x", flush=True)
-    bench_batching(model)
-
-
-def bench_batching(model) -> None:
-    """Seconds per prompt, one by one against one batch of 8: prefill alone, then 48 new tokens."""
-    culture, prompts = load_culture("CHN"), Prompts()
-    convs = [speaker_view(EpisodeContext(scenario=s, culture=culture, model=model, prompts=prompts), 0, [])
-             for s in sotopia_seeds()[:8]]
-    tok = model.backend.tokenizer
-    tokens = [len(tok(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False))["input_ids"])
-              for c in convs]
-    print(f"first-turn prompts: {min(tokens)}-{max(tokens)} tokens")
-    for new in (1, 48):
-        params = GenerationParams(max_new_tokens=new, temperature=0.0)
-        started = time.perf_counter()
-        for c in convs:
-            model.backend._generate_batch([c], params)
-        alone = (time.perf_counter() - started) / len(convs)
-        started = time.perf_counter()
-        model.backend._generate_batch(convs, params)
-        batched = (time.perf_counter() - started) / len(convs)
-        print(f"{new:>2} new tokens: {alone:.2f} s/prompt alone, {batched:.2f} s/prompt in a batch of 8: "
-              f"{alone / batched:.2f}x")
 
 
 def bench_orchestration(args) -> None:

@@ -4,25 +4,67 @@ from dataclasses import replace
 import pytest
 
 from agents.models import GenerationParams, Model, ModelSpecError, ScriptedBackend, batch_seed, cut_at_stop, load_model
+from agents.prefix_cache import PrefixCache
 
 
 def test_hf_backend_batches_concurrent_requests(tiny_model_dir):
     model = load_model(tiny_model_dir)
-    calls = []
+    sizes = []
     original = model.backend._generate_batch
-    model.backend._generate_batch = lambda convs, params: calls.append((len(convs), params.seed)) or original(
-        convs, params)
+    model.backend._generate_batch = lambda requests: sizes.append(len(requests)) or original(requests)
     msgs = [{"role": "user", "content": "Hello"}]
+    sampled = [GenerationParams(max_new_tokens=5, seed=k) for k in range(4)]  # each turn has its own seed
+    greedy = [GenerationParams(max_new_tokens=7, temperature=0.0, prefix="INTENT:") for _ in range(2)]
 
-    async def run():  # each episode turn carries its own seed; they must still share a batch
-        return await asyncio.gather(*(
-            model.achat(msgs, task="t", params=GenerationParams(max_new_tokens=5, seed=k)) for k in range(6)))
+    async def run():  # speaker turns and observer labels alike: one batch, whatever their params
+        return await asyncio.gather(*(model.achat(msgs, task="t", params=p) for p in sampled + greedy))
 
     outs = asyncio.run(run())
-    assert len(outs) == 6 and all(isinstance(o, str) for o in outs)
-    assert max(n for n, _ in calls) > 1, calls  # at least one generate call served several episodes
-    assert all(seed is not None for _, seed in calls)
+    assert len(outs) == 6 and all(o.startswith("INTENT:") for o in outs[4:])
+    assert sizes == [6], sizes
     assert model.usage.calls["t"] == 6 and model.usage.prompt_tokens["t"] > 0
+
+
+def test_each_request_in_a_batch_keeps_its_own_token_limit(tiny_model_dir):
+    model = load_model(tiny_model_dir)
+    requests = [([{"role": "user", "content": f"Hello {k}"}], GenerationParams(max_new_tokens=n, temperature=0.0))
+                for k, n in enumerate([2, 9])]
+    short, long = model.backend._generate_batch(requests)
+    assert short.completion_tokens <= 2 < long.completion_tokens <= 9
+
+
+def test_next_turn_reuses_the_cached_prompt_and_reply(tiny_model_dir):
+    """A prompt that repeats an earlier prompt + reply prefills only its new tokens, with the same result."""
+    model = load_model(tiny_model_dir)
+    greedy = GenerationParams(max_new_tokens=6, temperature=0.0)
+    first = [{"role": "system", "content": "You are Li Wei."}, {"role": "user", "content": "Good morning."}]
+    [reply] = model.chat_many([first], task="t", params=greedy)
+    second = [*first, {"role": "assistant", "content": reply}, {"role": "user", "content": "And then?"}]
+    fed = []
+    hook = model.backend.model.register_forward_pre_hook(
+        lambda _, args, kwargs: fed.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    [warm] = model.chat_many([second], task="t", params=greedy)
+    hook.remove()
+    cold = load_model(tiny_model_dir)
+    cold.backend.prefix_cache = PrefixCache(max_bytes=0)  # keeps only the latest sequence: no reuse here
+    [expected] = cold.chat_many([second], task="t", params=greedy)
+    assert warm == expected
+    second_len = cold.usage.prompt_tokens["t"]
+    first_len = model.usage.prompt_tokens["t"] - second_len
+    # the first forward pass prefills less than the new messages: the reply itself came from the cache
+    assert fed[0] < second_len - first_len, (fed, first_len, second_len)
+
+
+def test_row_sampling_keeps_argmax_for_greedy_rows_and_the_nucleus_for_sampled_ones():
+    import torch
+
+    from agents.models import _RowSampling
+
+    scores = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.5, 0.3, 0.15, 0.05]]))
+    out = _RowSampling([GenerationParams(temperature=0.0), GenerationParams(temperature=1.0, top_p=0.7)])(
+        None, scores)
+    assert torch.isfinite(out).tolist() == [[True, False, False, False], [True, True, False, False]]
+    assert torch.allclose(out[1, :2], scores[1, :2])
 
 
 def test_hf_generation_ends_at_a_stop_string(tiny_model_dir):

@@ -5,11 +5,12 @@
     python bench/simulate.py --part orchestration
 
 model: turns per second (speaker turns; every turn also costs one observer call) on SmolLM2 with
-8 episodes in flight against 1, the same model object and settings for both. The target is at least
-4x: concurrent episodes share the engine's batch. The run at 8 plays 16 episodes so that episodes
-ending early (unparseable turns) are replaced and 8 stay in flight. Each run also reports how many
-tokens went through the model against how many prompt and reply tokens were asked for: the
-difference is prompt prefill saved by the prefix cache.
+8 episodes in flight against 1, the same weights and settings for both. The target is at least 4x:
+concurrent episodes share one batched `generate` call. The run at 8 plays 32 episodes so that
+episodes ending early (unparseable turns) are replaced and 8 stay in flight for most of it. Each run
+reports how many prompt tokens came from the prefix cache. Then the same eight first-turn prompts
+are run one at a time and as one batch, once for prefill alone and once for decoding alone (prompts
+already cached), to show which part batching speeds up on this machine.
 
 orchestration: turns per second with a zero-latency scripted model, so what is measured is the
 graph, the observer node, the checkpointer and the SQLite writes. The target is at least 200.
@@ -32,10 +33,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from agents.cultures import load_culture  # noqa: E402
-from agents.models import load_model  # noqa: E402
+from agents.models import GenerationParams, load_model  # noqa: E402
+from agents.prefix_cache import PrefixCache  # noqa: E402
 from agents.prompts import Prompts  # noqa: E402
 from agents.seeds import sotopia_seeds  # noqa: E402
-from graphs.episode import EpisodeContext  # noqa: E402
+from graphs.episode import EpisodeContext, speaker_view  # noqa: E402
 from graphs.simulate import plan_episodes, simulate  # noqa: E402
 from graphs.store import Store  # noqa: E402
 
@@ -45,13 +47,6 @@ def run(model, *, episodes: int, max_turns: int, concurrency: int, seed: int, ma
     culture, prompts = load_culture("CHN"), Prompts()
     plan = plan_episodes(sotopia_seeds(), culture.code, model.spec, seed, episodes, 1)
     before = model.usage.totals()
-    computed = [0]
-    hook = None
-    if hasattr(model.backend, "model"):  # count tokens through the in-process model: prefill + decode
-        hook = model.backend.model.register_forward_pre_hook(
-            lambda _, args, kwargs: computed.__setitem__(0, computed[0] + (kwargs.get("input_ids", args[0] if args
-                                                                                        else None)).numel()),
-            with_kwargs=True)
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "bench.db")
         started = time.perf_counter()
@@ -63,34 +58,57 @@ def run(model, *, episodes: int, max_turns: int, concurrency: int, seed: int, ma
         wall = time.perf_counter() - started
         turns = store.db.execute("select count(*) from turns").fetchone()[0]
         statuses = dict(store.db.execute("select status, count(*) from episodes group by status").fetchall())
-    if hook:
-        hook.remove()
     after = model.usage.totals()
-    delta = {k: after[k] - before[k] for k in ("calls", "prompt_tokens", "completion_tokens")}
-    return {"turns": turns, "wall": wall, "calls": delta["calls"], "tokens": delta["completion_tokens"],
-            "asked": delta["prompt_tokens"] + delta["completion_tokens"], "computed": computed[0],
-            "statuses": statuses}
+    cache = getattr(model.backend, "prefix_cache", None)
+    return {"turns": turns, "wall": wall, "calls": after["calls"] - before["calls"],
+            "tokens": after["completion_tokens"] - before["completion_tokens"], "statuses": statuses,
+            "cached": f"{cache.hit_tokens} of {cache.looked_up_tokens}" if cache else ""}
 
 
 def line(label: str, r: dict) -> str:
     return (f"{label:<28} {r['turns']:>5} turns {r['calls']:>5} calls {r['tokens']:>6} tokens "
             f"{r['wall']:>7.1f} s  {r['turns'] / r['wall']:>8.2f} turns/s  {r['tokens'] / r['wall']:>7.1f} tok/s  "
-            f"{r['statuses']}" + (f"  model ran {r['computed']} of {r['asked']} prompt+reply tokens"
-                                  if r["computed"] else ""))
+            f"{r['statuses']}" + (f"  prompt tokens from the prefix cache: {r['cached']}" if r["cached"] else ""))
 
 
 def bench_model(args) -> None:
-    model = load_model(args.model, max_batch=8)
-    run(model, episodes=1, max_turns=1, concurrency=1, seed=99, max_new_tokens=8)  # load and warm up
-    one = run(model, episodes=args.episodes_serial, max_turns=args.max_turns, concurrency=1, seed=args.seed,
-              max_new_tokens=args.max_new_tokens)
-    print(line("concurrency 1", one), flush=True)
-    eight = run(model, episodes=16, max_turns=args.max_turns, concurrency=8, seed=args.seed,
-                max_new_tokens=args.max_new_tokens)
-    print(line("concurrency 8", eight))
+    runs = {}
+    for concurrency, episodes in ((1, args.episodes_serial), (8, args.episodes_parallel)):
+        model = load_model(args.model, max_batch=concurrency)  # shares the weights; its own prefix cache
+        if concurrency == 1:
+            run(model, episodes=1, max_turns=1, concurrency=1, seed=99, max_new_tokens=8)  # load and warm up
+            model.backend.prefix_cache = PrefixCache(model.backend.cache_bytes)
+        runs[concurrency] = run(model, episodes=episodes, max_turns=args.max_turns, concurrency=concurrency,
+                                seed=args.seed, max_new_tokens=args.max_new_tokens)
+        print(line(f"concurrency {concurrency}", runs[concurrency]), flush=True)
     rate = lambda r, k: r[k] / r["wall"]  # noqa: E731
-    print(f"turns/s ratio, concurrency 8 / 1: {rate(eight, 'turns') / rate(one, 'turns'):.2f}x (target >= 4x); "
-          f"completion tokens/s ratio: {rate(eight, 'tokens') / rate(one, 'tokens'):.2f}x", flush=True)
+    print(f"turns/s ratio, concurrency 8 / 1: {rate(runs[8], 'turns') / rate(runs[1], 'turns'):.2f}x (target >= 4x); "
+          f"completion tokens/s ratio: {rate(runs[8], 'tokens') / rate(runs[1], 'tokens'):.2f}x", flush=True)
+    bench_batching(model)
+
+
+def bench_batching(model) -> None:
+    """Seconds per prompt, one at a time against one batch of 8: prefill alone, then decoding alone."""
+    culture, prompts = load_culture("CHN"), Prompts()
+    convs = [speaker_view(EpisodeContext(scenario=s, culture=culture, model=model, prompts=prompts), 0, [])
+             for s in sotopia_seeds()[:8]]
+    backend = model.backend
+
+    def seconds_per_prompt(params, batch: int, cached: bool) -> float:
+        backend.prefix_cache = PrefixCache(backend.cache_bytes)
+        if cached:
+            backend._generate_batch([(c, replace(params, max_new_tokens=1)) for c in convs])
+        started = time.perf_counter()
+        for k in range(0, len(convs), batch):
+            backend._generate_batch([(c, params) for c in convs[k:k + batch]])
+        return (time.perf_counter() - started) / len(convs)
+
+    prefill = GenerationParams(max_new_tokens=1, temperature=0.0)
+    decode = GenerationParams(max_new_tokens=48, temperature=0.0)
+    for label, params, cached in (("prefill only (1 new token)", prefill, False),
+                                  ("decode only (48 tokens, prompt cached)", decode, True)):
+        alone, batched = seconds_per_prompt(params, 1, cached), seconds_per_prompt(params, 8, cached)
+        print(f"{label}: {alone:.2f} s/prompt alone, {batched:.2f} in a batch of 8: {alone / batched:.2f}x")
 
 
 def bench_orchestration(args) -> None:
@@ -106,7 +124,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--part", choices=["model", "orchestration", "all"], default="all")
     p.add_argument("--model", default="smollm2")
-    p.add_argument("--episodes-serial", type=int, default=2, help="episodes at concurrency 1 (8 run at 8)")
+    p.add_argument("--episodes-serial", type=int, default=4, help="episodes at concurrency 1")
+    p.add_argument("--episodes-parallel", type=int, default=32, help="episodes at concurrency 8")
     p.add_argument("--max-turns", type=int, default=2, help="rounds per episode")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--orchestration-episodes", type=int, default=40)

@@ -176,12 +176,14 @@ class BatchingBackend:
             # Wait briefly for the batch to fill: episodes whose requests were answered together ask
             # again within milliseconds of each other, and a request that starts alone keeps the
             # others waiting for a whole batch.
-            deadline = asyncio.get_running_loop().time() + self.gather_s
-            while len(pending) < self.max_batch:
-                try:
-                    pending.append(await asyncio.wait_for(queue.get(), deadline - asyncio.get_running_loop().time()))
-                except TimeoutError:
-                    break
+            # (Polled, not `wait_for(queue.get())`: a get cancelled by a timeout can drop an item on 3.11.)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.gather_s
+            while len(pending) < self.max_batch and (not queue.empty() or loop.time() < deadline):
+                if queue.empty():
+                    await asyncio.sleep(0.005)
+                else:
+                    pending.append(queue.get_nowait())
             try:
                 outs = await asyncio.to_thread(self._generate_batch, [(m, p) for m, p, _ in pending])
             except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller

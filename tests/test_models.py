@@ -25,6 +25,23 @@ def test_hf_backend_batches_concurrent_requests(tiny_model_dir):
     assert model.usage.calls["t"] == 6 and model.usage.prompt_tokens["t"] > 0
 
 
+def test_requests_a_few_milliseconds_apart_still_share_a_batch(tiny_model_dir):
+    model = load_model(tiny_model_dir, max_batch=4)
+    sizes = []
+    original = model.backend._generate_batch
+    model.backend._generate_batch = lambda requests: sizes.append(len(requests)) or original(requests)
+
+    async def run():  # as episodes do after a batch returns: each asks again once its graph step is done
+        calls = []
+        for k in range(4):
+            calls.append(asyncio.create_task(model.achat([{"role": "user", "content": f"Hi {k}"}], task="t",
+                                                         params=GenerationParams(max_new_tokens=3))))
+            await asyncio.sleep(0.01)
+        return await asyncio.gather(*calls)
+
+    assert len(asyncio.run(run())) == 4 and sizes == [4], sizes
+
+
 def test_each_request_in_a_batch_keeps_its_own_token_limit(tiny_model_dir):
     model = load_model(tiny_model_dir)
     requests = [([{"role": "user", "content": f"Hello {k}"}], GenerationParams(max_new_tokens=n, temperature=0.0))

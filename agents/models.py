@@ -277,7 +277,8 @@ class HFBackend(BatchingBackend):
 
     Each prompt is prefilled alone from the longest cached prefix (`agents.prefix_cache`); the batch
     then decodes together, which is where batching pays. Every finished prompt + reply is cached for
-    the turn after.
+    the turn after. Models whose cache is not one plain key/value tensor per layer and token (sliding
+    windows, linear attention) are run without reuse.
     """
 
     cache_bytes = 2 * 2**30  # keys/values kept for reuse
@@ -286,9 +287,14 @@ class HFBackend(BatchingBackend):
         super().__init__(max_batch)
         from agents.prefix_cache import PrefixCache
 
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
         self.name = spec
         self.model, self.tokenizer = load_hf(spec, adapter, load_in_4bit)
-        self.prefix_cache = PrefixCache(self.cache_bytes)
+        layers = DynamicCache(config=base_config(self.model)).layers
+        reusable = all(type(layer) is DynamicLayer for layer in layers)
+        self.prefix_cache = PrefixCache(self.cache_bytes) if reusable else None
 
     def _generate_batch(self, requests: list[tuple[list[Message], GenerationParams]]) -> list[Completion]:
         import torch
@@ -305,7 +311,8 @@ class HFBackend(BatchingBackend):
         seeds = [p.seed for p in params if p.seed is not None]
         with torch.inference_mode():
             # All but each prompt's last token go into the cache; `generate` feeds the last one.
-            cache = self._left_padded([self._prefill(r[:-1]) for r in rows], [width - len(r) for r in rows])
+            reuse = {} if self.prefix_cache is None else {
+                "cache": self._left_padded([self._prefill(r[:-1]) for r in rows], [width - len(r) for r in rows])}
             input_ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows], device=device)
             mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
             if seeds:  # one draw stream per batch, fixed by its members' seeds
@@ -313,15 +320,17 @@ class HFBackend(BatchingBackend):
             sampling = {"do_sample": False} if all(p.greedy for p in params) else {
                 "do_sample": True, "temperature": 1.0, "top_p": 1.0, "logits_processor": [_RowSampling(params)]}
             out = self.model.generate(
-                input_ids=input_ids, attention_mask=mask, cache=cache,
+                input_ids=input_ids, attention_mask=mask, **reuse,
                 max_new_tokens=max(p.max_new_tokens for p in params),
                 stopping_criteria=[_RowEnds(params, width, tok)], pad_token_id=tok.pad_token_id,
                 return_dict_in_generate=True, **sampling,
             )
         replies = [_trim(g, tok.pad_token_id)[:p.max_new_tokens]
                    for g, p in zip(out.sequences[:, width:].tolist(), params)]
-        self._keep(rows, replies, out.cache, width)
-        texts = [p.prefix + cut_at_stop(tok.decode(g, skip_special_tokens=True), p.stop) for g, p in zip(replies, params)]
+        if reuse:
+            self._keep(rows, replies, out.cache, width)
+        texts = [p.prefix + cut_at_stop(tok.decode(g, skip_special_tokens=True), p.stop)
+                 for g, p in zip(replies, params)]
         return [Completion(t.strip(), len(r), len(g)) for t, r, g in zip(texts, rows, replies)]
 
     def _prefill(self, ids: list[int]):
@@ -330,7 +339,7 @@ class HFBackend(BatchingBackend):
         from transformers import DynamicCache
 
         n, kv = self.prefix_cache.lookup(ids)
-        cache = DynamicCache(config=_base_config(self.model))
+        cache = DynamicCache(config=base_config(self.model))
         for layer, (k, v) in enumerate(kv or []):
             cache.update(k[:, :, :n], v[:, :, :n], layer)
         if n < len(ids):
@@ -344,7 +353,7 @@ class HFBackend(BatchingBackend):
         import torch
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=_base_config(self.model))
+        cache = DynamicCache(config=base_config(self.model))
         length = max(pad + kv[0][0].shape[2] for pad, kv in zip(pads, kvs))
         for layer in range(len(kvs[0])):
             k0 = kvs[0][layer][0]
@@ -420,7 +429,7 @@ def _trim(tokens: list[int], pad: int) -> list[int]:
     return tokens[:end]
 
 
-def _base_config(model):
+def base_config(model):
     """The transformers config, also through a PEFT wrapper."""
     return model.get_base_model().config if hasattr(model, "get_base_model") else model.config
 
@@ -602,5 +611,5 @@ def load_model(spec: str, *, adapter: str | None = None, load_in_4bit: bool = Fa
 
 __all__ = [
     "ChatBackend", "Completion", "GenerationParams", "Message", "Model", "ModelSpecError", "ScriptedBackend",
-    "Usage", "hf_source", "load_hf", "load_model", "smollm2_dir", "PUPPET_REPLIES",
+    "Usage", "base_config", "hf_source", "load_hf", "load_model", "smollm2_dir", "PUPPET_REPLIES",
 ]

@@ -72,6 +72,17 @@ def test_next_turn_reuses_the_cached_prompt_and_reply(tiny_model_dir):
     assert fed[0] < second_len - first_len, (fed, first_len, second_len)
 
 
+def test_models_without_reusable_caches_generate_the_same_without_reuse(tiny_model_dir):
+    """Sliding-window or linear-attention caches get no prefix reuse; the plain path gives the same text."""
+    greedy = GenerationParams(max_new_tokens=6, temperature=0.0)
+    requests = [([{"role": "user", "content": text}], greedy) for text in ("Good morning.", "A longer hello there.")]
+    reused = load_model(tiny_model_dir)
+    plain = load_model(tiny_model_dir)
+    plain.backend.prefix_cache = None
+    assert [c.text for c in plain.backend._generate_batch(requests)] == [
+        c.text for c in reused.backend._generate_batch(requests)]
+
+
 def test_row_sampling_keeps_argmax_for_greedy_rows_and_the_nucleus_for_sampled_ones():
     import torch
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agents.models import GenerationParams, Model, load_hf
+from agents.models import GenerationParams, Model, base_config, load_hf
 from eval.wvs.items import Item
 from eval.wvs.parse import INVALID, parse_answer
 
@@ -108,7 +108,7 @@ class LogprobReader:
         for start in range(0, len(suffixes), self.batch_size):
             chunk = suffixes[start:start + self.batch_size]
             b, width = len(chunk), max(len(x) for x in chunk)
-            cache = DynamicCache(config=_base_config(self.model))
+            cache = DynamicCache(config=base_config(self.model))
             for li, layer in enumerate(layers):
                 cache.update(layer.keys.expand(b, -1, -1, -1), layer.values.expand(b, -1, -1, -1), li)
             # suffixes are right-padded: real tokens sit right after the prefix, pads come last
@@ -171,7 +171,3 @@ def _common_prefix_len(seqs: list[list[int]]) -> int:
             return k
     return n
 
-
-def _base_config(model):
-    """The transformers config, also through a PEFT wrapper."""
-    return model.get_base_model().config if hasattr(model, "get_base_model") else model.config

@@ -309,7 +309,7 @@ async def judge_meta(state: JudgeState, runtime: Runtime[JudgeContext]) -> dict:
 async def judge_sotopia(state: JudgeState, runtime: Runtime[JudgeContext]) -> dict:
     """Both participants' SOTOPIA scores, one call each (they go out together)."""
     ctx = runtime.context
-    dimensions = [(key, low, high, meaning) for key, low, high, meaning in SOTOPIA_DIMENSIONS.values()]
+    dimensions = list(SOTOPIA_DIMENSIONS.values())  # (key, low, high, meaning)
 
     async def score(i: int) -> list[dict]:
         messages, version = judge_messages(ctx, "sotopia", person=ctx.scenario.participants[i], dimensions=dimensions)
@@ -376,10 +376,12 @@ async def judge_episodes(store: Store, episodes: list[dict], *, culture: Culture
 
 def judgement_summary(store: Store, culture: str, judge_model: str, rule: FilterRule) -> dict:
     """Valid shares and label counts per aspect, and what the rule keeps, over the judgeable episodes."""
-    verdicts = episode_verdicts(store, culture, judge_model, rule)
     aspects: dict[str, Counter] = {a: Counter() for a in ASPECTS}
-    for row, _ in verdicts:
-        for j in store.judgements(row["id"], judge_model):
+    verdicts = []
+    for row in judgeable_episodes(store, culture):
+        judgements = store.judgements(row["id"], judge_model)  # read once, for the verdict and the counts
+        verdicts.append((row, verdict(judgements, rule)))
+        for j in judgements:
             c = aspects.setdefault(j["aspect"], Counter())
             c["answers"] += 1
             c["valid"] += j["valid"]
@@ -437,7 +439,7 @@ def main(argv: list[str] | None = None) -> None:
         rule = FilterRule.parse(args.filter, args.on_invalid)
         culture = load_culture(args.culture, args.cultures_dir)
         prompts = Prompts(args.prompts)
-        prompts.versions(PROMPT_NAMES + ["judge_sotopia"] * args.sotopia)  # fail before loading a model
+        versions = prompts.versions(PROMPT_NAMES + ["judge_sotopia"] * args.sotopia)  # fails before a model loads
         store = Store(args.db)
         episodes = judgeable_episodes(store, culture.code)
         if not episodes:
@@ -447,7 +449,7 @@ def main(argv: list[str] | None = None) -> None:
     except (JudgeError, CultureError, PromptError, ModelSpecError) as exc:
         sys.exit(f"error: {exc}")
     config = {k: v for k, v in vars(args).items() if k != "no_progress"}
-    config["prompt_versions"] = prompts.versions(PROMPT_NAMES + ["judge_sotopia"] * args.sotopia)
+    config["prompt_versions"] = versions
     run_id = store.start_run("graphs.judge " + " ".join(argv if argv is not None else sys.argv[1:]), config)
     started = time.perf_counter()
     counts = asyncio.run(judge_episodes(

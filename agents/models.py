@@ -292,6 +292,7 @@ class HFBackend(BatchingBackend):
 
         self.name = spec
         self.model, self.tokenizer = load_hf(spec, adapter, load_in_4bit)
+        self.device = next(self.model.parameters()).device
         layers = DynamicCache(config=base_config(self.model)).layers
         reusable = all(type(layer) is DynamicLayer for layer in layers)
         self.prefix_cache = PrefixCache(self.cache_bytes) if reusable else None
@@ -307,14 +308,13 @@ class HFBackend(BatchingBackend):
             for c, p in requests
         ]
         width = max(len(r) for r in rows)
-        device = next(self.model.parameters()).device
         seeds = [p.seed for p in params if p.seed is not None]
         with torch.inference_mode():
             # All but each prompt's last token go into the cache; `generate` feeds the last one.
             reuse = {} if self.prefix_cache is None else {
                 "cache": self._left_padded([self._prefill(r[:-1]) for r in rows], [width - len(r) for r in rows])}
-            input_ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows], device=device)
-            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+            input_ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows], device=self.device)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
             if seeds:  # one draw stream per batch, fixed by its members' seeds
                 torch.manual_seed(batch_seed(seeds))
             sampling = {"do_sample": False} if all(p.greedy for p in params) else {
@@ -343,8 +343,7 @@ class HFBackend(BatchingBackend):
         for layer, (k, v) in enumerate(kv or []):
             cache.update(k[:, :, :n], v[:, :, :n], layer)
         if n < len(ids):
-            device = next(self.model.parameters()).device
-            self.model(input_ids=torch.tensor([ids[n:]], device=device), cache=cache, use_cache=True,
+            self.model(input_ids=torch.tensor([ids[n:]], device=self.device), cache=cache, use_cache=True,
                        logits_to_keep=1)
         return [(layer.keys, layer.values) for layer in cache.layers]
 

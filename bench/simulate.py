@@ -109,10 +109,10 @@ def bench_batching(model) -> None:
     width = max(len(r) for r in rows)
 
     def forward(batch: list[list[int]]) -> None:
-        ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in batch])
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in batch])
-        net(input_ids=ids[:, -max(len(r) for r in batch):], attention_mask=mask[:, -max(len(r) for r in batch):],
-            logits_to_keep=1)
+        longest = max(len(r) for r in batch)
+        ids = torch.tensor([[tok.pad_token_id] * (longest - len(r)) + r for r in batch])
+        mask = torch.tensor([[0] * (longest - len(r)) + [1] * len(r) for r in batch])
+        net(input_ids=ids, attention_mask=mask, logits_to_keep=1)
 
     with torch.inference_mode():
         started = time.perf_counter()

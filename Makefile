@@ -10,9 +10,36 @@ export TOKENIZERS_PARALLELISM := false
 DEMO_CULTURE ?= CHN
 DEMO_DB ?= runs/demo.db
 
-.PHONY: demo test venv clean chromium
+.PHONY: demo test venv clean chromium llama-server
 
 venv: $(STAMP)
+
+# llama.cpp's `llama-server`, the embedded default's engine (agents/llama_server.py), built once from
+# the pinned llama-cpp-python source distribution (MIT; it vendors llama.cpp under vendor/llama.cpp).
+# Only the server target, statically linked; no prebuilt binary is downloaded. Without a compiler
+# this warns and goes on: `smollm2-inprocess` and every other model spec still work.
+LLAMA_CPP_PYTHON := 0.3.36
+LLAMA_SERVER := .venv/bin/llama-server
+LLAMA_BUILD := build/llama-cpp-python-$(LLAMA_CPP_PYTHON)
+
+llama-server: $(LLAMA_SERVER)
+
+$(LLAMA_SERVER): | $(STAMP)
+	@command -v cmake >/dev/null && command -v c++ >/dev/null || { \
+	  echo "warning: cmake and a C++ compiler are needed to build llama-server; model 'smollm2' will not start" \
+	       "(use smollm2-inprocess)"; exit 0; }; \
+	set -e; mkdir -p $(LLAMA_BUILD); \
+	test -f $(LLAMA_BUILD)/src/vendor/llama.cpp/CMakeLists.txt || { \
+	  $(PY) -m pip download -q --no-binary :all: --no-deps --no-build-isolation \
+	    llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $(LLAMA_BUILD) 2>/dev/null \
+	  || $(PY) -m pip download -q --no-binary :all: --no-deps llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $(LLAMA_BUILD); \
+	  mkdir -p $(LLAMA_BUILD)/src; \
+	  tar xzf $(LLAMA_BUILD)/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $(LLAMA_BUILD)/src --strip-components=1; }; \
+	cmake -S $(LLAMA_BUILD)/src/vendor/llama.cpp -B $(LLAMA_BUILD)/cmake -DCMAKE_BUILD_TYPE=Release \
+	  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+	  -DBUILD_SHARED_LIBS=OFF > $(LLAMA_BUILD)/cmake.log; \
+	cmake --build $(LLAMA_BUILD)/cmake --target llama-server -j$$(nproc) >> $(LLAMA_BUILD)/cmake.log; \
+	cp $(LLAMA_BUILD)/cmake/bin/llama-server $@
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -23,7 +50,7 @@ $(STAMP): pyproject.toml
 	rm -f .venv/.installed-*
 	touch $@
 
-test: venv chromium
+test: venv llama-server chromium
 	$(PY) -m pytest -q -ra
 
 # Debian's Chromium for tests/test_view_browser.py (Playwright drives it; never `playwright install`).
@@ -37,7 +64,7 @@ chromium:
 # SmolLM2 rarely writes a valid adapted scenario: its attempt is stored as failed with the reason, and the
 # puppet (it only renames the people; each row records which model made it) fills in so there is
 # something to play. Many of its turns and verdicts are unparseable: they are stored and counted as such.
-demo: venv
+demo: venv llama-server
 	$(PY) -m graphs.adapt --culture $(DEMO_CULTURE) --n 1 --max-attempts 1 --max-new-tokens 256 --model smollm2 --db $(DEMO_DB) --no-progress
 	$(PY) -m graphs.adapt --culture $(DEMO_CULTURE) --n 8 --seed 1 --model puppet --db $(DEMO_DB) --no-progress
 	$(PY) -m graphs.simulate --culture $(DEMO_CULTURE) --episodes 8 --max-turns 3 --model smollm2 --db $(DEMO_DB)
@@ -50,4 +77,4 @@ demo: venv
 	$(PY) -m graphs.view --db $(DEMO_DB) --out site
 
 clean:
-	rm -rf .venv runs results site outputs
+	rm -rf .venv runs results site outputs build

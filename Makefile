@@ -18,9 +18,14 @@ venv: $(STAMP)
 # the pinned llama-cpp-python source distribution (MIT; it vendors llama.cpp under vendor/llama.cpp).
 # Only the server target, statically linked; no prebuilt binary is downloaded. Without a compiler
 # this warns and goes on: `smollm2-inprocess` and every other model spec still work.
+# Not -march=native: these machines' CPUs advertise AMX, which the kernel does not grant, and
+# ggml's AMX kernels then die with SIGILL; AVX2/FMA/F16C run on every x86-64 server of the last decade.
 LLAMA_CPP_PYTHON := 0.3.36
 LLAMA_SERVER := .venv/bin/llama-server
 LLAMA_BUILD := build/llama-cpp-python-$(LLAMA_CPP_PYTHON)
+
+LLAMA_CPU_FLAGS := $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON \
+  -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON,-DGGML_NATIVE=ON)
 
 llama-server: $(LLAMA_SERVER)
 
@@ -30,13 +35,12 @@ $(LLAMA_SERVER): | $(STAMP)
 	       "(use smollm2-inprocess)"; exit 0; }; \
 	set -e; mkdir -p $(LLAMA_BUILD); \
 	test -f $(LLAMA_BUILD)/src/vendor/llama.cpp/CMakeLists.txt || { \
-	  $(PY) -m pip download -q --no-binary :all: --no-deps --no-build-isolation \
-	    llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $(LLAMA_BUILD) 2>/dev/null \
+	  test -f $(LLAMA_BUILD)/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz \
 	  || $(PY) -m pip download -q --no-binary :all: --no-deps llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $(LLAMA_BUILD); \
 	  mkdir -p $(LLAMA_BUILD)/src; \
 	  tar xzf $(LLAMA_BUILD)/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $(LLAMA_BUILD)/src --strip-components=1; }; \
 	cmake -S $(LLAMA_BUILD)/src/vendor/llama.cpp -B $(LLAMA_BUILD)/cmake -DCMAKE_BUILD_TYPE=Release \
-	  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+	  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF $(LLAMA_CPU_FLAGS) \
 	  -DBUILD_SHARED_LIBS=OFF > $(LLAMA_BUILD)/cmake.log; \
 	cmake --build $(LLAMA_BUILD)/cmake --target llama-server -j$$(nproc) >> $(LLAMA_BUILD)/cmake.log; \
 	cp $(LLAMA_BUILD)/cmake/bin/llama-server $@

@@ -6,6 +6,7 @@ Nothing here touches storage or models; `graphs.store` persists these and the gr
 from __future__ import annotations
 
 from enum import Enum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -59,6 +60,33 @@ class InglehartWelzel(Record):
     secular_score: float | None = None
 
 
+class NamePool(Record):
+    """Common given and family names of a culture, from published name statistics (cited in `sources`).
+
+    Scenario adaptation offers them as the only allowed values of the name fields when decoding is
+    constrained (small models otherwise keep the seed's names); names are written in the culture's order.
+    """
+
+    order: Literal["given family", "family given"]
+    family: tuple[str, ...] = Field(min_length=4, description="family names (for cultures without them: "
+                                                               "the name that takes their place, e.g. a father's name)")
+    given_female: tuple[str, ...] = Field(min_length=4)
+    given_male: tuple[str, ...] = Field(min_length=4)
+    sources: tuple[str, ...] = Field(min_length=1)
+
+    def full_names(self, gender: str, part: int, parts: int = 2) -> list[str]:
+        """Full names for one participant position: every `parts`-th family and given name from `part` on, so
+        two positions never share a name. Given names follow the persona's gender (both lists if unclear)."""
+        word = gender.strip().lower()
+        female = word.startswith(("woman", "female", "girl", "f"))
+        male = not female and word.startswith(("man", "male", "boy", "m"))
+        given = self.given_female if female else self.given_male if male else self.given_female + self.given_male
+        families, givens = self.family[part::parts], given[part::parts]
+        if self.order == "family given":
+            return [f"{f} {g}" for f in families for g in givens]
+        return [f"{g} {f}" for g in givens for f in families]
+
+
 class Culture(Record):
     """A culture the pipeline can adapt to, keyed by its ISO 3166-1 alpha-3 code."""
 
@@ -69,6 +97,7 @@ class Culture(Record):
     hofstede_scores: HofstedeScores
     hofstede_words: HofstedeWords
     inglehart_welzel: InglehartWelzel
+    names: NamePool | None = None
     sources: tuple[str, ...] = ()
 
     def descriptors(self) -> str:

@@ -8,11 +8,16 @@ One graph per seed:
 
     START -> adapt -> validate -> (adapt | END)
 
-`adapt` asks the model to rewrite names, occupations, setting, goals and secrets for the culture;
-`validate` pulls the JSON out of whatever the model wrapped it in and checks it against the Scenario
-record and against the seed (same structure, new names). A failed check goes back to the model with
-the error, at most `max_attempts` times in all. A seed that never validates is stored as `failed`
-with its reason; rerunning the command skips seeds already adapted and retries the failed ones.
+`adapt` asks the model to rewrite names, occupations, setting, goals and secrets for the culture, in
+the shape `agents.answers.AdaptedScenario` (enforced by the decoder unless `--unstructured`, where the
+JSON is pulled out of whatever the model wrapped it in); `validate` checks the answer against that
+shape, the Scenario record and the seed (same structure, new names). A failed check goes back to the
+model with the error, at most `max_attempts` times in all. A seed that never validates is stored as
+`failed` with its reason; rerunning the command skips seeds already adapted and retries the failed ones.
+
+`--name-pool` (on by default for the embedded model, whose names otherwise stay the seed's): the name
+fields may only take names from the culture's pool of common names (`names` in its YAML file), with
+different names for the two people, and the tokens that spell the seed's names are banned while decoding.
 """
 
 from __future__ import annotations
@@ -27,14 +32,16 @@ import re
 import sys
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import ValidationError
 
+from agents.answers import AdaptedScenario, answer_format, json_schema, validate_data, with_enum
 from agents.cultures import CultureError, load_culture
-from agents.models import GenerationParams, Message, Model, ModelSpecError, load_model
+from agents.models import SMOLLM2, UNSTRUCTURED_HELP, GenerationParams, Message, Model, ModelSpecError, load_model
 from agents.prompts import PromptError, Prompts
 from agents.records import Culture, Scenario, first_error
 from agents.seeds import sotopia_seeds
@@ -65,8 +72,10 @@ class AdaptContext:
     prompts: Prompts
     max_attempts: int = 3
     sample_seed: int = 0
-    # An adapted SOTOPIA scenario is about 450 tokens of JSON; "{" makes small models start the object.
+    # Free text: an adapted SOTOPIA scenario is about 450 tokens of JSON; "{" makes small models start the
+    # object. Structured answers take their token limit from the shape.
     params: GenerationParams = GenerationParams(max_new_tokens=640, prefix="{")  # noqa: RUF009 - frozen
+    name_pool: bool = False  # names only from culture.names, the seed's names banned (structured only)
 
 
 def adapted_id(culture: str, seed_id: str) -> str:
@@ -88,7 +97,7 @@ def seed_json(seed: Scenario) -> str:
 
 def extract_json(raw: str) -> dict[str, Any]:
     """The first JSON object in an answer, whatever prose or code fences surround it."""
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(strict=False)
     first_error = None
     for match in re.finditer(r"\{", raw):
         try:
@@ -104,14 +113,19 @@ def extract_json(raw: str) -> dict[str, Any]:
 
 
 def validate_adaptation(raw: str, seed: Scenario, culture: Culture) -> Scenario:
-    """A model answer -> the adapted Scenario, or AdaptationError naming the first problem."""
+    """A model answer -> the adapted Scenario, or AdaptationError naming the first problem.
+
+    The answer must have the `AdaptedScenario` shape, make a valid Scenario, keep the seed's structure and
+    name neither of the seed's people anywhere."""
     data = extract_json(raw)
     for key in ("id", "culture", "source"):
         data.pop(key, None)  # ours to set; a model echoing them is harmless
+    adapted, error = validate_data(data, AdaptedScenario)
+    if adapted is None:
+        raise AdaptationError(error)
     try:
-        scenario = Scenario.model_validate(
-            {**data, "id": adapted_id(culture.code, seed.id), "culture": culture.code, "source": f"adapted:{seed.id}"}
-        )
+        scenario = Scenario.model_validate({**adapted.model_dump(), "id": adapted_id(culture.code, seed.id),
+                                            "culture": culture.code, "source": f"adapted:{seed.id}"})
     except ValidationError as exc:
         raise AdaptationError(first_error(exc, more=False)) from None
     _check_same_structure(scenario, seed)
@@ -129,9 +143,29 @@ def _check_same_structure(scenario: Scenario, seed: Scenario) -> None:
                 raise AdaptationError(f"field participants.{i}.{name}: empty, but the scenario has one")
 
 
+def name_forms(name: str) -> set[str]:
+    """The ways a person's name can appear in text: whole, its parts, and its parts written together.
+
+    Parts in Latin script shorter than three letters ("Li", "Al") are left out, as they occur inside
+    ordinary words; in scripts written without spaces (Chinese, Japanese, Thai, ...) two characters are
+    a name (Chinese and Korean given names, many Japanese family names)."""
+    parts = re.findall(r"[^\W_]+", name)
+    forms = {name.strip(), "".join(parts)} if len(parts) > 1 else {name.strip()}
+    forms |= {p for p in parts if len(p) >= (3 if p.isascii() else 2)}
+    return {f for f in forms if f}
+
+
+def mentions(text: str, form: str) -> bool:
+    """Whether `text` names `form`: a Latin-script name as a word of its own (next to any other script
+    too, e.g. "Mia" in "我是Mia"); a name in a script without word boundaries anywhere in the text."""
+    if form.isascii():
+        return re.search(rf"(?<![A-Za-z0-9]){re.escape(form)}(?![A-Za-z0-9])", text) is not None
+    return form in text
+
+
 def _check_names_changed(scenario: Scenario, seed: Scenario) -> None:
     """New names for both people, and no trace of the old ones anywhere in the text."""
-    old_words = {w for p in seed.participants for w in re.findall(r"\w{3,}", p.name)}
+    old_forms = {f for p in seed.participants for f in name_forms(p.name)}
     for i, p in enumerate(scenario.participants):
         if p.name.strip().lower() in {s.name.strip().lower() for s in seed.participants}:
             raise AdaptationError(f"field participants.{i}.name: {p.name!r} is a name from the original scenario")
@@ -139,9 +173,24 @@ def _check_names_changed(scenario: Scenario, seed: Scenario) -> None:
     for i, p in enumerate(scenario.participants):
         texts.update({f"participants.{i}.{k}": str(v) for k, v in p.model_dump().items() if isinstance(v, str)})
     for field, text in texts.items():
-        for word in sorted(old_words):
-            if re.search(rf"\b{re.escape(word)}\b", text):
-                raise AdaptationError(f"field {field}: still uses the original name {word!r}")
+        for form in sorted(old_forms):
+            if mentions(text, form):
+                raise AdaptationError(f"field {field}: still uses the original name {form!r}")
+
+
+def answer_schema(ctx: AdaptContext) -> dict[str, Any]:
+    """The adaptation's JSON schema; with the name pool, each person's name field allows only its own,
+    disjoint part of the culture's common names."""
+    schema = json_schema(AdaptedScenario)
+    if ctx.name_pool and ctx.culture.names:
+        for i, person in enumerate(ctx.seed.participants):
+            schema = with_enum(schema, ("participants", i, "name"), ctx.culture.names.full_names(person.gender, i))
+    return schema
+
+
+def banned_names(seed: Scenario) -> tuple[str, ...]:
+    """The seed's names, in every form `name_forms` knows, for the decoder to ban."""
+    return tuple(sorted({f for p in seed.participants for f in name_forms(p.name)}))
 
 
 # ------------------------------------------------------------------ graph
@@ -150,7 +199,8 @@ def _check_names_changed(scenario: Scenario, seed: Scenario) -> None:
 def adapt_messages(ctx: AdaptContext, attempts: list[dict]) -> list[Message]:
     """The request, then each failed answer followed by its validation error."""
     system = ctx.prompts.render("adapt_system", culture=ctx.culture)
-    user = ctx.prompts.render("adapt_user", culture=ctx.culture, seed=ctx.seed, seed_json=seed_json(ctx.seed))
+    user = ctx.prompts.render("adapt_user", culture=ctx.culture, seed=ctx.seed, seed_json=seed_json(ctx.seed),
+                              answer_format=answer_format(answer_schema(ctx)))
     messages: list[Message] = [{"role": "system", "content": system.text}, {"role": "user", "content": user.text}]
     for number, attempt in enumerate(attempts, start=1):
         retry = ctx.prompts.render("adapt_retry", error=attempt["error"], culture=ctx.culture, attempt=number)
@@ -167,6 +217,10 @@ async def adapt(state: AdaptState, runtime: Runtime[AdaptContext]) -> dict:
     ctx = runtime.context
     attempts = state.get("attempts", [])
     params = replace(ctx.params, seed=sample_seed(ctx.sample_seed, ctx.seed.id, len(attempts)))
+    if ctx.model.structured:
+        params = params.constrained(answer_schema(ctx))
+        if ctx.name_pool:
+            params = replace(params, banned=banned_names(ctx.seed))
     raw = await ctx.model.achat(adapt_messages(ctx, attempts), task="adapt", params=params)
     return {"raw": raw}
 
@@ -207,7 +261,7 @@ def build_adapt_graph(route=should_retry):
 
 async def adapt_seeds(store: Store, seeds: list[Scenario], *, culture: Culture, model: Model, prompts: Prompts,
                       max_attempts: int, params: GenerationParams, concurrency: int, seed: int, run_id: str,
-                      progress: bool = True) -> dict:
+                      progress: bool = True, name_pool: bool = False) -> dict:
     """Adapt every seed not yet adapted for the culture, `concurrency` at a time, storing each result."""
     versions = json.dumps(prompts.versions(PROMPT_NAMES), sort_keys=True)
     todo = [s for s in seeds if store.scenario_status(adapted_id(culture.code, s.id)) != "ok"]
@@ -217,7 +271,7 @@ async def adapt_seeds(store: Store, seeds: list[Scenario], *, culture: Culture, 
 
     async def one(s: Scenario) -> None:
         ctx = AdaptContext(seed=s, culture=culture, model=model, prompts=prompts, max_attempts=max_attempts,
-                           sample_seed=seed, params=params)
+                           sample_seed=seed, params=params, name_pool=name_pool)
         meta = {"culture": culture.code, "seed_id": s.id, "model": model.spec, "prompt_version": versions,
                 "run_id": run_id, "git": commit}
         try:
@@ -258,6 +312,22 @@ def choose_seeds(seeds: list[Scenario], n: int | None, seed: int) -> list[Scenar
     return order if n is None else order[:n]
 
 
+def use_name_pool(choice: str, spec: str, culture: Culture, structured: bool) -> bool:
+    """Whether this run constrains names to the culture's pool; CultureError when asked for and impossible."""
+    if choice == "off" or (choice == "auto" and not (structured and is_embedded(spec) and culture.names)):
+        return False
+    if not structured:
+        raise CultureError("--name-pool on needs structured decoding (drop --unstructured)")
+    if not culture.names:
+        raise CultureError(f"--name-pool on: culture {culture.code} has no `names` pool in its YAML file")
+    return True
+
+
+def is_embedded(spec: str) -> bool:
+    """The embedded small model (on llama-server or in process), or a GGUF file on a managed server."""
+    return spec in (SMOLLM2, f"{SMOLLM2}-inprocess") or spec.startswith("gguf:")
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m graphs.adapt", description=__doc__.split("\n\n")[0])
     p.add_argument("--culture", required=True, help="ISO-3 code of a culture with a YAML file, e.g. JPN")
@@ -272,7 +342,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--cultures-dir", default=None, help="directory of extra culture YAML files")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.7)
-    p.add_argument("--max-new-tokens", type=int, default=AdaptContext.params.max_new_tokens)
+    p.add_argument("--max-new-tokens", type=int, default=AdaptContext.params.max_new_tokens,
+                   help="free text only (--unstructured); a structured answer's limit comes from its shape")
+    p.add_argument("--name-pool", choices=["auto", "on", "off"], default="auto",
+                   help="names only from the culture's pool of common names, the seed's names banned while "
+                        "decoding (auto: on for the embedded model, which otherwise keeps the seed's names)")
+    p.add_argument("--unstructured", action="store_true", help=UNSTRUCTURED_HELP)
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -288,8 +363,10 @@ def main(argv: list[str] | None = None) -> None:
         if not seeds:
             raise ScenarioFileError(f"{args.seeds}: no scenarios in the file")
         chosen = choose_seeds(seeds, args.n, args.seed)
+        name_pool = use_name_pool(args.name_pool, args.model, culture, structured=not args.unstructured)
         check_templates(prompts, culture, chosen[0])
-        model = load_model(args.model, max_batch=args.concurrency)
+        model = load_model(args.model, max_batch=args.concurrency, structured=not args.unstructured,
+                           log_dir=Path(args.db).parent)
     except (CultureError, PromptError, ModelSpecError, ScenarioFileError) as exc:
         sys.exit(f"error: {exc}")
     store = Store(args.db)
@@ -302,13 +379,13 @@ def main(argv: list[str] | None = None) -> None:
         counts = asyncio.run(adapt_seeds(
             store, chosen, culture=culture, model=model, prompts=prompts, max_attempts=args.max_attempts,
             params=params, concurrency=args.concurrency, seed=args.seed, run_id=run_id,
-            progress=not args.no_progress,
+            progress=not args.no_progress, name_pool=name_pool,
         ))
     except PromptError as exc:  # e.g. a user template that fails only on some seed's data
         store.finish_run(run_id, {"error": str(exc)})
         sys.exit(f"error: {exc}")
     wall_s = round(time.perf_counter() - started, 1)
-    store.finish_run(run_id, {**counts, "usage": model.usage.totals(), "wall_s": wall_s})
+    store.finish_run(run_id, {**counts, "name_pool": name_pool, "usage": model.usage.totals(), "wall_s": wall_s})
     tried = counts["adapted"] + counts["failed"]
     rate = f"{counts['adapted']}/{tried} valid ({counts['first_try']} on the first attempt)" if tried else "none tried"
     u = model.usage.totals()

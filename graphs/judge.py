@@ -27,104 +27,70 @@ from __future__ import annotations
 import argparse
 import asyncio
 import operator
-import re
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Annotated, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from tqdm import tqdm
 
+from agents.answers import CONFIDENCES, AlignmentAnswer, Answer, MetaAnswer, QualityAnswer, SotopiaAnswer
 from agents.cultures import CultureError, load_culture
-from agents.models import GenerationParams, Message, Model, ModelSpecError, load_model
+from agents.models import UNSTRUCTURED_HELP, Asked, GenerationParams, Message, Model, ModelSpecError, load_model
 from agents.prompts import PromptError, Prompts
 from agents.records import Culture, Scenario, Turn
 from graphs.concurrent import run_all
-from graphs.episode import turn_seed
+from graphs.episode import answer_format_for, turn_seed
 from graphs.store import DEFAULT_DB, FINAL, Store
 
-# aspect -> (answer key, label vocabulary); the confidence vocabulary is shared.
+# aspect -> its answer shape (agents.answers); the shape's first field is the label, checked by the filter.
+SHAPES: dict[str, type[Answer]] = {"quality": QualityAnswer, "culture": AlignmentAnswer, "meta": MetaAnswer}
+LABEL_FIELDS = {"quality": "quality", "culture": "alignment", "meta": "label"}
+# aspect -> (answer field, label vocabulary), read off the shapes; the confidence vocabulary is shared.
 LABELS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "quality": ("QUALITY", ("good", "bad")),
-    "culture": ("ALIGNMENT", ("aligned", "not aligned")),
-    "meta": ("LABEL", ("good", "bad")),
+    aspect: (field, SHAPES[aspect].model_fields[field].annotation.__args__) for aspect, field in LABEL_FIELDS.items()
 }
 ASPECTS = tuple(LABELS)
-CONFIDENCES = ("very confident", "confident", "not sure")
 PROMPT_NAMES = ["judge_system", "judge_quality", "judge_culture", "judge_meta"]
-# Optional SOTOPIA-EVAL dimensions, scored per participant: (answer key, low, high, what it measures).
-# Stored as aspect "<dimension>:<participant index>", e.g. "goal:0", with the number in `score`.
+# Optional SOTOPIA-EVAL dimensions, scored per participant, read off SotopiaAnswer:
+# dimension -> (free-text label, low, high, what it measures). Stored as aspect "<dimension>:<participant
+# index>", e.g. "goal:0", with the number in `score`.
 SOTOPIA_DIMENSIONS: dict[str, tuple[str, int, int, str]] = {
-    "believability": ("BELIEVABILITY", 0, 10, "acts naturally and consistently with their profile"),
-    "relationship": ("RELATIONSHIP", -5, 5, ("how much the interaction harmed (negative) or helped (positive) "
-                                             "their relationship with the other person")),
-    "knowledge": ("KNOWLEDGE", 0, 10, "how much new, important information they gained"),
-    "secret": ("SECRET", -10, 0, "how much of their secret they gave away (0: kept it)"),
-    "social_rules": ("SOCIAL_RULES", -10, 0, "how far they broke social norms or laws (0: not at all)"),
-    "financial_and_material_benefits": ("FINANCIAL", -5, 5, "material or financial losses (negative) or gains"),
-    "goal": ("GOAL", 0, 10, "how far they achieved their social goal"),
+    name: (SotopiaAnswer.labels.get(name, name.upper()),
+           *(next(getattr(m, bound) for m in info.metadata if hasattr(m, bound)) for bound in ("ge", "le")),
+           info.description)
+    for name, info in SotopiaAnswer.model_fields.items()
 }
 SOTOPIA_ASPECTS = tuple(f"{d}:{i}" for i in (0, 1) for d in SOTOPIA_DIMENSIONS)
 # Episodes shorter than this (in valid utterances) give nothing to judge or to train on.
 MIN_UTTERANCES = 2
 
 
-# ------------------------------------------------------------------ parsing
+# ------------------------------------------------------------------ answers
 
 
-def _line_value(raw: str, key: str) -> str | None:
-    """The text after `KEY:` on its line (markdown bold and list marks tolerated)."""
-    match = re.search(rf"^[\W_]*{key}[\W_]*:\s*(.*)$", raw, re.IGNORECASE | re.MULTILINE)
-    return match.group(1).strip() if match else None
+def judgement_row(aspect: str, asked: Asked) -> dict:
+    """A judge answer -> a judgements row; one that did not validate has no label, never a default."""
+    answer = asked.answer
+    row = {"aspect": aspect, "label": None, "confidence": None, "score": None, "critique": None, "raw": asked.raw,
+           "valid": int(answer is not None)}
+    if answer is not None:
+        row.update(label=getattr(answer, LABEL_FIELDS[aspect]), confidence=answer.confidence,
+                   critique=answer.critique.strip() if aspect == "meta" else None)
+    return row
 
 
-def _choice(value: str | None, options: tuple[str, ...]) -> str | None:
-    """The option `value` starts with, if it names no other option; otherwise None.
-
-    "Bad - it repeats" -> bad; "good | bad" (the options copied) -> None; "not good" -> None.
-    """
-    if value is None:
-        return None
-    text = re.sub(r"\s+", " ", re.sub(r"[\[\]()*_`\"']", " ", value.lower())).strip()
-    by_length = sorted(options, key=len, reverse=True)  # "not aligned" before "aligned"
-    found = re.findall(r"\b(" + "|".join(map(re.escape, by_length)) + r")\b", text)
-    if not found or len(set(found)) > 1 or not text.startswith(found[0]):
-        return None
-    return found[0]
-
-
-def _critique(raw: str) -> str:
-    match = re.search(r"^[\W_]*CRITIQUE[\W_]*:\s*(.*?)(?=^[\W_]*(?:LABEL|CONFIDENCE)[\W_]*:|\Z)", raw,
-                      re.IGNORECASE | re.MULTILINE | re.DOTALL)
-    return match.group(1).strip() if match else ""
-
-
-def parse_scores(participant: int, raw: str) -> list[dict]:
-    """A SOTOPIA answer -> one row per dimension; a missing or out-of-range number is that row's invalid value."""
-    rows = []
-    for dimension, (key, low, high, _) in SOTOPIA_DIMENSIONS.items():
-        value = (_line_value(raw, key) or "").strip("*_ ").rstrip(".")
-        number = re.fullmatch(r"([+-]?\d+)(?:\s*/\s*\d+)?", value)  # "7" or "7/10"
-        score = int(number.group(1)) if number else None
-        valid = score is not None and low <= score <= high
-        rows.append({"aspect": f"{dimension}:{participant}", "label": None, "confidence": None,
-                     "score": float(score) if valid else None, "critique": None, "raw": raw, "valid": int(valid)})
-    return rows
-
-
-def parse_judgement(aspect: str, raw: str) -> dict:
-    """A judge answer -> a judgements row; valid only when both label and confidence parse."""
-    key, options = LABELS[aspect]
-    label = _choice(_line_value(raw, key), options)
-    confidence = _choice(_line_value(raw, "CONFIDENCE"), CONFIDENCES)
-    valid = label is not None and confidence is not None
-    return {
-        "aspect": aspect, "label": label if valid else None, "confidence": confidence if valid else None,
-        "score": None, "critique": _critique(raw) if aspect == "meta" else None, "raw": raw, "valid": int(valid),
-    }
+def score_rows(participant: int, asked: Asked) -> list[dict]:
+    """A SOTOPIA answer -> one row per dimension, each invalid when the answer did not validate."""
+    answer = asked.answer
+    return [{"aspect": f"{dimension}:{participant}", "label": None, "confidence": None,
+             "score": float(getattr(answer, dimension)) if answer is not None else None, "critique": None,
+             "raw": asked.raw, "valid": int(answer is not None)}
+            for dimension in SOTOPIA_DIMENSIONS]
 
 
 # ------------------------------------------------------------------ filter
@@ -274,17 +240,21 @@ def judge_messages(ctx: JudgeContext, aspect: str, **variables) -> tuple[list[Me
     """(messages for one judge call, the prompt version stored with its answer)."""
     system = ctx.prompts.render("judge_system", scenario=ctx.scenario, culture=ctx.culture,
                                 transcript=list(ctx.turns))
-    user = ctx.prompts.render(f"judge_{aspect}", culture=ctx.culture, **variables)
+    shape = SotopiaAnswer if aspect == "sotopia" else SHAPES[aspect]
+    user = ctx.prompts.render(f"judge_{aspect}", culture=ctx.culture, answer_format=answer_format_for(ctx.model, shape),
+                              **variables)
     messages = [{"role": "system", "content": system.text}, {"role": "user", "content": user.text}]
     return messages, f"judge_system:{system.version},{user.name}:{user.version}"
 
 
 async def _ask(ctx: JudgeContext, aspect: str, **variables) -> dict:
     messages, version = judge_messages(ctx, aspect, **variables)
-    key = "CRITIQUE" if aspect == "meta" else LABELS[aspect][0]
-    params = replace(ctx.params, seed=turn_seed(ctx.seed, 0, f"judge-{aspect}"), prefix=f"{key}:")
-    raw = await ctx.model.achat(messages, task="judge", params=params)
-    return {**parse_judgement(aspect, raw), "prompt_version": version}
+    shape = SHAPES[aspect]
+    first = next(iter(shape.model_fields))  # free text: the reply starts with the first label
+    params = replace(ctx.params, seed=turn_seed(ctx.seed, 0, f"judge-{aspect}"),
+                     prefix=f"{shape.labels.get(first, first.upper())}:")
+    asked = await ctx.model.aanswer(messages, shape, task="judge", params=params)
+    return {**judgement_row(aspect, asked), "prompt_version": version}
 
 
 async def judge_quality(state: JudgeState, runtime: Runtime[JudgeContext]) -> dict:
@@ -314,8 +284,8 @@ async def judge_sotopia(state: JudgeState, runtime: Runtime[JudgeContext]) -> di
     async def score(i: int) -> list[dict]:
         messages, version = judge_messages(ctx, "sotopia", person=ctx.scenario.participants[i], dimensions=dimensions)
         params = replace(ctx.params, seed=turn_seed(ctx.seed, i, "judge-sotopia"), prefix=f"{dimensions[0][0]}:")
-        raw = await ctx.model.achat(messages, task="judge", params=params)
-        return [{**row, "prompt_version": version} for row in parse_scores(i, raw)]
+        asked = await ctx.model.aanswer(messages, SotopiaAnswer, task="judge", params=params)
+        return [{**row, "prompt_version": version} for row in score_rows(i, asked)]
 
     first, second = await asyncio.gather(score(0), score(1))
     return {"judgements": first + second}
@@ -412,7 +382,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", default=None, help="directory whose templates override the built-in ones")
     p.add_argument("--cultures-dir", default=None, help="directory of extra culture YAML files")
     p.add_argument("--concurrency", type=int, default=8, help="episodes judged at once (and in-process batch size)")
-    p.add_argument("--max-new-tokens", type=int, default=200, help="per answer (the paper: 200)")
+    p.add_argument("--max-new-tokens", type=int, default=200,
+                   help="per free-text answer (the paper: 200); a structured answer's limit comes from its shape")
+    p.add_argument("--unstructured", action="store_true", help=UNSTRUCTURED_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rejudge", action="store_true", help="judge again episodes this model has already judged")
     p.add_argument("--sotopia", action="store_true",
@@ -445,7 +417,8 @@ def main(argv: list[str] | None = None) -> None:
         if not episodes:
             raise JudgeError(f"{args.db}: no finished {culture.code} episodes with at least {MIN_UTTERANCES} "
                                   "valid turns to judge (run graphs.simulate first)")
-        model = load_model(args.model, max_batch=args.concurrency)
+        model = load_model(args.model, max_batch=args.concurrency, structured=not args.unstructured,
+                           log_dir=Path(args.db).parent)
     except (JudgeError, CultureError, PromptError, ModelSpecError) as exc:
         sys.exit(f"error: {exc}")
     config = {k: v for k, v in vars(args).items() if k != "no_progress"}

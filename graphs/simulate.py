@@ -26,7 +26,7 @@ import aiosqlite
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from agents.cultures import CultureError, load_culture
-from agents.models import GenerationParams, Model, ModelSpecError, load_model
+from agents.models import UNSTRUCTURED_HELP, GenerationParams, Model, ModelSpecError, load_model
 from agents.prompts import PromptError, Prompts
 from agents.records import Culture, Intent, Scenario, Turn
 from agents.seeds import sotopia_seeds
@@ -124,10 +124,19 @@ def summarize(store: Store, plan: list[PlannedEpisode], counts: dict, model: Mod
     ids = [p.id for p in plan]
     marks = ",".join("?" * len(ids)) or "''"
     turns = store.db.execute(f"select count(*) from turns where episode_id in ({marks})", ids).fetchone()[0]
+    valid_turns = store.db.execute(f"select count(*) from turns where valid and episode_id in ({marks})",
+                                   ids).fetchone()[0]
+    intents, valid_intents = store.db.execute(
+        f"select count(*), coalesce(sum(valid), 0) from intents where episode_id in ({marks})", ids).fetchone()
     statuses = dict(store.db.execute(
         f"select status, count(*) from episodes where id in ({marks}) group by status", ids).fetchall())
     return {"requested": len(plan), "statuses": statuses, "this_run": counts, "turns": turns,
+            "valid_turns": valid_turns, "intents": intents, "valid_intents": valid_intents,
             "usage": model.usage.totals(), "wall_s": round(wall_s, 1)}
+
+
+def _share(part: int, whole: int) -> str:
+    return f" ({100 * part / whole:.1f}%)" if whole else ""
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -146,7 +155,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--cultures-dir", default=None, help="directory of extra culture YAML files")
     p.add_argument("--temperature", type=float, default=0.7, help="speaker sampling temperature")
     p.add_argument("--top-p", type=float, default=0.7)
-    p.add_argument("--max-new-tokens", type=int, default=160)
+    p.add_argument("--max-new-tokens", type=int, default=160,
+                   help="free text only (--unstructured); a structured answer's limit comes from its shape")
+    p.add_argument("--unstructured", action="store_true", help=UNSTRUCTURED_HELP)
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -169,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"error: no adapted scenarios for {culture.code} in {args.db}: run python -m graphs.adapt "
                      f"--culture {culture.code} --db {args.db} first, or pass --use-seeds")
     try:  # only now: loading a real model takes a while, so cheaper mistakes are reported first
-        model = load_model(args.model, max_batch=args.concurrency)
+        model = load_model(args.model, max_batch=args.concurrency, structured=not args.unstructured,
+                           log_dir=Path(args.db).parent)
     except ModelSpecError as exc:
         sys.exit(f"error: {exc}")
     store = Store(args.db)
@@ -193,7 +205,9 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\n{summary['requested']} episodes requested for {culture.name}: {s.get('done', 0)} done, "
         f"{s.get('invalid', 0)} invalid (unparseable turn), {s.get('failed', 0)} failed; "
-        f"{counts['skipped']} already stored, {summary['turns']} turns; "
+        f"{counts['skipped']} already stored; valid turns {summary['valid_turns']}/{summary['turns']}"
+        f"{_share(summary['valid_turns'], summary['turns'])}, valid observer labels "
+        f"{summary['valid_intents']}/{summary['intents']}{_share(summary['valid_intents'], summary['intents'])}; "
         f"{u['calls']} model calls, {u['prompt_tokens']} prompt + {u['completion_tokens']} completion tokens; "
         f"{summary['wall_s']} s"
     )

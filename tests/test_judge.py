@@ -1,11 +1,14 @@
 """graphs.judge: answer parsing, the filter rule, the per-episode graph, resuming, and the CLI (scripted models)."""
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
 
-from agents.models import Model, ScriptedBackend
+from agents.answers import SotopiaAnswer, parse_answer
+from agents.freetext import parse_labelled
+from agents.models import Asked, Model, ScriptedBackend
 from agents.prompts import Prompts
 from agents.records import Action, Turn
 from graphs.judge import (
@@ -15,11 +18,23 @@ from graphs.judge import (
     build_judge_graph,
     judge_episodes,
     judgeable_episodes,
+    SHAPES,
+    judgement_row,
     main,
-    parse_judgement,
+    score_rows,
     verdict,
 )
 from graphs.store import Store
+
+def parse_judgement(aspect, raw, structured=False):
+    answer, error = (parse_answer if structured else parse_labelled)(raw, SHAPES[aspect])
+    return judgement_row(aspect, Asked(raw, answer, error))
+
+
+def parse_scores(participant, raw, structured=False):
+    answer, error = (parse_answer if structured else parse_labelled)(raw, SotopiaAnswer)
+    return score_rows(participant, Asked(raw, answer, error))
+
 
 QUALITY_GOOD = "QUALITY: good\nCONFIDENCE: confident"
 ALIGNED = "ALIGNMENT: aligned\nCONFIDENCE: very confident"
@@ -43,12 +58,30 @@ META_GOOD = "CRITIQUE: Both judgements are right.\nLABEL: good\nCONFIDENCE: conf
         ("culture", "ALIGNMENT: good\nCONFIDENCE: confident", None, None),  # the wrong vocabulary
         ("meta", "CRITIQUE: Repetitive.\nIt loops.\nLABEL: bad\nCONFIDENCE: very confident", "bad", "very confident"),
         ("meta", "CRITIQUE: fine\nLABEL: good or bad\nCONFIDENCE: confident", None, None),
+        ("quality", "QUALITY: **Yes**\nCONFIDENCE: confident", None, None),
+        ("culture", "Alignment : **Not Aligned**\nconfidence:  VERY   confident", "not aligned", "very confident"),
     ],
 )
-def test_parse_judgement(aspect, raw, label, confidence):
+def test_parse_free_text_judgement(aspect, raw, label, confidence):
     row = parse_judgement(aspect, raw)
     assert (row["label"], row["confidence"], row["valid"]) == (label, confidence, int(label is not None))
     assert row["raw"] == raw and row["aspect"] == aspect
+
+
+@pytest.mark.parametrize(
+    "aspect, raw, label, confidence",
+    [
+        ("quality", '{"quality": "good", "confidence": "very confident"}', "good", "very confident"),
+        ("culture", '{"alignment": "not aligned", "confidence": "not sure"}', "not aligned", "not sure"),
+        ("meta", '{"critique": "Fine.", "label": "bad", "confidence": "confident"}', "bad", "confident"),
+        ("quality", '{"quality": "fine", "confidence": "confident"}', None, None),
+        ("culture", '{"alignment": "aligned"}', None, None),  # a field missing
+        ("quality", "QUALITY: good\nCONFIDENCE: confident", None, None),
+    ],
+)
+def test_parse_structured_judgement(aspect, raw, label, confidence):
+    row = parse_judgement(aspect, raw, structured=True)
+    assert (row["label"], row["confidence"], row["valid"]) == (label, confidence, int(label is not None))
 
 
 def test_meta_critique_is_kept_across_lines():
@@ -148,10 +181,10 @@ def answering(replies_by_question):
     return ScriptedBackend(reply)
 
 
-def run_judge(store, culture, backend, **kw):
+def run_judge(store, culture, backend, structured=False, **kw):
     return asyncio.run(judge_episodes(store, judgeable_episodes(store, "CHN"), culture=culture,
-                                      model=Model(backend, "judge-m"), prompts=Prompts(), run_id="r",
-                                      progress=False, **kw))
+                                      model=Model(backend, "judge-m", structured=structured), prompts=Prompts(),
+                                      run_id="r", progress=False, **kw))
 
 
 def test_graph_judges_stores_and_resumes(tmp_path, culture, scenario):
@@ -232,17 +265,22 @@ def test_cli_errors_are_one_line(tmp_path, args, message):
 
 
 def test_sotopia_scores_parse_per_dimension():
-    from graphs.judge import SOTOPIA_DIMENSIONS, parse_scores
+    from graphs.judge import SOTOPIA_DIMENSIONS
 
-    raw = ("BELIEVABILITY: 8\nRELATIONSHIP: -2\nKNOWLEDGE: **7/10**\nSECRET: 3\nSOCIAL_RULES: ...\n"
-           "FINANCIAL: 0.\nGOAL: 7.5")
+    raw = ("BELIEVABILITY: 8\nRELATIONSHIP: \u22122\nKNOWLEDGE: **7/10**\nSECRET: \uff0d3\nSOCIAL_RULES: 0\n"
+           "FINANCIAL: 0.\nGOAL: \uff17")  # a Unicode minus, a full-width minus and a full-width 7
     by_aspect = {r["aspect"]: r for r in parse_scores(1, raw)}
     assert set(by_aspect) == {f"{d}:1" for d in SOTOPIA_DIMENSIONS}
     scores = {a: r["score"] for a, r in by_aspect.items()}
-    assert scores == {"believability:1": 8.0, "relationship:1": -2.0, "knowledge:1": 7.0, "secret:1": None,
-                      "social_rules:1": None, "financial_and_material_benefits:1": 0.0, "goal:1": None}
-    # out of range (secret is -10..0), the placeholder, and a fraction are invalid, never clamped or rounded
-    assert [by_aspect[a]["valid"] for a in ("secret:1", "social_rules:1", "goal:1")] == [0, 0, 0]
+    assert scores == {"believability:1": 8.0, "relationship:1": -2.0, "knowledge:1": 7.0, "secret:1": -3.0,
+                      "social_rules:1": 0.0, "financial_and_material_benefits:1": 0.0, "goal:1": 7.0}
+    # out of range (secret is -10..0), the placeholder and a fraction make the answer invalid, never clamped
+    for bad in ("SECRET: 3", "SECRET: ...", "GOAL: 7.5"):
+        key = bad.split(":")[0]
+        broken = "\n".join(bad if line.startswith(key + ":") else line for line in raw.splitlines())
+        assert {r["valid"] for r in parse_scores(1, broken)} == {0}, bad
+    structured = json.dumps({d: 0 for d in SOTOPIA_DIMENSIONS})
+    assert {r["valid"] for r in parse_scores(0, structured, structured=True)} == {1}
 
 
 def test_sotopia_node_scores_both_participants(tmp_path, culture, scenario):
@@ -253,8 +291,10 @@ def test_sotopia_node_scores_both_participants(tmp_path, culture, scenario):
     plain = answering({"CRITIQUE": META_GOOD, "QUALITY": QUALITY_GOOD, "ALIGNMENT": ALIGNED})
     run_judge(store, culture, plain)
     assert needs_judging(store, "ep-a", "judge-m", sotopia=True)
-    scores = answering({"BELIEVABILITY": "BELIEVABILITY: 9\nGOAL: 4", "CRITIQUE": META_GOOD,
-                        "QUALITY": QUALITY_GOOD, "ALIGNMENT": ALIGNED})
+    sotopia = ("BELIEVABILITY: 9\nRELATIONSHIP: 1\nKNOWLEDGE: 2\nSECRET: 0\nSOCIAL_RULES: 0\nFINANCIAL: 0\n"
+               "GOAL: 4")
+    scores = answering({"BELIEVABILITY": sotopia, "CRITIQUE": META_GOOD, "QUALITY": QUALITY_GOOD,
+                        "ALIGNMENT": ALIGNED})
     assert run_judge(store, culture, scores, sotopia=True)["judged"] == 1
     sotopia_requests = [m for _, m in scores.requests if "\nBELIEVABILITY:" in m[-1]["content"]]
     assert len(sotopia_requests) == 2
@@ -263,28 +303,40 @@ def test_sotopia_node_scores_both_participants(tmp_path, culture, scenario):
     by_aspect = {j["aspect"]: j for j in store.judgements("ep-a", "judge-m")}
     assert set(SOTOPIA_ASPECTS) <= set(by_aspect)
     assert by_aspect["goal:0"]["score"] == 4.0 and by_aspect["believability:1"]["score"] == 9.0
-    assert by_aspect["knowledge:0"]["valid"] == 0
+    assert by_aspect["knowledge:0"]["score"] == 2.0
     assert not needs_judging(store, "ep-a", "judge-m", sotopia=True)
     assert verdict(store.judgements("ep-a", "judge-m")).kept  # the filter reads quality and meta only
 
 
-@pytest.mark.integration
-def test_smollm2_answers_every_question_and_each_answer_is_stored(tmp_path, culture, scenario):
-    """The real small model through the in-process backend: every answer is stored as valid or invalid."""
-    from dataclasses import replace
+def test_structured_judge_sends_each_shape_and_stores_valid_answers(tmp_path, culture, scenario):
+    store = Store(tmp_path / "s.db")
+    stored_episode(store, scenario, "ep-a", [turn(0), turn(1)])
 
+    def reply(messages, task):
+        fields = json.loads(backend.params[-1].schema)["properties"]
+        return json.dumps({k: v["enum"][-1] if "enum" in v else "Looks right." for k, v in fields.items()})
+
+    backend = ScriptedBackend(reply)
+    assert run_judge(store, culture, backend, structured=True)["judged"] == 1
+    by_aspect = {j["aspect"]: j for j in store.judgements("ep-a", "judge-m")}
+    assert {a: (r["label"], r["confidence"], r["valid"]) for a, r in by_aspect.items()} == {
+        "quality": ("bad", "not sure", 1), "culture": ("not aligned", "not sure", 1), "meta": ("bad", "not sure", 1)}
+    assert by_aspect["meta"]["critique"] == "Looks right."
+    assert all(p.prefix == "" for p in backend.params)
+
+
+@pytest.mark.integration
+def test_smollm2_on_llama_server_gives_valid_judgements(tmp_path, culture, scenario):
+    """The embedded model on the managed llama-server: under the schema every judge answer validates."""
     from agents.models import load_model
-    from graphs.judge import LABELS, JudgeContext
+    from graphs.judge import LABELS
 
     store = Store(tmp_path / "s.db")
     stored_episode(store, scenario, "ep-a", [turn(0, "Good evening, Xiao Chen. May I borrow your ladder?"),
                                              turn(1, "Of course, uncle Li. I will bring it over.")])
-    model = load_model("smollm2", max_batch=2)
+    model = load_model("smollm2", max_batch=2, log_dir=tmp_path)
     counts = asyncio.run(judge_episodes(store, judgeable_episodes(store, "CHN"), culture=culture, model=model,
-                                        prompts=Prompts(), run_id="r", progress=False,
-                                        params=replace(JudgeContext.params, max_new_tokens=24)))
+                                        prompts=Prompts(), run_id="r", progress=False))
     assert counts["judged"] == 1 and model.usage.calls["judge"] == 3
     for row in store.judgements("ep-a", "smollm2"):
-        key = "CRITIQUE" if row["aspect"] == "meta" else LABELS[row["aspect"]][0]
-        assert row["raw"].startswith(f"{key}:")  # the forced reply prefix
-        assert (row["label"] in LABELS[row["aspect"]][1]) if row["valid"] else row["label"] is None
+        assert row["valid"] and row["label"] in LABELS[row["aspect"]][1], row["raw"]

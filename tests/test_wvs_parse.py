@@ -63,3 +63,28 @@ LENIENT = [
 @pytest.mark.parametrize("item,text,expected", LENIENT)
 def test_lenient_rules(item, text, expected):
     assert parse_answer(text, item, "lenient") == expected
+
+
+# WVS missing-value codes (-1 don't know, -2 no answer, -4 not asked, -5 missing) are never an option; written
+# with a Unicode minus they are still negative; full-width digits and emphasis are read as what they say.
+HARDENED = [
+    (Q1, "-1 (Don't know)", INVALID),
+    (Q1, "-2", INVALID),
+    (Q1, "-4", INVALID),
+    (Q1, "-5", INVALID),
+    (Q1, "ANSWER: -1", INVALID),
+    (Q1, "\u22121 (Don't know)", INVALID),
+    (Q1, "\u22122", INVALID),
+    (Q48, "-5", INVALID),
+    (Q1, "\uff12", 2),  # full-width 2
+    (Q1, "ANSWER: \uff13", 3),
+    (Q48, "\uff11\uff10", 10),
+    (Q1, "**2**", 2),
+    (Q1, "__1__", 1),
+]
+
+
+@pytest.mark.parametrize("rules", ["paper", "lenient"])
+@pytest.mark.parametrize("item,text,expected", HARDENED)
+def test_missing_codes_unicode_digits_and_emphasis(item, text, expected, rules):
+    assert parse_answer(text, item, rules) == expected

@@ -39,10 +39,11 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from agents.cultures import CultureError, load_culture
-from agents.models import Message, Model, ModelSpecError, load_model
+from agents.answers import TurnAnswer
+from agents.models import UNSTRUCTURED_HELP, Message, Model, ModelSpecError, load_model
 from agents.prompts import PromptError, Prompts, Rendered
 from agents.records import Action, Culture, Intent, Scenario, Turn
-from graphs.episode import EpisodeContext, parse_turn, speaker_view, turn_seed
+from graphs.episode import EpisodeContext, make_turn, speaker_view, turn_seed
 from graphs.judge import (
     FilterRule,
     JudgeError,
@@ -229,9 +230,10 @@ async def contrastive_pairs(prompts: Prompts, episodes: list[Episode], culture: 
         ctx = EpisodeContext(scenario=ep.scenario, culture=culture, model=model, prompts=prompts,
                              system_template="roleplay_system_ungrounded")
         async with gate:
-            raw = await model.achat(speaker_view(ctx, turn.speaker, history), task="contrastive", params=params)
+            asked = await model.aanswer(speaker_view(ctx, turn.speaker, history), TurnAnswer, task="contrastive",
+                                        params=params)
         counts["contrastive generations"] += 1
-        reply = parse_turn(raw, i, turn.speaker, turn.name)
+        reply = make_turn(asked, i, turn.speaker, turn.name)
         if not reply.valid or not reply.text:
             counts["contrastive generations invalid or silent (no pair)"] += 1
             return None
@@ -418,6 +420,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="model spec that writes the ungrounded replies of contrastive DPO pairs; use the model "
                         "that played the episodes (default: no contrastive pairs)")
     p.add_argument("--concurrency", type=int, default=8, help="contrastive generations at once")
+    p.add_argument("--unstructured", action="store_true", help=UNSTRUCTURED_HELP)
     p.add_argument("--prompts", default=None, help="directory whose templates override the built-in ones")
     p.add_argument("--cultures-dir", default=None, help="directory of extra culture YAML files")
     return p
@@ -440,7 +443,8 @@ def main(argv: list[str] | None = None) -> dict:
             raise DatasetError(f"--db {args.db}: no such file (run graphs.simulate and graphs.judge first)")
         store = Store(args.db)
         judge = args.judge_model or (None if rule.keep_all else default_judge(store, culture.code))
-        model = load_model(args.contrastive_model, max_batch=args.concurrency) if args.contrastive_model else None
+        model = load_model(args.contrastive_model, max_batch=args.concurrency, structured=not args.unstructured,
+                           log_dir=Path(args.db).parent) if args.contrastive_model else None
         stats = export(store, Path(args.out), culture=culture, prompts=prompts, judge_model=judge, rule=rule,
                        views=views, swap_like_release=args.swap_perspectives_like_release,
                        validation_fraction=args.validation_fraction, seed=args.seed, contrastive_model=model,

@@ -27,6 +27,8 @@ from agents.models.fake import PUPPET_REPLIES, PuppetBackend, ScriptedBackend
 from agents.models.hf import SMOLLM2, SMOLLM2_GGUF, base_config, hf_source, load_hf, smollm2_dir
 
 DEFAULT_LOG_DIR = "runs"
+UNSTRUCTURED_HELP = ("ask for free-text answers and read them with the labelled-line parsers, for endpoints that "
+                     "cannot constrain decoding (default: every answer is decoded under its JSON schema)")
 
 
 def load_model(spec: str, *, adapter: str | None = None, load_in_4bit: bool = False, max_batch: int = 8,
@@ -84,7 +86,7 @@ def _managed(gguf: Path, spec: str, slots: int, log_dir: Path):
 
 
 __all__ = [
-    "Asked", "ChatBackend", "Completion", "GenerationParams", "Message", "Model", "ModelSpecError", "PUPPET_REPLIES",
+    "UNSTRUCTURED_HELP", "Asked", "ChatBackend", "Completion", "GenerationParams", "Message", "Model", "ModelSpecError", "PUPPET_REPLIES",
     "PuppetBackend", "SMOLLM2", "SMOLLM2_GGUF", "ScriptedBackend", "Usage", "base_config", "batch_seed",
     "cut_at_stop", "hf_source", "load_hf", "load_model", "smollm2_dir",
 ]

@@ -178,7 +178,7 @@ class HFBackend(BatchingBackend):
         """Every token that spells a banned string alone, with or without a leading space."""
         ids = set()
         for text in banned:
-            for variant in {text, f" {text}", text.lower(), f" {text.lower()}"}:
+            for variant in (text, f" {text}"):
                 encoded = self.tokenizer.encode(variant, add_special_tokens=False)
                 if len(encoded) == 1:
                     ids.add(encoded[0])

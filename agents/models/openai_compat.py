@@ -135,7 +135,7 @@ class OpenAIBackend:
                 continue
             ids: set[int] = set()
             async with httpx.AsyncClient(timeout=30) as http:
-                for variant in {text, f" {text}", text.lower(), f" {text.lower()}"}:
+                for variant in (text, f" {text}"):
                     response = await http.post(f"{root}/tokenize", json={"content": variant, "prompt": variant,
                                                                          "model": self.model,
                                                                          "add_special": False,

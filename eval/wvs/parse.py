@@ -14,12 +14,17 @@
 
 `lenient` (our extension, not the paper's) first tries `paper`, then accepts a leading in-range
 number ("2. Rather important", "3 - Disagree") and an exact option label ("Rather important").
+
+Both read the text after `agents.freetext.normalise`: full-width digits become ASCII, a Unicode minus
+becomes "-", markdown emphasis goes. WVS's missing-value codes are negative (-1 don't know, -2 no
+answer, -4 not asked, -5 missing): an answer such as "-1 (Don't know)" is INVALID, never option 1.
 """
 
 from __future__ import annotations
 
 import re
 
+from agents.freetext import normalise
 from eval.wvs.items import Item
 
 INVALID = -1  # explicit value for an unparseable answer; WVS codes are never negative
@@ -38,12 +43,14 @@ VERBAL = {
 }
 FILLERS = ["。", "**", "la respuesta es", "宗教", "ich bi", "die antwort ist"]
 CJK_SCALE = re.compile(r"([0-9])\s(在1到|1表示|1 は|から)")
-LEADING_NUMBER = re.compile(r"^\W*(\d+)(?!\d)")
+# a number at the start, after nothing but spaces, quotes or brackets: "-1" is a negative code, not 1
+LEADING_NUMBER = re.compile(r"^[\s\"'(\[]*(\d+)(?!\d)")
 
 
 def parse_answer(text: str, item: Item, rules: str = "paper") -> int:
     """The WVS code the answer names, or INVALID."""
     low, high = min(item.codes), max(item.codes)
+    text = normalise(text)
     code = _paper(text, item.text, low, high)
     if code == INVALID and rules == "lenient":
         code = _lenient(text, item)

@@ -8,17 +8,21 @@
   that share a system turn share its key/value cache: the prefix is run once per persona, not once
   per question.
 - `GenerateReader` (any model spec): the model writes an answer (greedy unless a temperature is
-  given), and `parse.parse_answer` reads a code out of it or returns INVALID.
+  given). Structured (the default): the decoder may only write `{"answer": <one of the item's codes>}`
+  (`agents.answers.wvs_schema`). Free text (`--unstructured`): `parse.parse_answer` reads a code out of
+  it or returns INVALID.
 
 Both return, per item, one row per unit (persona or sample) over the options plus an INVALID bin.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import numpy as np
 
+from agents.answers import WVSAnswer, wvs_schema
 from agents.models import GenerationParams, Model, base_config, load_hf
 from eval.wvs.items import Item
 from eval.wvs.parse import INVALID, parse_answer
@@ -133,17 +137,31 @@ class GenerateReader:
         self.model, self.params, self.rules = model, params, rules
 
     def read(self, systems: list[str | None], items: list[Item], questions: list[str]) -> list[ItemAnswers]:
-        conversations = [conversation(s, q) for s in systems for q in questions]
-        texts = self.model.chat_many(conversations, task="wvs", params=self.params)
+        asked = asyncio.run(self._ask([(conversation(s, q), item) for s in systems for q, item in zip(questions, items)]))
+        texts = [text for text, _ in asked]
         out = []
         for i, item in enumerate(items):
             item_texts = texts[i::len(items)]
-            codes = np.array([parse_answer(t, item, self.rules) for t in item_texts])
+            codes = np.array([code for _, code in asked[i::len(items)]])
             rows = np.zeros((len(systems), len(item.codes) + 1))
             for u, code in enumerate(codes):
                 rows[u, item.codes.index(code) if code != INVALID else -1] = 1.0
             out.append(ItemAnswers(rows, codes, texts=item_texts))
         return out
+
+    async def _ask(self, requests: list[tuple[list[dict[str, str]], Item]]) -> list[tuple[str, int]]:
+        """(answer text, code or INVALID) per request, all sent at once."""
+
+        async def one(messages: list[dict[str, str]], item: Item) -> tuple[str, int]:
+            if not self.model.structured:
+                text = await self.model.achat(messages, task="wvs", params=self.params)
+                return text, parse_answer(text, item, self.rules)
+            asked = await self.model.aanswer(messages, WVSAnswer, task="wvs", params=self.params,
+                                             schema=wvs_schema(list(item.codes)))
+            code = asked.answer.answer if asked.answer is not None else INVALID
+            return asked.raw, code if code in item.codes else INVALID
+
+        return list(await asyncio.gather(*(one(m, item) for m, item in requests)))
 
 
 # ---------------------------------------------------------------- label scoring helpers

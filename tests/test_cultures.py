@@ -199,3 +199,56 @@ def test_badly_named_or_empty_files_are_errors(user_dir):
         load_culture("FRA", extra_dir=user_dir)
     with pytest.raises(CultureError, match=r"not a directory of culture files"):
         available_cultures(user_dir / "missing")
+
+
+# ------------------------------------------------------------------ name pools
+
+ALL_CODES = sorted(WVS_COUNTRIES + ["JPN"])
+FAMILY_FIRST = {"CHN", "JPN"}
+
+
+@pytest.mark.parametrize("code", ALL_CODES)
+def test_every_culture_has_a_name_pool_of_distinct_one_word_names(code):
+    names = load_culture(code).names
+    assert names is not None, f"{code} has no names block"
+    assert names.order == ("family given" if code in FAMILY_FIRST else "given family")
+    lists = {"family": names.family, "given_female": names.given_female, "given_male": names.given_male}
+    for field, values in lists.items():
+        assert len(values) >= 10, f"{code} names.{field} has {len(values)} names"
+        assert all(value.strip() == value and value and " " not in value for value in values), (code, field)
+    every = [value.casefold() for values in lists.values() for value in values]
+    assert len(every) == len(set(every)), f"{code}: a name repeats within or across the lists"
+    assert names.sources and all(source.strip() for source in names.sources)
+
+
+@pytest.mark.parametrize("code", ALL_CODES)
+@pytest.mark.parametrize("gender", ["woman", "Male", "non-binary"])
+def test_full_names_of_the_two_positions_share_no_name(code, gender):
+    names = load_culture(code).names
+    first, second = names.full_names(gender, 0), names.full_names(gender, 1)
+    assert first and second
+    assert not words_in(first) & words_in(second)
+
+
+def words_in(full_names: list[str]) -> set[str]:
+    return {word for name in full_names for word in name.split()}
+
+
+def test_full_names_follow_the_culture_order_and_gender():
+    japan, usa = load_culture("JPN").names, load_culture("USA").names
+    assert japan.full_names("female", 0)[0] == f"{japan.family[0]} {japan.given_female[0]}"
+    assert japan.full_names("male", 1)[0] == f"{japan.family[1]} {japan.given_male[1]}"
+    assert usa.full_names("man", 0)[0] == f"{usa.given_male[0]} {usa.family[0]}"
+    assert all(name.split()[0] in usa.given_female for name in usa.full_names("Woman", 1))
+    assert all(name.split()[1] in japan.given_male for name in japan.full_names("M", 0))
+
+
+def test_bad_name_order_names_file_and_field(user_dir):
+    text = (BUILTIN_DIR / "jpn.yaml").read_text(encoding="utf-8")
+    assert 'order: "family given"' in text
+    path = write(user_dir, "jpn.yaml", text.replace('order: "family given"', 'order: "surname first"'))
+    with pytest.raises(CultureError) as caught:
+        load_culture("JPN", extra_dir=user_dir)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: field names.order: Input should be 'given family' or 'family given'")
+    assert "\n" not in message

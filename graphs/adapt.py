@@ -183,8 +183,10 @@ def answer_schema(ctx: AdaptContext) -> dict[str, Any]:
     disjoint part of the culture's common names."""
     schema = json_schema(AdaptedScenario)
     if ctx.name_pool and ctx.culture.names:
+        old = banned_names(ctx.seed)  # a pool name that shares a part with the seed's names would fail validation
         for i, person in enumerate(ctx.seed.participants):
-            schema = with_enum(schema, ("participants", i, "name"), ctx.culture.names.full_names(person.gender, i))
+            names = [n for n in ctx.culture.names.full_names(person.gender, i) if not any(mentions(n, f) for f in old)]
+            schema = with_enum(schema, ("participants", i, "name"), names)
     return schema
 
 

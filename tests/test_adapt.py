@@ -273,3 +273,17 @@ def test_smollm2_adapts_one_scenario_or_records_why_not(tmp_path, culture):
         assert json.loads(row["raw"])["participants"]  # valid JSON of the shape, failing a name rule
         assert "name" in row["error"]
     assert model.usage.calls["adapt"] == row["attempts"]
+
+
+def test_name_pool_leaves_out_names_that_share_a_part_with_the_seed():
+    from agents.cultures import load_culture
+    from graphs.adapt import answer_schema
+
+    usa = load_culture("USA")
+    seed = next(s for s in sotopia_seeds() if any(p.name.split()[-1] in usa.names.family for p in s.participants))
+    ctx = AdaptContext(seed=seed, culture=usa, model=Model(ScriptedBackend([]), "m"), prompts=Prompts(),
+                       name_pool=True)
+    offered = [n for p in answer_schema(ctx)["properties"]["participants"]["prefixItems"]
+               for n in p["properties"]["name"]["enum"]]
+    old_parts = {w for p in seed.participants for w in p.name.split()}
+    assert offered and not any(set(n.split()) & old_parts for n in offered)

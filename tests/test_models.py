@@ -1,4 +1,5 @@
 import asyncio
+import json
 from dataclasses import replace
 
 import pytest
@@ -137,3 +138,53 @@ def test_non_transient_errors_are_not_retried():
 def test_bad_model_specs_fail_clearly(spec):
     with pytest.raises(ModelSpecError, match="model spec"):
         load_model(spec)
+
+
+def test_random_tiny_model_under_the_constraint_answers_every_shape_validly(tiny_model_dir):
+    """A random model chooses tokens at random; the grammar alone gives each answer its shape, with a
+    different schema per row of one batch (sampled and greedy rows together). Free-text fields are
+    narrowed to 24 characters to keep the run short. The only answers allowed to fail are those that
+    break a content rule no grammar states (a turn or intent without words), and they fail closed."""
+    from agents.answers import (AlignmentAnswer, IntentAnswer, MetaAnswer, QualityAnswer, SotopiaAnswer,
+                                TurnAnswer, WVSAnswer, json_schema, wvs_schema)
+
+    def short(shape):
+        schema = json_schema(shape)
+        for field in schema["properties"].values():
+            if field.get("type") == "string":
+                field["maxLength"] = 24
+        return schema
+
+    model = load_model(tiny_model_dir, max_batch=16)
+    sizes = []
+    original = model.backend._generate_batch
+    model.backend._generate_batch = lambda requests: sizes.append(len(requests)) or original(requests)
+    shapes = [TurnAnswer, IntentAnswer, QualityAnswer, AlignmentAnswer, MetaAnswer, SotopiaAnswer, TurnAnswer,
+              WVSAnswer] * 2
+
+    async def run():
+        return await asyncio.gather(*(
+            model.aanswer([{"role": "user", "content": f"Question {k}"}], shape, task="t",
+                          params=GenerationParams(seed=k, temperature=0.0 if k % 2 else 1.0),
+                          schema=wvs_schema([1, 2, 3, 4]) if shape is WVSAnswer else short(shape))
+            for k, shape in enumerate(shapes)))
+
+    answers = asyncio.run(run())
+    assert sizes == [16]  # one batch, sixteen grammars
+    for answer, shape in zip(answers, shapes):
+        data = json.loads(answer.raw, strict=False)  # always JSON of the shape's fields
+        assert sorted(data) == sorted(shape.model_fields), answer.raw
+        assert isinstance(answer.answer, shape) or "needs words" in answer.error, (answer.raw, answer.error)
+    assert sum(a.answer is not None for a in answers) >= 12
+    assert {a.answer.answer for a in answers if isinstance(a.answer, WVSAnswer)} <= {1, 2, 3, 4}
+
+
+def test_unconstrained_rows_beside_constrained_ones_are_left_free(tiny_model_dir):
+    from agents.answers import QualityAnswer, json_schema
+
+    model = load_model(tiny_model_dir)
+    free = GenerationParams(max_new_tokens=12, temperature=0.0)
+    constrained = free.constrained(json_schema(QualityAnswer))
+    outs = model.backend._generate_batch([([{"role": "user", "content": "Hi"}], free),
+                                          ([{"role": "user", "content": "Hi"}], constrained)])
+    assert not outs[0].text.startswith('{"quality"') and outs[1].text.startswith('{"quality": ')

@@ -79,8 +79,9 @@ def _managed(gguf: Path, spec: str, slots: int, log_dir: Path):
 
     if not gguf.is_file():
         raise ModelSpecError(f"model spec {spec!r}: no GGUF file at {gguf}")
-    server = shared_server(gguf, slots=slots, log_dir=log_dir)
-    backend = OpenAIBackend(gguf.stem, server.base_url, max_in_flight=server.slots)
+    # Three slots an episode in flight: its inquirer's, responder's and observer's prompts each keep one.
+    server = shared_server(gguf, slots=3 * slots, log_dir=log_dir)
+    backend = OpenAIBackend(gguf.stem, server.base_url, max_in_flight=server.slots, slots=server.slots)
     backend.name = spec
     return backend
 

@@ -46,6 +46,9 @@ class GenerationParams:
     schema: str | None = None
     # Strings the model may not write (each token that spells one alone is banned): a seed's names.
     banned: tuple[str, ...] = ()
+    # Requests with the same key continue one growing prompt (an episode's speaker or observer): an
+    # engine with slots keeps them on one slot, so each turn processes only its new tokens.
+    cache_key: str | None = None
 
     @property
     def greedy(self) -> bool:

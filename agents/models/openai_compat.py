@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections import OrderedDict
 from typing import Sequence
 
 from agents.models.base import Completion, GenerationParams, Message, ModelSpecError
@@ -27,17 +28,18 @@ class OpenAIBackend:
     """Chat completions over HTTP; concurrent episodes send requests in parallel, up to `max_in_flight`.
 
     `GenerationParams.prefix` is not sent: the chat API has no portable way to prefill a reply.
-    `slot_of(task, messages)` may pin a request to a llama-server slot (`id_slot`), so that an
-    episode's prompt streams keep their processed prompt between turns.
+    With `slots` (a llama-server this process manages), requests that share a `cache_key` are pinned to
+    one slot (`id_slot`), the least recently used slot going to a new key, so an episode's inquirer,
+    responder and observer prompts each stay where they were processed.
     """
 
     def __init__(self, model: str, base_url: str, max_in_flight: int = 8, timeout_s: float = 600.0,
-                 extra_body: dict | None = None):
+                 extra_body: dict | None = None, slots: int | None = None):
         try:
             import httpx
             import openai
         except ImportError as exc:
-            raise ModelSpecError("model spec 'openai:...' needs the openai package: pip install clca[openai]") from exc
+            raise ModelSpecError("model spec 'openai:...' needs the openai and httpx packages (core dependencies of clca)") from exc
         self.name = f"openai:{model}@{base_url}"
         self.model, self.base_url = model, base_url.rstrip("/")
         self.max_in_flight, self.timeout_s = max_in_flight, timeout_s
@@ -48,6 +50,8 @@ class OpenAIBackend:
         )
         self._clients: dict[int, tuple] = {}  # event loop id -> (client, semaphore)
         self._banned_ids: dict[str, list[int]] = {}
+        self.slots = slots
+        self._slot_of: OrderedDict[str, int] = OrderedDict()  # cache key -> slot, least recently used first
 
     def _client(self):
         import httpx
@@ -79,6 +83,8 @@ class OpenAIBackend:
                 "name": "answer", "schema": json.loads(params.schema), "strict": True}}
         if params.banned:
             body["logit_bias"] = {str(i): -100 for i in self._ban(params.banned)}
+        if self.slots and params.cache_key:
+            body["id_slot"] = self._slot(params.cache_key)
         if body:
             kwargs["extra_body"] = body
         return kwargs
@@ -147,6 +153,17 @@ class OpenAIBackend:
                     if len(tokens) == 1:
                         ids.add(int(tokens[0]))
             self._banned_ids[text] = sorted(ids)
+
+    def _slot(self, key: str) -> int:
+        """The slot of a cache key: its own if it has one, else the least recently used slot."""
+        if key in self._slot_of:
+            self._slot_of.move_to_end(key)
+            return self._slot_of[key]
+        taken = set(self._slot_of.values())
+        free = [s for s in range(self.slots) if s not in taken]
+        slot = free[0] if free else self._slot_of.popitem(last=False)[1]
+        self._slot_of[key] = slot
+        return slot
 
     def _ban(self, banned: tuple[str, ...]) -> list[int]:
         return sorted({i for text in banned for i in self._banned_ids.get(text, [])})

@@ -78,6 +78,9 @@ demo: venv llama-server
 	$(PY) -m eval.wvs --model smollm2 --countries $(DEMO_CULTURE) --items clca44 --method logprob --bootstrap 200 --out results/demo-base.json
 	$(PY) -m eval.wvs --model smollm2 --adapter runs/demo-adapter --countries $(DEMO_CULTURE) --items clca44 --method logprob --bootstrap 200 --out results/demo-adapted.json
 	$(PY) -m eval.compare results/demo-base.json results/demo-adapted.json
+	$(PY) -m eval.wvs --model smollm2 --countries $(DEMO_CULTURE) --items iw10 --method logprob --bootstrap 200 --no-plots --out results/demo-map-base.json
+	$(PY) -m eval.wvs --model smollm2 --adapter runs/demo-adapter --countries $(DEMO_CULTURE) --items iw10 --method logprob --bootstrap 200 --no-plots --out results/demo-map-adapted.json
+	-$(PY) -m eval.culture_map results/demo-map-base.json results/demo-map-adapted.json --out results/demo-map.png  # JPN: needs --wvs-file
 	$(PY) -m graphs.view --db $(DEMO_DB) --out site
 
 clean:

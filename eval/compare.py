@@ -2,7 +2,9 @@
 
 Laid out like the CLCA paper's Table 2: one column per country plus the average, and for each
 metric the base row, the adapted row and their difference (adapted - base). For js, kl, paper_kl,
-emd and invalid_rate lower is better; for accuracy higher is better.
+emd, map_distance and invalid_rate lower is better; for accuracy higher is better. `map_distance` is
+the distance on the Inglehart-Welzel map to the country (`eval.culture_map`); when both runs have
+map positions, the table ends with them.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-METRICS = ["paper_kl", "js", "kl", "emd", "accuracy", "invalid_rate"]
-LOWER_IS_BETTER = {"paper_kl", "js", "kl", "emd", "invalid_rate"}
+METRICS = ["paper_kl", "js", "kl", "emd", "map_distance", "accuracy", "invalid_rate"]
+LOWER_IS_BETTER = {"paper_kl", "js", "kl", "emd", "map_distance", "invalid_rate"}
 MUST_MATCH = ["items", "prompt"]
 
 
@@ -57,7 +59,21 @@ def table(base: dict, adapted: dict) -> str:
         deltas = [a - b if a is not None and b is not None else None
                   for a, b in zip([*cells_a, avg_a], [*cells_b, avg_b])]
         lines.append(f"{'  delta':22}" + "".join(_cell(v, signed=True) for v in deltas))
-    return "\n".join(lines)
+    return "\n".join(lines + _map_lines(base, adapted, countries))
+
+
+def _map_lines(base: dict, adapted: dict, countries: list[str]) -> list[str]:
+    """Positions (self-expression, secular) of both runs and the target, where both runs have one."""
+    maps = [(r.get("map") or {}).get("countries", {}) for r in (base, adapted)]
+    shown = [c for c in countries if c in maps[0] and c in maps[1]]
+    if not shown:
+        return []
+    pair = lambda p: f"({p[0]:+.2f}, {p[1]:+.2f})" if None not in p else "-"
+    lines = ["", "culture map position (self-expression, secular); target = the country's survey answers"]
+    for c in shown:
+        lines.append(f"  {c}: base {pair(maps[0][c]['model']['position'])} -> adapted "
+                     f"{pair(maps[1][c]['model']['position'])}, target {pair(maps[1][c]['target']['position'])}")
+    return lines
 
 
 def _label(results: dict) -> str:

@@ -1,7 +1,9 @@
 """WVS-7 items: question text, answer options with their raw WVS codes, and ordinal/nominal scale.
 
 Item sets: `clca44` is the CLCA paper's set (Q1-Q41 and Q43-Q45, the "Social Values, Norms,
-Stereotypes" block without Q42); `all` is every value item that has survey shares; or a comma list.
+Stereotypes" block without Q42); `iw10` is exactly the 14 items behind the ten indicators of the
+Inglehart-Welzel cultural map (`eval.culture_map`); `all` is every value item that has survey
+shares; or a comma list.
 """
 
 from __future__ import annotations
@@ -73,16 +75,20 @@ def all_items() -> dict[str, Item]:
 
 
 def select_items(spec: str) -> list[Item]:
-    """`clca44`, `all`, or a comma list of ids such as `Q1,Q27,Q45`."""
+    """`clca44`, `iw10`, `all`, or a comma list of ids such as `Q1,Q27,Q45`."""
     items = all_items()
     if spec == "clca44":
         return [items[q] for q in CLCA44]
+    if spec == "iw10":
+        from eval.culture_map.indicators import map_items  # the map's data file is the one list
+
+        return [items[q] for q in map_items()]
     if spec == "all":
         return list(items.values())
     chosen = []
     for qid in (s.strip() for s in spec.split(",")):
         if qid not in items:
-            raise WVSError(f"--items: unknown item {qid!r} (use clca44, all, or ids such as Q1,Q27)")
+            raise WVSError(f"--items: unknown item {qid!r} (use clca44, iw10, all, or ids such as Q1,Q27)")
         chosen.append(items[qid])
     if not chosen:
         raise WVSError("--items: no item given")

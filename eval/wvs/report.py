@@ -9,7 +9,7 @@ from pathlib import Path
 
 from eval.wvs.metrics import METRICS
 
-SUMMARY_METRICS = ["js", "kl", "paper_kl", "emd", "accuracy", "invalid_rate", "off_option_mass"]
+SUMMARY_METRICS = ["js", "kl", "paper_kl", "emd", "map_distance", "accuracy", "invalid_rate", "off_option_mass"]
 
 
 def write_outputs(results: dict, out: str | Path, plots: bool = True) -> list[Path]:

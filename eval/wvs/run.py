@@ -22,6 +22,8 @@ import numpy as np
 from agents.models import GenerationParams, Model, ModelSpecError, load_model
 from agents.prompts import PromptError, Prompts
 from agents.provenance import git_state
+from eval.culture_map.indicators import map_items, missing_items
+from eval.culture_map.results import map_section
 from eval.wvs.items import Item, WVSError, select_items
 from eval.wvs.readers import GenerateReader, ItemAnswers, LogprobReader
 from eval.wvs.respondents import PERSONA_COLUMNS, RespondentFile
@@ -39,7 +41,8 @@ class EvalConfig:
     model: str = field(metadata={"help": "model spec: smollm2, a local folder, a hub id, openai:M@URL, vllm:M, puppet"})
     adapter: str | None = field(default=None, metadata={"help": "PEFT adapter folder to load on top of the model"})
     countries: str = field(default="CHN,DEU,GBR,MEX,JPN", metadata={"help": "comma list of ISO alpha-3 codes"})
-    items: str = field(default="clca44", metadata={"help": "clca44 (the paper's 44 items), all, or ids such as Q1,Q27"})
+    items: str = field(default="clca44", metadata={"help": "clca44 (the paper's 44 items), iw10 (the Inglehart-Welzel map's items), all, or ids "
+                                  "such as Q1,Q27"})
     method: str = field(default="logprob", metadata={
         "help": "logprob: option-label probabilities (in-process models); generate: generate and parse",
         "choices": ["logprob", "generate"]})
@@ -94,7 +97,7 @@ def evaluate(cfg: EvalConfig, model: Model | None = None) -> dict:
         notes.append("--samples is ignored by --method logprob (the distribution is read directly)")
 
     started = time.perf_counter()
-    summaries, item_records, answer_records, counts = {}, [], [], {}
+    summaries, item_records, answer_records, counts, positions = {}, [], [], {}, {}
     rng = np.random.default_rng(cfg.seed)
     for c in countries:
         present = [(it, d) for it in items if (d := survey.distribution(c.alpha3, it)) is not None]
@@ -104,12 +107,13 @@ def evaluate(cfg: EvalConfig, model: Model | None = None) -> dict:
         systems, unit_ids, truth = _units(cfg, prompt_kind, prompts, survey, c, [it for it, _ in present])
         answers = reader.read(systems, [it for it, _ in present], [questions[it.qid] for it, _ in present])
         data = CountryInput([it for it, _ in present], [d for _, d in present], answers, truth)
-        summaries[c.alpha3], records = score_country(data, cfg.bootstrap, rng)
+        summaries[c.alpha3], records, positions[c.alpha3] = score_country(data, cfg.bootstrap, rng)
         item_records += [{"country": c.alpha3, **r} for r in records]
         answer_records += _answer_records(c.alpha3, unit_ids, [it for it, _ in present], answers)
         counts[c.alpha3] = {"units": len(systems), "items": len(present), "items_missing": missing,
                             "respondents_in_file": len(survey.respondents(c.alpha3)) if cfg.wvs_file else None}
 
+    notes += _map_notes(items, countries, counts, positions)
     template_names = [QUESTION_TEMPLATE] + ([PROMPT_TEMPLATES[prompt_kind]] if PROMPT_TEMPLATES[prompt_kind] else [])
     return {
         "provenance": {
@@ -129,8 +133,21 @@ def evaluate(cfg: EvalConfig, model: Model | None = None) -> dict:
             "countries": {k: strip_replicates(v) for k, v in summaries.items()},
         },
         "items": item_records,
+        "map": map_section(positions),
         "answers": answer_records,
     }
+
+
+def _map_notes(items: list[Item], countries, counts: dict, positions: dict) -> list[str]:
+    """Say why a country has no map position when the run asked every map item."""
+    if missing_items(it.qid for it in items):
+        return []
+    notes = []
+    for c in countries:
+        if positions[c.alpha3] is None:
+            lacking = [q for q in counts[c.alpha3]["items_missing"] if q in map_items()]
+            notes.append(f"culture map: no position for {c.alpha3}: the survey has no data for {', '.join(lacking)}")
+    return notes
 
 
 def _reader(cfg: EvalConfig, model: Model | None):

@@ -6,6 +6,11 @@ replacement, which moves the country mean. Item CIs show unit (persona) uncertai
 CIs show both; the overall value is the mean over countries and its CI the mean of the country
 replicates. CIs are 2.5/97.5 percentiles. The survey side is treated as fixed.
 
+`map_distance` (see `eval.culture_map.position`) is a country-level value, not an item mean: the
+distance on the Inglehart-Welzel map between the model's position and the country's, from the ten
+map indicators; its replicates use the same unit resampling and no item resampling. It is None
+where the run lacks a map item.
+
 Reference rows use the same items and item resamples: `uniform` answers every option equally often,
 `survey_majority` always gives the survey's most common answer. Their accuracy is the expected
 accuracy against the same respondents (1/options for uniform).
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from eval.culture_map.position import country_position
 from eval.wvs.items import Item
 from eval.wvs.metrics import METRICS
 from eval.wvs.readers import ItemAnswers
@@ -33,8 +39,8 @@ class CountryInput:
     truth: np.ndarray | None  # [units, items] respondents' own codes (-1 missing); None if unknown
 
 
-def score_country(data: CountryInput, n_boot: int, rng: np.random.Generator) -> tuple[dict, list[dict]]:
-    """(summary {row: {metric: {value, ci}}}, one record per item)."""
+def score_country(data: CountryInput, n_boot: int, rng: np.random.Generator) -> tuple[dict, list[dict], dict | None]:
+    """(summary {row: {metric: {value, ci}}}, one record per item, map record or None without the map's items)."""
     n_units, n_items = data.answers[0].rows.shape[0], len(data.items)
     unit_idx = rng.integers(0, n_units, size=(n_boot, n_units))
     counts = np.zeros((n_boot, n_units))
@@ -85,7 +91,12 @@ def score_country(data: CountryInput, n_boot: int, rng: np.random.Generator) -> 
             value = _nanmean(point[row][name])
             per_rep = _nanmean(np.take_along_axis(reps[row][name], item_idx, axis=1), axis=1)
             summary[row][name] = {"value": value, "ci": _ci(per_rep), "_reps": per_rep}
-    return summary, records
+    located = country_position([it.qid for it in data.items], data.survey, [a.rows for a in data.answers], weights)
+    distances, map_record = located if located else ({}, None)
+    for row in ROWS:
+        value, per_rep = distances.get(row, (np.nan, np.full(n_boot, np.nan)))
+        summary[row]["map_distance"] = {"value": _float(value), "ci": _ci(per_rep), "_reps": per_rep}
+    return summary, records, map_record
 
 
 def overall(countries: dict[str, dict]) -> dict:

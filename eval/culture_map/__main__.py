@@ -1,0 +1,3 @@
+from eval.culture_map.cli import main
+
+main()

@@ -1,17 +1,23 @@
-"""Simulation throughput, as ratios measured in one run.
+"""Simulation throughput on each engine, as ratios measured in one run.
 
-    python bench/simulate.py                 # both parts
-    python bench/simulate.py --part model    # concurrency 8 vs 1 on the embedded model
-    python bench/simulate.py --part orchestration
-    python bench/simulate.py --part batching # only prefill vs decoding, batch of 8 vs 1
+    python bench/simulate.py                       # every part
+    python bench/simulate.py --part engines        # llama-server and in process, concurrency 1 and 8
+    python bench/simulate.py --part orchestration  # zero-latency scripted model
+    python bench/simulate.py --part batching       # in process: prefill vs decoding, batch of 8 vs 1
 
-model: turns per second (speaker turns; every turn also costs one observer call) on SmolLM2 with
-8 episodes in flight against 1, the same weights and settings for both. The target is at least 4x:
-concurrent episodes share one batched `generate` call. The run at 8 plays 32 episodes so that
-episodes ending early (unparseable turns) are replaced and 8 stay in flight for most of it. Each run
-reports how many prompt tokens came from the prefix cache. Then the same eight first-turn prompts
-are run one at a time and as one batch, once for prefill alone and once for decoding alone (prompts
-already cached), to show which part batching speeds up on this machine.
+engines: one plan for every engine (`--episodes` China episodes on the SOTOPIA seeds, `--max-turns`
+rounds, observer on, structured answers): turns per second for the embedded default (`smollm2`, the
+managed llama-server) and the in-process backend (`smollm2-inprocess`), each at concurrency 1 and 8.
+The in-process run at concurrency 1 is slow; `--inprocess-serial-episodes` plays the first few of the
+same plan there. For llama-server, every request is logged (its prompt stream, messages and reply) and
+the prompt tokens the server evaluated (`timings.prompt_n`) are set against the minimum with perfect
+prefix reuse: per stream (an episode's inquirer, responder or observer), each prompt's tokens beyond
+the longest prefix it shares with the stream's previous prompt + reply. Then the server's own prefill
+and decode rates are measured (one long uncached prompt; 8 and 1 parallel generations), and the
+compute-bound limit of the concurrency-8 run is computed from its token counts: minimum prompt tokens
+at the prefill rate plus reply tokens at the batched decode rate. Targets: llama-server at least 2x the
+in-process turns/s at concurrency 8; prompt tokens evaluated at most 1.3x the minimum; the run at
+least 70% of its computed limit.
 
 orchestration: turns per second with a zero-latency scripted model, so what is measured is the
 graph, the observer node, the checkpointer and the SQLite writes. The target is at least 200.
@@ -35,7 +41,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from agents.cultures import load_culture  # noqa: E402
 from agents.models import GenerationParams, load_model  # noqa: E402
-from agents.models.prefix_cache import PrefixCache  # noqa: E402
 from agents.prompts import Prompts  # noqa: E402
 from agents.seeds import sotopia_seeds  # noqa: E402
 from graphs.episode import EpisodeContext, speaker_view  # noqa: E402
@@ -43,10 +48,11 @@ from graphs.simulate import plan_episodes, simulate  # noqa: E402
 from graphs.store import Store  # noqa: E402
 
 
-def run(model, *, episodes: int, max_turns: int, concurrency: int, seed: int, max_new_tokens: int) -> dict:
-    """Simulate into a fresh store; returns turns, model calls, completion tokens and wall seconds."""
+def run(model, *, episodes: int, max_turns: int, concurrency: int, seed: int, max_new_tokens: int = 160,
+        first: int | None = None) -> dict:
+    """Simulate into a fresh store; returns turns, valid turns, model calls, tokens and wall seconds."""
     culture, prompts = load_culture("CHN"), Prompts()
-    plan = plan_episodes(sotopia_seeds(), culture.code, model.spec, seed, episodes, 1)
+    plan = plan_episodes(sotopia_seeds(), culture.code, model.spec, seed, episodes, 1)[:first]
     before = model.usage.totals()
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "bench.db")
@@ -57,37 +63,115 @@ def run(model, *, episodes: int, max_turns: int, concurrency: int, seed: int, ma
             speaker_params=replace(EpisodeContext.speaker_params, max_new_tokens=max_new_tokens),
         ))
         wall = time.perf_counter() - started
-        turns = store.db.execute("select count(*) from turns").fetchone()[0]
+        turns, valid = store.db.execute("select count(*), coalesce(sum(valid), 0) from turns").fetchone()
+        intents, valid_intents = store.db.execute("select count(*), coalesce(sum(valid), 0) from intents").fetchone()
         statuses = dict(store.db.execute("select status, count(*) from episodes group by status").fetchall())
     after = model.usage.totals()
-    cache = getattr(model.backend, "prefix_cache", None)
-    return {"turns": turns, "wall": wall, "calls": after["calls"] - before["calls"],
-            "tokens": after["completion_tokens"] - before["completion_tokens"], "statuses": statuses,
-            "cached": f"{cache.hit_tokens} of {cache.looked_up_tokens}" if cache else ""}
+    return {"turns": turns, "valid": valid, "intents": intents, "valid_intents": valid_intents, "wall": wall,
+            "calls": after["calls"] - before["calls"], "statuses": statuses,
+            "tokens": after["completion_tokens"] - before["completion_tokens"],
+            "prompt": after["prompt_tokens"] - before["prompt_tokens"],
+            "evaluated": after.get("prompt_tokens_evaluated", 0) - before.get("prompt_tokens_evaluated", 0)}
 
 
 def line(label: str, r: dict) -> str:
-    return (f"{label:<28} {r['turns']:>5} turns {r['calls']:>5} calls {r['tokens']:>6} tokens "
-            f"{r['wall']:>7.1f} s  {r['turns'] / r['wall']:>8.2f} turns/s  {r['tokens'] / r['wall']:>7.1f} tok/s  "
-            f"{r['statuses']}" + (f"  prompt tokens from the prefix cache: {r['cached']}" if r["cached"] else ""))
+    return (f"{label:<34} {r['turns']:>4} turns ({r['valid']} valid, {r['valid_intents']}/{r['intents']} labels) "
+            f"{r['calls']:>4} calls {r['tokens']:>6} reply tokens {r['wall']:>7.1f} s "
+            f"{r['turns'] / r['wall']:>6.3f} turns/s  {r['statuses']}")
 
 
-def bench_model(args) -> None:
+class Recorder:
+    """Wraps a backend: keeps every request's stream key, messages and reply, for the reuse minimum."""
+
+    def __init__(self, backend):
+        self.backend, self.requests = backend, []
+        self.name, self.transient_errors = backend.name, backend.transient_errors
+
+    async def agenerate(self, messages, params, task):
+        completion = await self.backend.agenerate(messages, params, task)
+        self.requests.append((params.cache_key or task, list(messages), completion))
+        return completion
+
+
+def minimum_prompt_tokens(requests, tokenizer) -> tuple[int, int]:
+    """(prompt tokens sent, prompt tokens a perfect prefix cache would still evaluate), per stream in order."""
+    sent = minimum = 0
+    previous: dict[str, list[int]] = {}
+    for key, messages, completion in requests:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        before = previous.get(key, [])
+        shared = next((k for k, (a, b) in enumerate(zip(ids, before)) if a != b), min(len(ids), len(before)))
+        sent += len(ids)
+        minimum += len(ids) - shared
+        previous[key] = ids + tokenizer.encode(completion.text, add_special_tokens=False)
+    return sent, minimum
+
+
+def server_rates(base_url: str, prompt: str) -> dict:
+    """llama-server's prefill tokens/s (one uncached prompt) and decode tokens/s at 1 and 8 in parallel."""
+    import concurrent.futures
+
+    import httpx
+
+    root = base_url.removesuffix("/v1")
+
+    def complete(text: str, n: int, cache: bool = False) -> dict:
+        body = {"prompt": text, "n_predict": n, "cache_prompt": cache, "temperature": 0, "ignore_eos": True}
+        return httpx.post(f"{root}/completion", json=body, timeout=600).json()["timings"]
+
+    complete(prompt, 1)  # warm
+    prefill = complete(prompt + " Again.", 1)
+    rates = {"prefill_tok_s": prefill["prompt_n"] / (prefill["prompt_ms"] / 1000)}
+    for parallel in (1, 8):
+        started = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+            list(pool.map(lambda k: complete(f"Count slowly {k}:", 48, True), range(parallel)))
+        rates[f"decode_tok_s_{parallel}"] = 48 * parallel / (time.perf_counter() - started)
+    return rates
+
+
+def bench_engines(args) -> None:
+    from transformers import AutoTokenizer
+
+    from agents.models import SMOLLM2_GGUF, smollm2_dir
+
     runs = {}
-    for concurrency, episodes in ((1, args.episodes_serial), (8, args.episodes_parallel)):
-        model = load_model(args.model, max_batch=concurrency)  # shares the weights; its own prefix cache
-        if concurrency == 1:
-            run(model, episodes=1, max_turns=1, concurrency=1, seed=99, max_new_tokens=8)  # load and warm up
-            if getattr(model.backend, "prefix_cache", None) is not None:
-                model.backend.prefix_cache = PrefixCache(model.backend.cache_bytes)
-        runs[concurrency] = run(model, episodes=episodes, max_turns=args.max_turns, concurrency=concurrency,
-                                seed=args.seed, max_new_tokens=args.max_new_tokens)
-        print(line(f"concurrency {concurrency}", runs[concurrency]), flush=True)
-    rate = lambda r, k: r[k] / r["wall"]  # noqa: E731
-    print(f"turns/s ratio, concurrency 8 / 1: {rate(runs[8], 'turns') / rate(runs[1], 'turns'):.2f}x (target >= 4x); "
-          f"completion tokens/s ratio: {rate(runs[8], 'tokens') / rate(runs[1], 'tokens'):.2f}x", flush=True)
-    if getattr(model.backend, "prefix_cache", None) is not None:  # in-process models only
-        bench_batching(model)
+    for spec in ("smollm2", "smollm2-inprocess"):
+        for concurrency in (1, 8):
+            model = load_model(spec, max_batch=concurrency, log_dir=Path(tempfile.gettempdir()))
+            recorder = Recorder(model.backend) if spec == "smollm2" else None
+            if recorder:
+                model.backend = recorder
+            first = args.inprocess_serial_episodes if (spec, concurrency) == ("smollm2-inprocess", 1) else None
+            r = run(model, episodes=args.episodes, max_turns=args.max_turns, concurrency=concurrency, seed=args.seed,
+                    first=first)
+            if recorder:
+                r["requests"] = recorder.requests
+                r["base_url"] = recorder.backend.base_url
+            runs[spec, concurrency] = r
+            print(line(f"{spec} at concurrency {concurrency}", r), flush=True)
+    rate = lambda r: r["turns"] / r["wall"]  # noqa: E731
+    print(f"llama-server / in process, turns/s at concurrency 8: "
+          f"{rate(runs['smollm2', 8]) / rate(runs['smollm2-inprocess', 8]):.2f}x (target >= 2x); "
+          f"at 1: {rate(runs['smollm2', 1]) / rate(runs['smollm2-inprocess', 1]):.2f}x")
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF)
+    for concurrency in (1, 8):
+        r = runs["smollm2", concurrency]
+        sent, minimum = minimum_prompt_tokens(r["requests"], tokenizer)
+        r["minimum"] = minimum
+        print(f"llama-server at {concurrency}: {r['evaluated']} prompt tokens evaluated of {sent} sent; minimum with "
+              f"perfect prefix reuse {minimum}: {r['evaluated'] / minimum:.2f}x the minimum (target <= 1.3x); "
+              f"{r['evaluated'] / r['turns']:.0f} evaluated per turn against {minimum / r['turns']:.0f}")
+    r = runs["smollm2", 8]
+    first_prompt = r["requests"][0][1]
+    rates = server_rates(r["base_url"], "\n".join(m["content"] for m in first_prompt))
+    limit_s = r["minimum"] / rates["prefill_tok_s"] + r["tokens"] / rates["decode_tok_s_8"]
+    print(f"server rates: prefill {rates['prefill_tok_s']:.0f} tok/s; decode {rates['decode_tok_s_1']:.1f} tok/s alone, "
+          f"{rates['decode_tok_s_8']:.1f} tok/s with 8 in parallel")
+    print(f"compute-bound limit of the concurrency-8 run: {r['minimum']} prompt tokens + {r['tokens']} reply tokens "
+          f"= {limit_s:.0f} s, {r['turns'] / limit_s:.3f} turns/s; measured {r['wall']:.0f} s: "
+          f"{limit_s / r['wall']:.0%} of the limit (target >= 70%)")
 
 
 def bench_batching(model) -> None:
@@ -149,23 +233,21 @@ def bench_orchestration(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", choices=["model", "batching", "orchestration", "all"], default="all",
-                   help="batching: only the prefill/decode comparison of the model part")
-    p.add_argument("--model", default="smollm2")
-    p.add_argument("--episodes-serial", type=int, default=4, help="episodes at concurrency 1")
-    p.add_argument("--episodes-parallel", type=int, default=32, help="episodes at concurrency 8")
-    p.add_argument("--max-turns", type=int, default=2, help="rounds per episode")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--part", choices=["engines", "batching", "orchestration", "all"], default="all")
+    p.add_argument("--episodes", type=int, default=16, help="episodes of the plan, every engine")
+    p.add_argument("--max-turns", type=int, default=3, help="rounds per episode")
+    p.add_argument("--inprocess-serial-episodes", type=int, default=4,
+                   help="of the plan, the first N for the slow in-process run at concurrency 1")
     p.add_argument("--orchestration-episodes", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     print(f"{platform.node()} {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}")
     if args.part in ("orchestration", "all"):
         bench_orchestration(args)
-    if args.part in ("model", "all"):
-        bench_model(args)
-    if args.part == "batching":
-        bench_batching(load_model(args.model, max_batch=8))
+    if args.part in ("engines", "all"):
+        bench_engines(args)
+    if args.part in ("batching", "all"):
+        bench_batching(load_model("smollm2-inprocess", max_batch=8))
 
 
 if __name__ == "__main__":

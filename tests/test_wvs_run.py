@@ -38,7 +38,8 @@ def survey_answering_model(path, alpha3):
         if row["B_COUNTRY_ALPHA"] == alpha3:
             for q in ITEMS.split(","):
                 queues[q].append(row[q])
-    return Model(ScriptedBackend(lambda messages, task: queues[question_item(messages)].pop()), "scripted")
+    reply = lambda messages, task: json.dumps({"answer": int(queues[question_item(messages)].pop())})  # noqa: E731
+    return Model(ScriptedBackend(reply), "scripted")
 
 
 def test_model_answering_with_the_survey_distribution_scores_zero(wvs_file):
@@ -62,7 +63,7 @@ def test_persona_run_accuracy_and_invalid_bucket(wvs_file):
     reply = lambda messages, task: "I would rather not say." if question_item(messages) == "Q33" else "1"  # noqa: E731
     cfg = EvalConfig(model="scripted", method="generate", countries="JPN", items=ITEMS, wvs_file=str(wvs_file),
                      personas=25, seed=11, bootstrap=200)
-    results = evaluate(cfg, model=Model(ScriptedBackend(reply), "scripted"))
+    results = evaluate(cfg, model=Model(ScriptedBackend(reply), "scripted", structured=False))
     rows = {r["D_INTERVIEW"]: r for r in csv.DictReader(open(wvs_file))}
     units = sorted({a["unit"] for a in results["answers"]})
     assert len(units) == 25
@@ -76,13 +77,14 @@ def test_persona_run_accuracy_and_invalid_bucket(wvs_file):
     assert q33["model"][-1] == 1.0 and q33["metrics"]["invalid_rate"]["value"] == 1.0
     assert summary["uniform"]["accuracy"]["value"] is not None
     # persona prompts carry the respondent's demographics; the sample is seeded
-    again = evaluate(cfg, model=Model(ScriptedBackend(reply), "scripted"))
+    again = evaluate(cfg, model=Model(ScriptedBackend(reply), "scripted", structured=False))
     assert sorted({a["unit"] for a in again["answers"]}) == units
     assert summary == again["summary"]["countries"]["JPN"]
 
 
 def test_country_prompt_without_file_records_why(tmp_path):
-    model = Model(ScriptedBackend(lambda m, t: "You live in" in m[0]["content"] and "2" or "x"), "scripted")
+    model = Model(ScriptedBackend(lambda m, t: "You live in" in m[0]["content"] and "2" or "x"), "scripted",
+                  structured=False)
     cfg = EvalConfig(model="scripted", method="generate", countries="JPN,MEX", items="Q1,Q2", samples=3,
                      bootstrap=20, out=str(tmp_path / "r.json"))
     results = evaluate(cfg, model=model)

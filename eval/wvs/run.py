@@ -16,10 +16,12 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from agents.models import GenerationParams, Model, ModelSpecError, load_model
+from agents.answers import answer_format, wvs_schema
+from agents.models import UNSTRUCTURED_HELP, GenerationParams, Model, ModelSpecError, load_model
 from agents.prompts import PromptError, Prompts
 from agents.provenance import git_state
 from eval.culture_map.indicators import map_items, missing_items
@@ -55,8 +57,9 @@ class EvalConfig:
     samples: int = field(default=1, metadata={"help": "generations per prompt for country/cultural/none prompts"})
     temperature: float = field(default=0.0, metadata={"help": "generate: 0 = greedy, else sampling temperature"})
     max_new_tokens: int = field(default=16, metadata={"help": "generate: answer length limit"})
-    parser: str = field(default="paper", metadata={"help": "generate: paper rules, or lenient (also '2. Agree', labels)",
-                                                   "choices": ["paper", "lenient"]})
+    parser: str = field(default="paper", metadata={"help": "generate with --unstructured: paper rules, or lenient "
+                                                           "(also '2. Agree', labels)", "choices": ["paper", "lenient"]})
+    unstructured: bool = field(default=False, metadata={"help": "generate: " + UNSTRUCTURED_HELP})
     seed: int = field(default=0, metadata={"help": "seeds persona sampling, sampled decoding and the bootstrap"})
     bootstrap: int = field(default=1000, metadata={"help": "bootstrap replicates for confidence intervals"})
     batch_size: int = field(default=16, metadata={"help": "prompts per forward pass"})
@@ -87,7 +90,8 @@ def evaluate(cfg: EvalConfig, model: Model | None = None) -> dict:
     if prompt_kind == "persona" and set(PERSONA_COLUMNS) <= survey.missing_columns:
         raise WVSError(f"--wvs-file {cfg.wvs_file}: line 1: none of the persona columns {PERSONA_COLUMNS}")
     reader = _reader(cfg, model)
-    questions = {it.qid: _question(prompts, it) for it in items}
+    structured = isinstance(reader, GenerateReader) and reader.model.structured
+    questions = {it.qid: _question(prompts, it, structured) for it in items}
 
     notes = []
     if not cfg.wvs_file:
@@ -160,7 +164,8 @@ def _reader(cfg: EvalConfig, model: Model | None):
     if cfg.adapter and not in_process:
         raise WVSError(f"--adapter works with in-process models only, not {cfg.model!r}")
     if model is None:
-        model = load_model(cfg.model, adapter=cfg.adapter, max_batch=cfg.batch_size)
+        model = load_model(cfg.model, adapter=cfg.adapter, max_batch=cfg.batch_size, structured=not cfg.unstructured,
+                           log_dir=Path(cfg.out).parent)
     if cfg.temperature > 0:
         import torch
 
@@ -169,10 +174,13 @@ def _reader(cfg: EvalConfig, model: Model | None):
     return GenerateReader(model, params, cfg.parser)
 
 
-def _question(prompts: Prompts, item: Item) -> str:
+def _question(prompts: Prompts, item: Item, structured: bool) -> str:
+    """The item's user turn; a structured answer's format (`{"answer": 1 | 2 | 3 | 4}`) when generating under
+    its schema, the paper's bare `ANSWER:` otherwise (logprob reads the next token after it)."""
     return prompts.render(
         QUESTION_TEMPLATE, question=item.text, numeric=item.numeric_labels, low=min(item.codes),
         high=max(item.codes), options=[[c, o] for c, o in zip(item.codes, item.options)],
+        answer_format=answer_format(wvs_schema(list(item.codes))) if structured else "",
     ).text
 
 

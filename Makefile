@@ -14,7 +14,7 @@ DEMO_DB ?= runs/demo.db
 
 venv: $(STAMP)
 
-# llama.cpp's `llama-server`, the embedded default's engine (agents/llama_server.py), built once from
+# llama.cpp's `llama-server`, the embedded default's engine (agents/models/llama_server.py), built once from
 # the pinned llama-cpp-python source distribution (MIT; it vendors llama.cpp under vendor/llama.cpp).
 # Only the server target, statically linked; no prebuilt binary is downloaded. Without a compiler
 # this warns and goes on: `smollm2-inprocess` and every other model spec still work.

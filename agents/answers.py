@@ -40,7 +40,11 @@ class TurnAnswer(Answer):
     """A persona's turn (Sotopia's action space): what it does and the words or gesture."""
 
     action: Action
-    text: str = Field(max_length=300, description="the words said, or the gesture; empty for none and leave")
+    # For the decoder only (a schema keyword, not a validation rule): the text starts with a letter, digit,
+    # quote mark or bracket, or is empty, because small models otherwise copy the format's placeholder
+    # dots; and it has no double quote or backslash, as llama.cpp applies a pattern to the raw JSON string.
+    text: str = Field(max_length=300, description="the words said, or the gesture; may be empty for none and leave",
+                      json_schema_extra={"pattern": r"^([A-Za-z0-9'(*][^\"\\\n]{0,299})?$"})
     labels: ClassVar[dict[str, str]] = {"text": "OUTPUT"}
 
     @model_validator(mode="after")

@@ -154,11 +154,13 @@ class Scenario(Record):
 
 
 class Action(str, Enum):
-    """The four actions a persona can take on its turn (Sotopia's action space)."""
+    """The four actions a persona can take on its turn (Sotopia's action space).
 
-    NONE = "none"
-    NON_VERBAL = "non-verbal"
+    Speak comes first: prompts list the options in this order, and small models pick the first."""
+
     SPEAK = "speak"
+    NON_VERBAL = "non-verbal"
+    NONE = "none"
     LEAVE = "leave"
 
 

@@ -145,8 +145,8 @@ def test_contrastive_pairs_differ_only_in_the_grounding(teahouse, culture):
     counts = Counter()
     kept = episode(teahouse.scenario, teahouse.turns, config={"temperature": 0.3, "top_p": 0.9})
     dropped = episode(teahouse.scenario, teahouse.turns, verdict=DROPPED, ep_id="ep-2")
-    pairs = asyncio.run(contrastive_pairs(Prompts(), [kept, dropped], culture, Model(backend, "m"), seed=0,
-                                          concurrency=2, counts=counts))
+    pairs = asyncio.run(contrastive_pairs(Prompts(), [kept, dropped], culture, Model(backend, "m", structured=False),
+                                          seed=0, concurrency=2, counts=counts))
     # spoken lines of the kept episode: turns 0, 2, 4 and 5; turn 4 follows Li Wei's own line (Chen Jing
     # was silent), so it has no partner line to answer and is skipped
     assert sorted(re.search(r"Turn #(\d+)", r[-1]["content"])[1] for _, r in backend.requests) == ["0", "2", "5"]
@@ -213,7 +213,7 @@ def judged_store(tmp_path, culture):
             return f"ACTION: speak\nOUTPUT: Line {next(line)} of this talk."
         return "INTENT: Keeping face.\nREASON: Harmony matters.\nCULTURAL: yes"
 
-    asyncio.run(simulate(store, plan, culture=culture, model=Model(ScriptedBackend(actor), "scripted"),
+    asyncio.run(simulate(store, plan, culture=culture, model=Model(ScriptedBackend(actor), "scripted", structured=False),
                          prompts=Prompts(), max_turns=2, concurrency=1, seed=0, run_id="sim", config={},
                          progress=False))
 
@@ -227,7 +227,8 @@ def judged_store(tmp_path, culture):
         return f"QUALITY: {'bad' if bad else 'good'}\nCONFIDENCE: very confident"
 
     asyncio.run(judge_episodes(store, judgeable_episodes(store, "CHN"), culture=culture,
-                               model=Model(ScriptedBackend(judge), "judge-m"), prompts=Prompts(), run_id="j",
+                               model=Model(ScriptedBackend(judge), "judge-m", structured=False), prompts=Prompts(),
+                               run_id="j",
                                progress=False))
     return store, plan
 
@@ -240,8 +241,8 @@ def test_export_end_to_end_loads_in_training(judged_store, tmp_path, tiny_model_
 
     store, _ = judged_store
     # the contrastive model is a scripted fake standing in for the spec given on the command line
-    fake = Model(ScriptedBackend(lambda m, t: "ACTION: speak\nOUTPUT: Something generic."), "fake")
-    monkeypatch.setattr("training.dataset.load_model", lambda spec, max_batch: fake)
+    fake = Model(ScriptedBackend(lambda m, t: '{"action": "speak", "text": "Something generic."}'), "fake")
+    monkeypatch.setattr("training.dataset.load_model", lambda spec, **kwargs: fake)
     out = tmp_path / "data"
     stats = main(["--culture", "CHN", "--out", str(out), "--db", str(store.path), "--contrastive-model", "fake",
                   "--validation-fraction", "0.5"])

@@ -113,7 +113,7 @@ def test_structured_episode_sends_each_answer_schema_and_stores_valid_turns(cult
     schemas = [json.loads(p.schema) for p in backend.params]
     assert [sorted(s["properties"]) for s in schemas] == [["action", "text"], ["cultural", "intent", "reason"]] * 2
     assert all(p.prefix == "" and p.stop == () for p in backend.params)
-    assert '{"action": "none" | "non-verbal" | "speak" | "leave", "text": "..."}' in backend.requests[0][1][-1]["content"]
+    assert '{"action": "speak" | "non-verbal" | "none" | "leave", "text": "..."}' in backend.requests[0][1][-1]["content"]
     # the speaker's own earlier answer goes back verbatim, as the JSON it wrote
     assert backend.requests[2][1][-1]["content"].startswith('Li Wei - {"action": "speak"')
 

@@ -13,18 +13,19 @@ from agents.prompts import Prompts
 from agents.records import Action, Turn
 from graphs.judge import (
     PAPER_RULE,
+    SHAPES,
     FilterRule,
     FilterRuleError,
     build_judge_graph,
     judge_episodes,
     judgeable_episodes,
-    SHAPES,
     judgement_row,
     main,
     score_rows,
     verdict,
 )
 from graphs.store import Store
+
 
 def parse_judgement(aspect, raw, structured=False):
     answer, error = (parse_answer if structured else parse_labelled)(raw, SHAPES[aspect])

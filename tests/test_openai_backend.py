@@ -80,7 +80,7 @@ def test_structured_request_uses_the_nested_json_schema_form_and_reads_timings(o
     body = obeying.bodies[-1]
     assert body["response_format"]["type"] == "json_schema"
     nested = body["response_format"]["json_schema"]
-    assert nested["strict"] is True and nested["schema"]["properties"]["action"]["enum"][0] == "none"
+    assert nested["strict"] is True and nested["schema"]["properties"]["action"]["enum"][0] == "speak"
     assert "stop" not in body and body["seed"] == 3 and body["max_tokens"] > 50  # the shape's own token limit
     assert model.usage.totals()["prompt_tokens_evaluated"] == 4  # llama-server's timings.prompt_n, twice
 

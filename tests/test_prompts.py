@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.models import Model, ScriptedBackend
+from agents.models import Model, ScriptedBackend, load_model
 from agents.prompts import BUILTIN_DIR, PromptError, Prompts
 from graphs import adapt, scenarios, simulate
 from graphs.adapt import AdaptContext, adapt_seeds, adapted_id
@@ -58,12 +58,13 @@ def test_worked_example_adds_religion_and_region(culture):
     from graphs.scenarios import read_scenarios
 
     [study] = read_scenarios(EXAMPLES / "jpn_scenarios.jsonl")
-    ctx = EpisodeContext(scenario=study, culture=culture, model=None, prompts=Prompts(EXAMPLES / "prompts"))
+    ctx = EpisodeContext(scenario=study, culture=culture, model=load_model("puppet"),
+                         prompts=Prompts(EXAMPLES / "prompts"))
     system = speaker_view(ctx, 1, [])[0]["content"]
     assert "- Your religion: not religious; visits a Shinto shrine at New Year" in system
     assert "- Where you grew up: Sapporo, in Hokkaido" in system
     assert "- Where they grew up: Osaka, in Kansai" in system
-    builtin = speaker_view(EpisodeContext(scenario=study, culture=culture, model=None, prompts=Prompts()), 1, [])
+    builtin = speaker_view(EpisodeContext(scenario=study, culture=culture, model=load_model("puppet"), prompts=Prompts()), 1, [])
     assert [line for line in system.splitlines() if "religion" not in line and "grew up" not in line] == \
         builtin[0]["content"].splitlines()
 

@@ -48,6 +48,10 @@ def test_episodes_are_stored_with_turns_intents_and_provenance(tmp_path, culture
     assert checkpoints.execute("select count(*) from checkpoints").fetchone()[0] == 0
 
 
+TURN = '{"action": "speak", "text": "hi"}'
+INTENT = '{"intent": "Greeting.", "reason": "Polite.", "cultural": false}'
+
+
 def test_crashed_episode_resumes_from_its_checkpoint(tmp_path, culture):
     store = Store(tmp_path / "s.db")
     plan = plan_episodes(list(sotopia_seeds()), "CHN", "m", 0, 1, 1)
@@ -57,12 +61,12 @@ def test_crashed_episode_resumes_from_its_checkpoint(tmp_path, culture):
         calls["n"] += 1
         if calls["n"] == 5:  # third speaker turn: a non-transient crash
             raise RuntimeError("GPU fell over")
-        return "ACTION: speak\nOUTPUT: hi" if task == "roleplay" else "INTENT: Greeting."
+        return TURN if task == "roleplay" else INTENT
 
     counts = run_sim(store, plan, culture, Model(ScriptedBackend(flaky), "m"))
     assert counts["failed"] == 1 and "GPU fell over" in store.episode(plan[0].id)["error"]
 
-    healthy = ScriptedBackend(lambda m, t: "ACTION: speak\nOUTPUT: hi" if t == "roleplay" else "INTENT: Greeting.")
+    healthy = ScriptedBackend(lambda m, t: TURN if t == "roleplay" else INTENT)
     counts = run_sim(store, plan, culture, Model(healthy, "m"))
     assert counts["done"] == 1
     # 4 calls (2 turns + 2 intents) were checkpointed; only the remaining 4 turns x 2 calls are made again

@@ -38,8 +38,8 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from agents.cultures import CultureError, load_culture
 from agents.answers import TurnAnswer
+from agents.cultures import CultureError, load_culture
 from agents.models import UNSTRUCTURED_HELP, Message, Model, ModelSpecError, load_model
 from agents.prompts import PromptError, Prompts, Rendered
 from agents.records import Action, Culture, Intent, Scenario, Turn

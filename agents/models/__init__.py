@@ -20,7 +20,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from agents.models.base import (
-    Asked, ChatBackend, Completion, GenerationParams, Message, Model, ModelSpecError, Usage, cut_at_stop,
+    Asked,
+    ChatBackend,
+    Completion,
+    GenerationParams,
+    Message,
+    Model,
+    ModelSpecError,
+    Usage,
+    cut_at_stop,
 )
 from agents.models.batching import batch_seed
 from agents.models.fake import PUPPET_REPLIES, PuppetBackend, ScriptedBackend

@@ -64,15 +64,15 @@ chromium:
 	  && { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "warning: could not install chromium with apt; the browser test will skip"; }
 
-# The whole pipeline on the embedded SmolLM2-135M, sized for 2 CPU cores. Every step resumes when rerun.
-# SmolLM2 rarely writes a valid adapted scenario: its attempt is stored as failed with the reason, and the
-# puppet (it only renames the people; each row records which model made it) fills in so there is
-# something to play. Many of its turns and verdicts are unparseable: they are stored and counted as such.
+# The whole pipeline on the embedded SmolLM2-135M, served by the managed llama-server (started and
+# stopped by each command), sized for 2 CPU cores. Every step resumes when rerun. Every answer is
+# decoded under its JSON schema, so turns, labels and verdicts are well-formed; SmolLM2 adapts the
+# scenarios itself (names drawn from the culture's pool, the seed's names banned), retried on failure.
+# 10 seeds adapted, 2 episodes of 3 rounds on each of 8 of them: 16 episodes.
 demo: venv llama-server
-	$(PY) -m graphs.adapt --culture $(DEMO_CULTURE) --n 1 --max-attempts 1 --max-new-tokens 256 --model smollm2 --db $(DEMO_DB) --no-progress
-	$(PY) -m graphs.adapt --culture $(DEMO_CULTURE) --n 8 --seed 1 --model puppet --db $(DEMO_DB) --no-progress
-	$(PY) -m graphs.simulate --culture $(DEMO_CULTURE) --episodes 8 --max-turns 3 --model smollm2 --db $(DEMO_DB)
-	$(PY) -m graphs.judge --culture $(DEMO_CULTURE) --model smollm2 --db $(DEMO_DB)
+	$(PY) -m graphs.adapt --culture $(DEMO_CULTURE) --n 10 --model smollm2 --db $(DEMO_DB) --no-progress
+	$(PY) -m graphs.simulate --culture $(DEMO_CULTURE) --episodes 16 --samples 2 --max-turns 3 --model smollm2 --db $(DEMO_DB) --no-progress
+	$(PY) -m graphs.judge --culture $(DEMO_CULTURE) --model smollm2 --db $(DEMO_DB) --no-progress
 	$(PY) -m training.dataset --culture $(DEMO_CULTURE) --db $(DEMO_DB) --out runs/demo-data --contrastive-model smollm2
 	$(PY) -m training.sft --config configs/sft_demo.yaml --dataset_name runs/demo-data --output_dir runs/demo-adapter
 	$(PY) -m eval.wvs --model smollm2 --countries $(DEMO_CULTURE) --items clca44 --method logprob --bootstrap 200 --out results/demo-base.json

@@ -198,3 +198,10 @@ def test_unconstrained_rows_beside_constrained_ones_are_left_free(tiny_model_dir
     outs = model.backend._generate_batch([([{"role": "user", "content": "Hi"}], free),
                                           ([{"role": "user", "content": "Hi"}], constrained)])
     assert not outs[0].text.startswith('{"quality"') and outs[1].text.startswith('{"quality": ')
+
+
+def test_banned_names_are_banned_by_their_only_or_last_token():
+    from agents.models.base import banned_token_ids
+
+    vocab = {"Mia": [1], " Mia": [2], "Finnegan": [3, 4, 5], " Finnegan": [6, 4, 5], "Al": [7, 8], " Al": [9]}
+    assert banned_token_ids(["Mia", "Finnegan", "Al"], vocab.__getitem__) == [1, 2, 5, 9]  # "Al": too short

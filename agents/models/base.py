@@ -178,6 +178,22 @@ class Model:
         log.warning("transient model error (%s); retry %d", state.outcome.exception(), state.attempt_number)
 
 
+def banned_token_ids(banned: Sequence[str], tokenize) -> list[int]:
+    """Token ids that keep a model from writing any of `banned` (names), given the engine's `tokenize`.
+
+    Each string is tried with and without a leading space. A string that is one token is banned as that
+    token. A longer one is banned by its last token, which the model cannot write to finish the name
+    ("Finnegan" -> "Fin" + "negan": "negan" goes); for names of fewer than five characters the last piece
+    is too common a fragment to ban, so those are left to validation."""
+    ids: set[int] = set()
+    for text in banned:
+        for variant in (text, f" {text}"):
+            tokens = list(tokenize(variant))
+            if len(tokens) == 1 or (len(tokens) > 1 and len(text) >= 5):
+                ids.add(int(tokens[-1]))
+    return sorted(ids)
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """The text before the first stop string (generation stops after it, so it is still there)."""
     cuts = [i for i in (text.find(s) for s in stop) if i >= 0]

@@ -13,7 +13,9 @@ import importlib.util
 import re
 from pathlib import Path
 
-from agents.models.base import Completion, GenerationParams, Message, ModelSpecError, cut_at_stop
+from agents.models.base import (
+    Completion, GenerationParams, Message, ModelSpecError, banned_token_ids, cut_at_stop,
+)
 from agents.models.batching import BatchingBackend, batch_seed
 
 SMOLLM2 = "smollm2"
@@ -175,14 +177,7 @@ class HFBackend(BatchingBackend):
         return self._grammars[schema]
 
     def _banned_ids(self, banned: tuple[str, ...]) -> list[int]:
-        """Every token that spells a banned string alone, with or without a leading space."""
-        ids = set()
-        for text in banned:
-            for variant in (text, f" {text}"):
-                encoded = self.tokenizer.encode(variant, add_special_tokens=False)
-                if len(encoded) == 1:
-                    ids.add(encoded[0])
-        return sorted(ids)
+        return banned_token_ids(banned, lambda text: self.tokenizer.encode(text, add_special_tokens=False))
 
     def _prefill(self, ids: list[int]):
         """Keys/values for `ids`: the cached prefix, then one forward pass over the rest."""

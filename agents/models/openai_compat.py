@@ -17,7 +17,7 @@ import os
 from collections import OrderedDict
 from typing import Sequence
 
-from agents.models.base import Completion, GenerationParams, Message, ModelSpecError
+from agents.models.base import Completion, GenerationParams, Message, ModelSpecError, banned_token_ids
 
 SELF_TEST_VALUE = "teal-walrus-42"  # no model says this unless the decoder makes it
 SELF_TEST_SCHEMA = {"type": "object", "properties": {"answer": {"enum": [SELF_TEST_VALUE]}},
@@ -132,27 +132,24 @@ class OpenAIBackend:
 
     async def _tokenize_banned(self, client, banned: tuple[str, ...]) -> None:
         """Token ids for banned strings from the server's own tokenizer (llama-server's or vLLM's
-        `/tokenize`), each form a name can take as one token; fetched once per string."""
+        `/tokenize`), fetched once per string (see `banned_token_ids`)."""
         import httpx
 
         root = self.base_url.removesuffix("/v1")
-        for text in banned:
-            if text in self._banned_ids:
-                continue
-            ids: set[int] = set()
-            async with httpx.AsyncClient(timeout=30) as http:
+        async with httpx.AsyncClient(timeout=30) as http:
+            for text in banned:
+                if text in self._banned_ids:
+                    continue
+                pieces = {}
                 for variant in (text, f" {text}"):
-                    response = await http.post(f"{root}/tokenize", json={"content": variant, "prompt": variant,
-                                                                         "model": self.model,
-                                                                         "add_special": False,
-                                                                         "add_special_tokens": False})
+                    response = await http.post(f"{root}/tokenize", json={
+                        "content": variant, "prompt": variant, "model": self.model, "add_special": False,
+                        "add_special_tokens": False})
                     if response.status_code != 200:
-                        raise ModelSpecError(f"{root}/tokenize: HTTP {response.status_code}; banning names needs a "
-                                             "server with a tokenize endpoint (llama-server, vllm serve)")
-                    tokens = response.json().get("tokens", [])
-                    if len(tokens) == 1:
-                        ids.add(int(tokens[0]))
-            self._banned_ids[text] = sorted(ids)
+                        raise ModelSpecError(f"{root}/tokenize: HTTP {response.status_code}; banning names needs "
+                                             "a server with a tokenize endpoint (llama-server, vllm serve)")
+                    pieces[variant] = response.json().get("tokens", [])
+                self._banned_ids[text] = banned_token_ids([text], lambda variant: pieces[variant])
 
     def _slot(self, key: str) -> int:
         """The slot of a cache key: its own if it has one, else the least recently used slot."""

@@ -250,11 +250,8 @@ def wvs_schema(codes: list[int]) -> dict[str, Any]:
     return with_enum(json_schema(WVSAnswer), ("answer",), list(codes))
 
 
-SHAPES: tuple[type[Answer], ...] = (TurnAnswer, IntentAnswer, QualityAnswer, AlignmentAnswer, MetaAnswer,
-                                    SotopiaAnswer, AdaptedScenario, WVSAnswer)
-
 __all__ = [
-    "CONFIDENCES", "SHAPES", "AdaptedPersona", "AdaptedScenario", "AlignmentAnswer", "Answer", "IntentAnswer",
+    "CONFIDENCES", "AdaptedPersona", "AdaptedScenario", "AlignmentAnswer", "Answer", "IntentAnswer",
     "MetaAnswer", "QualityAnswer", "SotopiaAnswer", "TurnAnswer", "WVSAnswer", "answer_format", "json_schema",
     "parse_answer", "token_budget", "validate_data", "with_enum", "wvs_schema",
 ]

@@ -60,6 +60,8 @@ def load_model(spec: str, *, adapter: str | None = None, load_in_4bit: bool = Fa
     elif spec == SMOLLM2 or spec.startswith("gguf:"):
         backend = _managed(Path(smollm2_dir()) / SMOLLM2_GGUF if spec == SMOLLM2 else Path(spec[5:]), spec,
                            max_batch, Path(log_dir))
+        if structured:
+            backend.self_test()
     elif spec.startswith("openai:"):
         from agents.models.openai_compat import OpenAIBackend
 

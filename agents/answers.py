@@ -43,6 +43,7 @@ class TurnAnswer(Answer):
     # For the decoder only (a schema keyword, not a validation rule): the text starts with a letter, digit,
     # quote mark or bracket, or is empty, because small models otherwise copy the format's placeholder
     # dots; and it has no double quote or backslash, as llama.cpp applies a pattern to the raw JSON string.
+    # Servers (llama.cpp, vLLM) get it; in process it is left out (see agents.models.hf._bounded_strings).
     text: str = Field(max_length=300, description="the words said, or the gesture; may be empty for none and leave",
                       json_schema_extra={"pattern": r"^([A-Za-z0-9'(*][^\"\\\n]{0,299})?$"})
     labels: ClassVar[dict[str, str]] = {"text": "OUTPUT"}

@@ -44,13 +44,16 @@ def load_model(spec: str, *, adapter: str | None = None, load_in_4bit: bool = Fa
     """Turn a model spec from the command line into a ready `Model`.
 
     `max_batch` is the requests in flight (in-process batch size, server slots, HTTP connections).
+    `smollm2` with an `adapter` runs in process (`smollm2-inprocess`), as llama-server cannot load one.
     A managed llama-server writes its log to `log_dir`. Raises ModelSpecError (one line) for a spec
     that names nothing loadable, an adapter on a backend that cannot take one, or an endpoint that
     fails the structured-output self-test.
     """
-    if adapter and (spec == SMOLLM2 or spec.split(":", 1)[0] in ("gguf", "openai", "vllm", "puppet")):
+    if adapter and spec.split(":", 1)[0] in ("gguf", "openai", "vllm", "puppet"):
         raise ModelSpecError(f"model spec {spec!r}: LoRA adapters load in process only "
-                             "(use smollm2-inprocess, a hub id or a folder)")
+                             "(use smollm2, a hub id or a folder)")
+    if adapter and spec == SMOLLM2:
+        spec = f"{SMOLLM2}-inprocess"  # llama-server cannot take a PEFT adapter; transformers can
     if spec == "puppet" or spec.startswith("puppet:"):
         delay = spec.partition(":")[2]
         try:

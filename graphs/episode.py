@@ -82,7 +82,8 @@ def turn_line(turn: Turn, structured: bool) -> str:
     """A turn as its speaker answered it, for the next prompts: the JSON it wrote (verbatim, so an
     engine's prompt cache still matches), or the labelled lines of the free-text format."""
     if structured:
-        return turn.raw.strip() if turn.raw else json.dumps({"action": turn.action.value, "text": turn.text})
+        written = turn.raw.strip()  # a turn from a free-text run has no JSON to show: it is rebuilt
+        return written if written.startswith("{") else json.dumps({"action": turn.action.value, "text": turn.text})
     return f"ACTION: {turn.action.value}\nOUTPUT: {turn.text or 'NONE'}"
 
 

@@ -14,8 +14,9 @@ the prompt tokens the server evaluated (`timings.prompt_n`) are set against the 
 prefix reuse: per stream (an episode's inquirer, responder or observer), each prompt's tokens beyond
 the longest prefix it shares with the stream's previous prompt + reply. Then the server's own prefill
 and decode rates are measured (one long uncached prompt; 8 and 1 parallel generations), and the
-compute-bound limit of the concurrency-8 run is computed from its token counts: minimum prompt tokens
-at the prefill rate plus reply tokens at the batched decode rate. Targets: llama-server at least 2x the
+compute-bound limit of the concurrency-8 run is computed from its token counts: the prompt tokens the
+server evaluated at the prefill rate plus reply tokens at the batched decode rate. (The per-stream
+minimum can exceed what the server evaluates: its RAM prompt cache also shares text across streams.) Targets: llama-server at least 2x the
 in-process turns/s at concurrency 8; prompt tokens evaluated at most 1.3x the minimum; the run at
 least 70% of its computed limit.
 
@@ -136,9 +137,12 @@ def bench_engines(args) -> None:
 
     from agents.models import SMOLLM2_GGUF, smollm2_dir
 
+    from agents.models.llama_server import stop_shared
+
     runs = {}
-    for spec in ("smollm2", "smollm2-inprocess"):
+    for spec in args.engines.split(","):
         for concurrency in (1, 8):
+            stop_shared()  # each llama-server run gets its own server: its slot count, a cold prompt cache
             model = load_model(spec, max_batch=concurrency, log_dir=Path(tempfile.gettempdir()))
             recorder = Recorder(model.backend) if spec == "smollm2" else None
             if recorder:
@@ -148,13 +152,15 @@ def bench_engines(args) -> None:
                     first=first)
             if recorder:
                 r["requests"] = recorder.requests
-                r["base_url"] = recorder.backend.base_url
             runs[spec, concurrency] = r
             print(line(f"{spec} at concurrency {concurrency}", r), flush=True)
     rate = lambda r: r["turns"] / r["wall"]  # noqa: E731
-    print(f"llama-server / in process, turns/s at concurrency 8: "
-          f"{rate(runs['smollm2', 8]) / rate(runs['smollm2-inprocess', 8]):.2f}x (target >= 2x); "
-          f"at 1: {rate(runs['smollm2', 1]) / rate(runs['smollm2-inprocess', 1]):.2f}x")
+    if ("smollm2-inprocess", 8) in runs and ("smollm2", 8) in runs:
+        print(f"llama-server / in process, turns/s at concurrency 8: "
+              f"{rate(runs['smollm2', 8]) / rate(runs['smollm2-inprocess', 8]):.2f}x (target >= 2x); "
+              f"at 1: {rate(runs['smollm2', 1]) / rate(runs['smollm2-inprocess', 1]):.2f}x")
+    if ("smollm2", 8) not in runs:
+        return
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF)
     for concurrency in (1, 8):
         r = runs["smollm2", concurrency]
@@ -165,12 +171,14 @@ def bench_engines(args) -> None:
               f"{r['evaluated'] / r['turns']:.0f} evaluated per turn against {minimum / r['turns']:.0f}")
     r = runs["smollm2", 8]
     first_prompt = r["requests"][0][1]
-    rates = server_rates(r["base_url"], "\n".join(m["content"] for m in first_prompt))
-    limit_s = r["minimum"] / rates["prefill_tok_s"] + r["tokens"] / rates["decode_tok_s_8"]
+    stop_shared()
+    server = load_model("smollm2", max_batch=8, log_dir=Path(tempfile.gettempdir())).backend
+    rates = server_rates(server.base_url, "\n".join(m["content"] for m in first_prompt))
+    limit_s = r["evaluated"] / rates["prefill_tok_s"] + r["tokens"] / rates["decode_tok_s_8"]
     print(f"server rates: prefill {rates['prefill_tok_s']:.0f} tok/s; decode {rates['decode_tok_s_1']:.1f} tok/s alone, "
           f"{rates['decode_tok_s_8']:.1f} tok/s with 8 in parallel")
-    print(f"compute-bound limit of the concurrency-8 run: {r['minimum']} prompt tokens + {r['tokens']} reply tokens "
-          f"= {limit_s:.0f} s, {r['turns'] / limit_s:.3f} turns/s; measured {r['wall']:.0f} s: "
+    print(f"compute-bound limit of the concurrency-8 run: {r['evaluated']} prompt tokens evaluated + {r['tokens']} reply "
+          f"tokens = {limit_s:.0f} s, {r['turns'] / limit_s:.3f} turns/s; measured {r['wall']:.0f} s: "
           f"{limit_s / r['wall']:.0%} of the limit (target >= 70%)")
 
 
@@ -236,6 +244,7 @@ def main() -> None:
     p.add_argument("--part", choices=["engines", "batching", "orchestration", "all"], default="all")
     p.add_argument("--episodes", type=int, default=16, help="episodes of the plan, every engine")
     p.add_argument("--max-turns", type=int, default=3, help="rounds per episode")
+    p.add_argument("--engines", default="smollm2,smollm2-inprocess", help="model specs to compare")
     p.add_argument("--inprocess-serial-episodes", type=int, default=4,
                    help="of the plan, the first N for the slow in-process run at concurrency 1")
     p.add_argument("--orchestration-episodes", type=int, default=40)

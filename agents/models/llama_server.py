@@ -250,6 +250,15 @@ def shared_server(gguf: Path, slots: int, log_dir: Path) -> LlamaServer:
         return server
 
 
+def stop_shared() -> None:
+    """Stop this process's shared servers, so the next `shared_server` call starts afresh (a benchmark that
+    compares slot counts must not inherit the first run's server or its prompt cache)."""
+    with _shared_lock:
+        for server in _shared.values():
+            server.close()
+        _shared.clear()
+
+
 ## Private helpers
 
 

@@ -12,6 +12,7 @@ bound the requests in flight. Retries are `Model`'s, so the client's own are off
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 from collections import OrderedDict
@@ -118,8 +119,9 @@ class OpenAIBackend:
                                      "pass --unstructured for an endpoint that cannot constrain decoding") from None
             return reply.text
 
-        try:
-            text = asyncio.run(probe())
+        try:  # in a thread of its own: the caller may be inside an event loop (a served graph)
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                text = pool.submit(asyncio.run, probe()).result()
         finally:
             self._clients.clear()  # they belong to the probe's loop, which is closed now
         try:

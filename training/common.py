@@ -125,9 +125,6 @@ class OneLineParser(trl.TrlParser):
         sys.exit(f"error: {message}")
 
     def set_defaults_with_config(self, **kwargs) -> list[str]:
-        env = kwargs.get("env") or {}
-        if isinstance(env, dict) and (secret := next((k for k in env if SECRET_NAME.search(str(k))), None)):
-            self.error(f"config env: {secret}: secrets come from the environment, not from a config file")
         actions = {action.dest: action for action in self._actions}
         hints: dict = {}
         for kind in self.dataclass_types:
@@ -136,6 +133,18 @@ class OneLineParser(trl.TrlParser):
             if key in actions:
                 kwargs[key] = _config_value(actions[key], key, value, hints.get(key), self.error)
         return super().set_defaults_with_config(**kwargs)
+
+
+def _refuse_env_secrets(path: Path) -> None:
+    """TrlParser copies a config's `env:` block into os.environ; a key there would sit in a shared file."""
+    import yaml
+
+    try:
+        env = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("env") or {}
+    except (yaml.YAMLError, ValueError, RecursionError, AttributeError):
+        return  # not a mapping or not YAML: TrlParser reports it
+    if isinstance(env, dict) and (secret := next((k for k in env if SECRET_NAME.search(str(k))), None)):
+        sys.exit(f"error: --config {path}: env: {secret}: secrets come from the environment, not from a config file")
 
 
 def _config_value(action, key: str, value, hint, error):
@@ -179,6 +188,7 @@ def parse(parser: trl.TrlParser, argv: Iterable[str] | None) -> tuple:
         path = Path(argv[i + 1])
         if not path.is_file():
             sys.exit(f"error: --config {path}: no such file")
+        _refuse_env_secrets(path)
     for arg in argv:
         if arg.lstrip("-").replace("-", "_").split("=")[0] in SECRET_OPTIONS:
             sys.exit(f"error: {arg.split('=')[0]}: secrets come from the environment (HF_TOKEN), not from the command line")

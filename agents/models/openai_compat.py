@@ -18,7 +18,9 @@ import os
 from collections import OrderedDict
 from typing import Sequence
 
-from agents.models.base import Completion, GenerationParams, Message, ModelSpecError, banned_token_ids
+from agents.models.base import (
+    Completion, GenerationParams, Message, ModelSpecError, banned_token_ids, refuse_credentials,
+)
 
 SELF_TEST_VALUE = "teal-walrus-42"  # no model says this unless the decoder makes it
 SELF_TEST_SCHEMA = {"type": "object", "properties": {"answer": {"enum": [SELF_TEST_VALUE]}},
@@ -47,6 +49,7 @@ class OpenAIBackend:
             import openai
         except ImportError as exc:
             raise ModelSpecError("model spec 'openai:...' needs the openai and httpx packages (core dependencies of clca)") from exc
+        refuse_credentials(f"{model}@{base_url}")  # the name goes into every stored run
         self.name = f"openai:{model}@{base_url}"
         self.model, self.base_url = model, base_url.rstrip("/")
         self.max_in_flight, self.timeout_s = max_in_flight, timeout_s

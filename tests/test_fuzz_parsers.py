@@ -225,3 +225,55 @@ def test_a_lone_surrogate_from_a_server_becomes_a_replacement_character():
         server.close()
     assert asked.raw == "ACTION: speak\nOUTPUT: Hi \ufffd" and asked.raw.encode("utf-8")
     assert asked.answer == TurnAnswer(action="speak", text="Hi \ufffd")
+
+
+# ------------------------------------------------------------------ whole runs on arbitrary replies
+
+
+REPLY_TEXT = st.text(st.characters(codec="utf-8"), max_size=120)  # what a backend can return (no lone surrogates)
+NEAR_VALID = st.sampled_from(['{"action": "speak", "text": "Hello there."}', '{"action": "none", "text": ""}',
+                              '{"action": "leave", "text": ""}', '{"intent": "Greeting.", "reason": "Polite.", '
+                              '"cultural": false}', '{"action": "speak", "text": ""}', "{}", ""])
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(replies=st.lists(REPLY_TEXT | NEAR_VALID, min_size=1, max_size=8))
+def test_an_episode_on_arbitrary_replies_is_stored_with_its_invalid_turns_marked(tmp_path_factory, culture, replies):
+    import asyncio
+    import itertools
+
+    from agents.models import Model, ScriptedBackend
+    from agents.prompts import Prompts
+    from agents.seeds import sotopia_seeds
+    from graphs.simulate import plan_episodes, simulate
+    from graphs.store import Store
+
+    store = Store(tmp_path_factory.mktemp("ep") / "s.db")
+    cycle = itertools.cycle(replies)
+    model = Model(ScriptedBackend(lambda messages, task: next(cycle)), "scripted")
+    plan = plan_episodes(list(sotopia_seeds())[:1], culture.code, "scripted", 0, 1, 1)
+    counts = asyncio.run(simulate(store, plan, culture=culture, model=model, prompts=Prompts(), max_turns=3,
+                                  concurrency=1, seed=0, run_id="fuzz", config={}, progress=False))
+    assert counts["failed"] == 0 and counts["done"] + counts["invalid"] == 1
+    for turn in store.turns(plan[0].id):
+        assert turn.valid == (parse_answer(turn.raw, TurnAnswer)[0] is not None)
+    for intent in store.intents(plan[0].id):
+        assert intent.valid == (parse_answer(intent.raw, IntentAnswer)[0] is not None)
+
+
+@settings(max_examples=30, deadline=None)
+@given(replies=st.lists(REPLY_TEXT | st.integers(-3, 12).map(lambda c: json.dumps({"answer": c})), min_size=1,
+                        max_size=6), structured=st.booleans())
+def test_wvs_generate_reader_rows_are_distributions_over_options_and_invalid(replies, structured):
+    import itertools
+
+    from agents.models import GenerationParams, Model, ScriptedBackend
+    from eval.wvs.readers import GenerateReader
+
+    cycle = itertools.cycle(replies)
+    model = Model(ScriptedBackend(lambda messages, task: next(cycle)), "scripted", structured=structured)
+    answers = GenerateReader(model, GenerationParams(max_new_tokens=16)).read([None, "sys"], ITEMS[:2], ["q1", "q2"])
+    for item, ans in zip(ITEMS[:2], answers):
+        assert ans.rows.shape == (2, len(item.codes) + 1) and (ans.rows.sum(axis=1) == 1).all()
+        assert all(code in (*item.codes, INVALID) for code in ans.codes)

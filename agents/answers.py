@@ -17,24 +17,21 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StrictFloat,
-    StrictInt,
-    StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
-from agents.records import ATTRIBUTE_MAX_CHARS, Action, first_error
+from agents.records import ATTRIBUTE_MAX_CHARS, Action, attribute_value_problem, first_error
 
 Confidence = Literal["very confident", "confident", "not sure"]
 CONFIDENCES: tuple[str, ...] = Confidence.__args__
-AttributeText = Annotated[str, StringConstraints(min_length=1, max_length=ATTRIBUTE_MAX_CHARS)]
 
 
 class Answer(BaseModel):
@@ -132,7 +129,15 @@ class AdaptedPersona(Answer):
     # The new values of the persona's attributes that are not `fixed` (name -> value); visibility and the fixed
     # ones come from the seed. A seed's own schema (`adapted_scenario_schema`) names them; without any it has no
     # such field, so the request for a scenario without attributes is what it always was.
-    attributes: dict[str, AttributeText | StrictInt | StrictFloat] = Field(default_factory=dict)
+    attributes: dict[str, str | int | float] = Field(default_factory=dict)
+
+    @field_validator("attributes", mode="before")
+    @classmethod
+    def _attribute_values(cls, value: object) -> object:
+        for name, v in value.items() if isinstance(value, dict) else ():
+            if problem := attribute_value_problem(v):
+                raise ValueError(f"{name}: {problem}")
+        return value
 
 
 class AdaptedScenario(Answer):

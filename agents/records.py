@@ -141,16 +141,23 @@ class Attribute(Record):
     @field_validator("value", mode="before")
     @classmethod
     def _short_text_or_number(cls, value: object) -> object:
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):  # pydantic reports a ValueError
-            raise ValueError(f"expected a short text or a number, got {type(value).__name__}")  # noqa: TRY004
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError("expected a finite number")
-        if isinstance(value, str):
-            if not value.strip():
-                raise ValueError("empty text (leave the attribute out instead)")
-            if len(value) > ATTRIBUTE_MAX_CHARS:
-                raise ValueError(f"too long: {len(value)} characters, at most {ATTRIBUTE_MAX_CHARS}")
+        if problem := attribute_value_problem(value):
+            raise ValueError(problem)
         return value
+
+
+def attribute_value_problem(value: object) -> str | None:
+    """What is wrong with an attribute value (not short text, not a finite number), or None: one rule for the
+    scenario file and the adaptation's answer."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return f"expected a short text or a number, got {type(value).__name__}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "expected a finite number"
+    if isinstance(value, str) and not value.strip():
+        return "empty text (leave the attribute out instead)"
+    if isinstance(value, str) and len(value) > ATTRIBUTE_MAX_CHARS:
+        return f"too long: {len(value)} characters, at most {ATTRIBUTE_MAX_CHARS}"
+    return None
 
 
 class Persona(Record):

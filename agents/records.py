@@ -193,16 +193,6 @@ class Persona(Record):
         """The attributes a reader may see: all of them for the persona itself (`own`), the public ones otherwise."""
         return {k: a for k, a in self.attributes.items() if own or a.visibility is Visibility.PUBLIC}
 
-    def public_profile(self) -> dict[str, object]:
-        """What the partner and the observer may know about this persona."""
-        return {
-            "name": self.name,
-            "age": self.age,
-            "gender": self.gender,
-            "occupation": self.occupation,
-            "background": self.background,
-        }
-
 
 class Scenario(Record):
     """A social situation for two participants; `participants[0]` (the inquirer) speaks first."""

@@ -16,8 +16,15 @@ from agents.models.fake import PuppetBackend
 from agents.prompts import Prompts
 from agents.records import Attribute, Persona, Scenario, Visibility
 from agents.seeds import SeedError, _env_texts, sotopia_seeds, split_viewers
-from graphs.adapt import AdaptationError, AdaptContext, adapt_messages, adapt_seeds, adapted_id, answer_schema, \
-    validate_adaptation
+from graphs.adapt import (
+    AdaptationError,
+    AdaptContext,
+    adapt_messages,
+    adapt_seeds,
+    adapted_id,
+    answer_schema,
+    validate_adaptation,
+)
 from graphs.episode import EpisodeContext, speaker_view
 from graphs.scenarios import ScenarioFileError, read_scenarios
 from graphs.store import Store
@@ -75,15 +82,16 @@ def test_attributes_round_trip_through_json_and_the_store(tmp_path, marked):
 
 
 def test_scenarios_without_attributes_serialise_as_before():
-    line = EXAMPLE.parent.parent.parent.joinpath("tests", "fixtures", "no_attributes.jsonl").read_text().strip()
-    [scenario] = read_scenarios(ROOT / "tests" / "fixtures" / "no_attributes.jsonl")
+    path = ROOT / "tests" / "fixtures" / "no_attributes.jsonl"
+    line = path.read_text().strip()
+    [scenario] = read_scenarios(path)
     assert json.loads(scenario.to_json()) == json.loads(line)  # no empty "attributes" or "environment_info" keys
 
 
 @pytest.mark.parametrize(("attributes", "error"), [
     ({"Home Region": {"value": "Osaka", "visibility": "public"}},
-     "field participants.0.attributes: Value error, attribute name 'Home Region': use lower-case letters, digits "
-     "and _, starting with a letter, at most 40 characters (e.g. home_region)"),
+     ("field participants.0.attributes: Value error, attribute name 'Home Region': use lower-case letters, digits "
+      "and _, starting with a letter, at most 40 characters (e.g. home_region)")),
     ({"religion": {"value": "Buddhist", "visibility": "secret"}},
      "field participants.0.attributes.religion.visibility: Input should be 'public' or 'private'"),
     ({"religion": {"value": "x" * 201, "visibility": "private"}},
@@ -178,7 +186,7 @@ def test_adaptation_asks_for_the_attributes_and_keeps_fixed_ones(tmp_path, marke
     assert '"attributes": {"faith": "...", "home_region": "..."}' in request  # the answer's shape
     assert "These facts about Li Wei stay as they are: siblings: 4242." in request
     schema = answer_schema(ctx)
-    first, second = schema["properties"]["participants"]["prefixItems"]
+    first, _ = schema["properties"]["participants"]["prefixItems"]
     assert first["properties"]["attributes"]["required"] == ["faith", "home_region"]
     assert first["properties"]["attributes"]["additionalProperties"] is False
     assert "attributes" in first["required"]
@@ -325,6 +333,6 @@ def test_worked_example_runs_end_to_end_and_every_prompt_keeps_religion_private(
 def test_worked_example_is_one_valid_bash_command():
     import subprocess
 
-    assert subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True).returncode == 0
+    assert subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, check=False).returncode == 0
     readme = (ROOT / "README.md").read_text()
     assert "bash docs/examples/attributes.sh" in readme

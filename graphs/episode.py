@@ -102,8 +102,7 @@ def speaker_view(ctx: EpisodeContext, me: int, turns: list[Turn]) -> list[Messag
     persona, partner = ctx.scenario.participants[me], ctx.scenario.participants[1 - me]
     system = ctx.prompts.render(ctx.system_template, scenario=ctx.scenario, culture=ctx.culture, me=persona,
                                 partner=partner)
-    system = ctx.prompts.with_attributes(system, "roleplay",
-                                         [(p, i == me) for i, p in enumerate(ctx.scenario.participants)])
+    system = ctx.prompts.with_attributes(system, "roleplay", [(persona, True), (partner, False)])
     messages: list[Message] = [{"role": "system", "content": system.text}]
     for t in turns:
         line = turn_line(t, ctx.model.structured)

@@ -114,10 +114,9 @@ def render_dialogue(system: str, turns: list[Turn] | tuple[Turn, ...], assistant
 
 def dialogue_system(prompts: Prompts, ep: Episode, culture: Culture, persona: int) -> Rendered:
     """A persona's system turn; its attributes follow the role-play's visibility (its own all, the partner's public)."""
-    system = prompts.render("sft_dialogue_system", scenario=ep.scenario, culture=culture,
-                            me=ep.scenario.participants[persona])
-    return prompts.with_attributes(system, "sft_dialogue",
-                                   [(p, i == persona) for i, p in enumerate(ep.scenario.participants)])
+    me, partner = ep.scenario.participants[persona], ep.scenario.participants[1 - persona]
+    system = prompts.render("sft_dialogue_system", scenario=ep.scenario, culture=culture, me=me)
+    return prompts.with_attributes(system, "sft_dialogue", [(me, True), (partner, False)])
 
 
 def dialogue_messages(prompts: Prompts, ep: Episode, culture: Culture, persona: int,

@@ -80,7 +80,7 @@ class Prompts:
 
     def with_attributes(self, rendered: Rendered, reader: str, people: list[tuple[Persona, bool]]) -> Rendered:
         """`rendered` followed by the attributes `reader` may see of `people` ((persona, whether the prompt speaks
-        to that persona), in participant order): all of its own, the public ones of the others.
+        to that persona), in the order given): all of its own, the public ones of the others.
 
         Unchanged when there is nothing to show (or the template renders nothing); otherwise the version
         becomes `<version>,persona_attributes:<its version>`."""

@@ -336,3 +336,27 @@ def test_worked_example_is_one_valid_bash_command():
     assert subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, check=False).returncode == 0
     readme = (ROOT / "README.md").read_text()
     assert "bash docs/examples/attributes.sh" in readme
+
+
+def test_persona_cards_show_attributes_with_private_ones_marked_and_the_environment_text(tmp_path, marked):
+    from graphs import view
+
+    store = Store(tmp_path / "s.db")
+    scenario = marked.model_copy(update={"environment_info": "They have 1 common friends: Alvin."})
+    store.put_scenario(scenario, seed_id=None)
+    store.begin_episode({"id": "ep-1", "scenario_id": scenario.id, "culture": "CHN", "model": "puppet", "seed": 0,
+                         "sample": 0, "max_turns": 1, "run_id": None, "git": None, "prompt_versions": "{}",
+                         "config": "{}"})
+    store.finish_episode("ep-1", "done", prompt_corpus.transcript(scenario), [], ended_by="max_turns",
+                         intent_version=None)
+    view.build_site(tmp_path / "s.db", tmp_path / "site")
+    page = (tmp_path / "site" / "episodes" / "ep-1.html").read_text()
+    cards = re.findall(r'data-attribute="(\w+)" data-visibility="(\w+)">([^\n]+)\n(.*?)</dd>', page)
+    assert [(n, v, value) for n, v, value, _ in cards] == [
+        ("faith", "private", "P0-PRIVATE-FAITH"), ("home_region", "public", "P0-PUBLIC-REGION"),
+        ("siblings", "public", "4242"), ("faith", "private", "P1-PRIVATE-FAITH"),
+        ("home_region", "public", "P1-PUBLIC-REGION"), ("savings", "private", "9191.5")]
+    assert ['>private<' in marks for *_, marks in cards] == [True, False, False, True, False, True]
+    assert ['>fixed<' in marks for *_, marks in cards] == [False, False, True, False, False, True]
+    assert "Shown to no participant, observer or judge (kept from the source):\n  They have 1 common friends: Alvin." \
+        in page

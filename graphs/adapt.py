@@ -8,10 +8,11 @@ One graph per seed:
 
     START -> adapt -> validate -> (adapt | END)
 
-`adapt` asks the model to rewrite names, occupations, setting, goals and secrets for the culture, in
-the shape `agents.answers.AdaptedScenario` (enforced by the decoder unless `--unstructured`, where the
-JSON is pulled out of whatever the model wrapped it in); `validate` checks the answer against that
-shape, the Scenario record and the seed (same structure, new names). A failed check goes back to the
+`adapt` asks the model to rewrite names, occupations, setting, goals, secrets and the values of persona
+attributes for the culture, in the shape `agents.answers.AdaptedScenario` (enforced by the decoder unless
+`--unstructured`, where the JSON is pulled out of whatever the model wrapped it in); attributes marked
+`fixed` are copied, not asked for. `validate` checks the answer against that shape, the Scenario record and
+the seed (same structure, every attribute with its visibility, new names). A failed check goes back to the
 model with the error, at most `max_attempts` times in all. A seed that never validates is stored as
 `failed` with its reason; rerunning the command skips seeds already adapted and retries the failed ones.
 

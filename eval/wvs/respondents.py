@@ -20,6 +20,7 @@ for trying the pipeline without the real data.
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,19 +124,20 @@ class RespondentFile:
                 reader = csv.reader(fh, delimiter=";" if head.count(";") > head.count(",") else ",")
                 header = [h.strip() for h in next(reader, [])]
                 col = self._columns(header)
-                seen: dict[tuple[str, str], tuple[int, list[str]]] = {}  # (country, interview) -> (line, cells)
+                # (country, interview) -> (line, digest of the cells): the official file has ~100k rows of ~600 cells
+                seen: dict[tuple[str, str], tuple[int, bytes]] = {}
                 for row in reader:
                     lineno = reader.line_num
-                    if not any(cell.strip() for cell in row):
+                    if not "".join(row).strip():
                         continue
                     if len(row) != len(header):
                         raise WVSError(f"{self.path}: line {lineno}: {len(row)} cells, the header has {len(header)}")
                     alpha3 = self._country_of(row, col, lineno)
-                    cells = [cell.strip() for cell in row]
                     if "D_INTERVIEW" in col:
-                        key = (alpha3, cells[col["D_INTERVIEW"]])
+                        key = (alpha3, row[col["D_INTERVIEW"]].strip())
                         if not key[1]:
                             raise WVSError(f"{self.path}: line {lineno}: column D_INTERVIEW: empty")
+                        cells = hashlib.blake2b("\x1f".join(row).encode(), digest_size=16).digest()
                         if key in seen:
                             first, before = seen[key]
                             if before != cells:
@@ -189,6 +191,11 @@ class RespondentFile:
 
     def _code(self, row: list[str], col: dict[str, int], name: str, lineno: int) -> int | None:
         """A whole-number code (`3` or `3.0`), None where empty, absent or negative (WVS missing codes)."""
+        try:  # the common case, an integer cell, without the float checks
+            code = int(row[col[name]]) if name in col else None
+            return code if code is None or code >= 0 else None
+        except ValueError:
+            pass
         value = self._number(row, col, name, lineno)
         if value is None:
             return None

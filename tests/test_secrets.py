@@ -302,3 +302,25 @@ def test_a_pickled_weights_file_is_refused_without_running_it(tiny_model_dir, tm
         load_hf(str(folder))
     assert "weights_only" in str(exc.value) or "Unpickl" in type(exc.value).__name__ + str(exc.value)
     assert not marker.exists()
+
+
+def test_the_managed_llama_server_is_not_sent_the_users_key(tmp_path, monkeypatch):
+    """OPENAI_API_KEY is meant for the endpoint the user names; the llama-server clca starts takes no key."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from agents.answers import TurnAnswer
+    from agents.models import GenerationParams
+    from agents.models import llama_server
+
+    monkeypatch.setenv("OPENAI_API_KEY", PLANTED)
+    server = PuppetServer()
+    monkeypatch.setattr(llama_server, "shared_server", lambda *a, **k: SimpleNamespace(base_url=server.url, slots=2))
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    try:
+        model = load_model(f"gguf:{tmp_path / 'm.gguf'}", max_batch=1)
+        asyncio.run(model.aanswer([{"role": "user", "content": "Turn #1"}], TurnAnswer, task="roleplay",
+                                  params=GenerationParams(max_new_tokens=20)))
+    finally:
+        server.close()
+    assert len(server.auth) == 2 and set(server.auth) == {"Bearer EMPTY"}  # the self-test and the answer

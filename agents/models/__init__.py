@@ -96,7 +96,9 @@ def _managed(gguf: Path, spec: str, slots: int, log_dir: Path):
         raise ModelSpecError(f"model spec {spec!r}: no GGUF file at {gguf}")
     # Three slots an episode in flight: its inquirer's, responder's and observer's prompts each keep one.
     server = shared_server(gguf, slots=3 * slots, log_dir=log_dir)
-    backend = OpenAIBackend(gguf.stem, server.base_url, max_in_flight=server.slots, slots=server.slots)
+    # The server is ours and takes no key: the user's OPENAI_API_KEY (meant for some provider) is not sent to it.
+    backend = OpenAIBackend(gguf.stem, server.base_url, max_in_flight=server.slots, slots=server.slots,
+                            api_key="EMPTY")
     backend.name = spec
     return backend
 

@@ -40,10 +40,12 @@ class OpenAIBackend:
     With `slots` (a llama-server this process manages), requests that share a `cache_key` are pinned to
     one slot (`id_slot`), the least recently used slot going to a new key, so an episode's inquirer,
     responder and observer prompts each stay where they were processed.
+    The key is `api_key` if given, else OPENAI_API_KEY from the environment; a spec or URL holding one is
+    refused (`refuse_credentials`), as the backend's name is stored with every run.
     """
 
     def __init__(self, model: str, base_url: str, max_in_flight: int = 8, timeout_s: float = 600.0,
-                 extra_body: dict | None = None, slots: int | None = None):
+                 extra_body: dict | None = None, slots: int | None = None, api_key: str | None = None):
         try:
             import httpx
             import openai
@@ -51,6 +53,7 @@ class OpenAIBackend:
             raise ModelSpecError("model spec 'openai:...' needs the openai and httpx packages (core dependencies of clca)") from exc
         refuse_credentials(f"{model}@{base_url}")  # the name goes into every stored run
         self.name = f"openai:{model}@{base_url}"
+        self._api_key = api_key  # None: OPENAI_API_KEY, read from the environment when a client is made
         self.model, self.base_url = model, base_url.rstrip("/")
         self.max_in_flight, self.timeout_s = max_in_flight, timeout_s
         self.extra_body = dict(extra_body or {})
@@ -72,7 +75,8 @@ class OpenAIBackend:
             http = httpx.AsyncClient(limits=httpx.Limits(max_connections=self.max_in_flight,
                                                          max_keepalive_connections=self.max_in_flight),
                                      timeout=self.timeout_s)
-            client = openai.AsyncOpenAI(base_url=self.base_url, api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"),
+            api_key = self._api_key or os.environ.get("OPENAI_API_KEY", "EMPTY")
+            client = openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key,
                                         max_retries=0, http_client=http)
             self._clients[key] = (client, asyncio.Semaphore(self.max_in_flight))
         return self._clients[key]

@@ -277,3 +277,64 @@ def test_wvs_generate_reader_rows_are_distributions_over_options_and_invalid(rep
     for item, ans in zip(ITEMS[:2], answers):
         assert ans.rows.shape == (2, len(item.codes) + 1) and (ans.rows.sum(axis=1) == 1).all()
         assert all(code in (*item.codes, INVALID) for code in ans.codes)
+
+
+@pytest.fixture(scope="module")
+def simulated_store(tmp_path_factory):
+    """Two puppet episodes (CHN seeds), to judge; copied per example."""
+    import asyncio
+
+    from agents.cultures import load_culture
+    from agents.models import load_model
+    from agents.prompts import Prompts
+    from agents.seeds import sotopia_seeds
+    from graphs.simulate import plan_episodes, simulate
+    from graphs.store import Store
+
+    path = tmp_path_factory.mktemp("judged") / "s.db"
+    store = Store(path)
+    seeds = list(sotopia_seeds())[:2]
+    for seed in seeds:
+        store.put_scenario(seed, seed_id=seed.id)
+    plan = plan_episodes(seeds, "CHN", "puppet", 0, 2, 1)
+    asyncio.run(simulate(store, plan, culture=load_culture("CHN"), model=load_model("puppet"), prompts=Prompts(),
+                         max_turns=2, concurrency=1, seed=0, run_id="s", config={}, progress=False))
+    return path
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(replies=st.lists(REPLY_TEXT | st.sampled_from(['{"quality": "good", "confidence": "confident"}',
+                                                      '{"alignment": "aligned", "confidence": "not sure"}',
+                                                      '{"critique": "", "label": "bad", "confidence": "confident"}',
+                                                      "QUALITY: good\nCONFIDENCE: confident"]),
+                        min_size=1, max_size=6), structured=st.booleans())
+def test_judging_arbitrary_replies_stores_every_judgement_with_invalid_ones_marked(tmp_path_factory, simulated_store,
+                                                                                  replies, structured):
+    import asyncio
+    import itertools
+    import sqlite3
+
+    from agents.cultures import load_culture
+    from agents.models import Model, ScriptedBackend
+    from agents.prompts import Prompts
+    from graphs.judge import judge_episodes, judgeable_episodes
+    from graphs.store import Store
+
+    path = tmp_path_factory.mktemp("judge") / "s.db"
+    with sqlite3.connect(simulated_store) as source, sqlite3.connect(path) as copy:
+        source.backup(copy)  # the store is in WAL mode: a file copy could miss the latest writes
+    store = Store(path)
+    cycle = itertools.cycle(replies)
+    model = Model(ScriptedBackend(lambda messages, task: next(cycle)), "judge-fuzz", structured=structured)
+    episodes = judgeable_episodes(store, "CHN")
+    assert len(episodes) == 2
+    counts = asyncio.run(judge_episodes(store, episodes, culture=load_culture("CHN"), model=model, prompts=Prompts(),
+                                        run_id="j", concurrency=1, sotopia=True, progress=False))
+    assert counts == {"skipped": 0, "judged": len(episodes), "failed": 0}
+    for episode in episodes:
+        rows = store.judgements(episode["id"], "judge-fuzz")
+        assert {"quality", "culture", "meta"} <= {r["aspect"] for r in rows}
+        for row in rows:
+            assert row["valid"] in (0, 1) and (row["valid"] == 1) == (row["label"] is not None or
+                                                                     row["score"] is not None)

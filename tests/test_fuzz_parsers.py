@@ -185,7 +185,8 @@ def test_found_adaptation_case_is_an_adaptation_error(raw):
     """Found by fuzzing: json's ValueError (digit limit) and RecursionError escaped `extract_json`."""
     from graphs.adapt import AdaptationError, extract_json
 
-    with pytest.raises(AdaptationError, match=r"^the answer is not valid JSON \(a number too long or nesting too deep\)$"):
+    with pytest.raises(AdaptationError, match=r"^the answer is not valid JSON \(a number too long or nesting too "
+                                              r"deep\)$"):
         extract_json(raw)
 
 

@@ -163,7 +163,8 @@ def test_a_planted_key_is_sent_to_the_endpoint_and_never_written_anywhere(tmp_pa
         server.close()
     sft.main(["--model_name_or_path", tiny_model_dir, "--dataset_name", str(data), "--output_dir",
               str(tmp_path / "adapter"), "--max_steps", "1", "--per_device_train_batch_size", "2",
-              "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj", "--save_steps", "1", "--disable_tqdm", "true"])
+              "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj", "--save_steps", "1",
+              "--disable_tqdm", "true"])
 
     assert server.auth and set(server.auth) == {f"Bearer {key}"}  # the key was used...
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
@@ -270,7 +271,8 @@ def source_files(*suffixes: str) -> list[Path]:
 
 UNSAFE = re.compile(r"\bimport pickle\b|\bpickle\.loads?\(|\bcloudpickle\b|\bdill\b|\bjoblib\b|\bshelve\b|"
                     r"\bmarshal\.loads?\(|yaml\.load\(|yaml\.unsafe_load|yaml\.full_load|allow_pickle\s*=\s*True|"
-                    r"weights_only\s*=\s*False|trust_remote_code\s*=\s*True|np\.load\(|torch\.load\((?![^)]*weights_only=True)")
+                    r"weights_only\s*=\s*False|trust_remote_code\s*=\s*True|np\.load\("
+                    r"|torch\.load\((?![^)]*weights_only=True)")
 
 
 def test_no_source_unpickles_or_runs_remote_code():

@@ -191,7 +191,8 @@ def parse(parser: trl.TrlParser, argv: Iterable[str] | None) -> tuple:
         _refuse_env_secrets(path)
     for arg in argv:
         if arg.lstrip("-").replace("-", "_").split("=")[0] in SECRET_OPTIONS:
-            sys.exit(f"error: {arg.split('=')[0]}: secrets come from the environment (HF_TOKEN), not from the command line")
+            sys.exit(f"error: {arg.split('=')[0]}: secrets come from the environment (HF_TOKEN), "
+                     "not from the command line")
     try:
         return parser.parse_args_and_config(argv)
     except yaml.YAMLError as exc:

@@ -167,7 +167,8 @@ class RespondentFile:
         col: dict[str, int] = {}
         for i, name in enumerate(header):
             if name in col and name:
-                raise WVSError(f"{self.path}: line 1: column {name} appears twice (columns {col[name] + 1} and {i + 1})")
+                raise WVSError(f"{self.path}: line 1: column {name} appears twice "
+                               f"(columns {col[name] + 1} and {i + 1})")
             col[name] = i
         if "B_COUNTRY_ALPHA" not in col and "B_COUNTRY" not in col:
             raise WVSError(f"{self.path}: line 1: no B_COUNTRY or B_COUNTRY_ALPHA column")

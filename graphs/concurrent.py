@@ -103,10 +103,12 @@ def build_batch_graph(stage: Stage, state_schema: type, input_schema: type, cont
             planned = await stage.plan(batch)
         except stage.errors as exc:
             return {"error": failure_text(exc, with_type=False)}
+        if batch is not runtime.context:
+            _live[planned["run_id"]] = batch
         get_stream_writer()({"event": "planned", "stage": stage.name, "run_id": planned["run_id"],
                              "planned": planned["planned"], "skipped": planned["skipped"], "of": len(planned["todo"])})
-        request_json = _request_json(request)
-        todo = [{"item": item, "run_id": planned["run_id"], "request": request_json, "of": len(planned["todo"])}
+        as_json = request_json(request)
+        todo = [{"item": item, "run_id": planned["run_id"], "request": as_json, "of": len(planned["todo"])}
                 for item in planned["todo"]]
         return {**planned, "todo": todo, "started": time.time()}
 
@@ -118,15 +120,20 @@ def build_batch_graph(stage: Stage, state_schema: type, input_schema: type, cont
     async def item(payload: dict, runtime) -> dict:
         request = stage.request(payload["request"])
         run = _progress(payload["run_id"], request.concurrency, payload["of"])
-        async with run.gate:
-            batch = await _batch(stage, request, runtime.context, payload["run_id"])
-            row = await stage.work(batch, payload["item"], payload["run_id"])
+        try:
+            async with run.gate:
+                batch = await _batch(stage, request, runtime.context, payload["run_id"])
+                row = await stage.work(batch, payload["item"], payload["run_id"])
+        except asyncio.CancelledError:
+            _live.pop(payload["run_id"], None)
+            raise
         get_stream_writer()({"event": stage.name, **run.add(row)})
         return {"results": [row]}
 
     async def summarize(state: dict, runtime) -> dict:
         batch = await _batch(stage, stage.request(state), runtime.context, state["run_id"])
         summary = await stage.summarize(batch, state)
+        _live.pop(state["run_id"], None)
         get_stream_writer()({"event": "summary", "stage": stage.name, "run_id": state["run_id"], **summary})
         return {"summary": summary}
 
@@ -154,6 +161,8 @@ async def run_batch(graph, values: dict, *, context, desc: str, unit: str, progr
                 bar.reset(total=part["of"])
             elif "finished" in part:
                 bar.update(1)
+                if part.get("error"):
+                    tqdm.write(f"{part['id']}: {part['error']}")
     finally:
         bar.close()
         await close_checkpointers()
@@ -310,7 +319,8 @@ class _Progress:
         self.statuses[row["status"]] += 1
         self.turns += row.get("turns") or 0
         self.usage.update(row.get("usage") or {})
-        return {"id": row["id"], "status": row["status"], "turns": row.get("turns"), "tokens": _tokens(row),
+        return {"id": row["id"], "status": row["status"], "error": row.get("error"), "turns": row.get("turns"),
+                "tokens": _tokens(row),
                 "finished": sum(self.statuses.values()), "of": self.of, "statuses": dict(self.statuses),
                 "total_turns": self.turns, "total_tokens": _tokens({"usage": self.usage})}
 
@@ -331,18 +341,24 @@ def _tokens(row: dict) -> int:
     return usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
 
 
+# run id -> the resolved batch of a served run in progress, so its items need not resolve it again
+_live: dict[str, Any] = {}
+
+
 async def _batch(stage: Stage, request, context, run_id: str | None):
-    """The run context a command line gave, or the request resolved for a served run (in a worker
-    thread: it reads files and may load a model)."""
+    """The run context a command line gave; for a served run, its batch as `plan` resolved it, or the
+    request resolved afresh (in a worker thread: it reads files and may load a model)."""
     if context is not None and not isinstance(context, dict):
         return context
+    if run_id in _live:
+        return _live[run_id]
     config = get_config()
     origin = {"served": {k: config.get("metadata", {}).get(k) for k in ("graph_id", "assistant_id", "thread_id",
                                                                           "run_id")}}
     return await asyncio.to_thread(stage.resolve, request, True, origin)
 
 
-def _request_json(request) -> dict:
+def request_json(request) -> dict:
     from dataclasses import asdict
 
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(request).items()}

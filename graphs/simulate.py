@@ -42,6 +42,7 @@ from graphs.concurrent import (
     failure_text,
     on_store,
     parse_request,
+    request_json,
     run_batch,
     shared_culture,
     shared_model,
@@ -162,7 +163,7 @@ def resolve(request: SimulateRequest, served: bool = False, origin: dict | None 
     else:
         model = load(r, db)
     origin = origin or {}
-    config = {**json.loads(json.dumps(_as_json(r))), **origin}
+    config = {**json.loads(json.dumps(request_json(r))), **origin}
     command = origin.get("command") or "served simulate: " + json.dumps(origin.get("served", {}), sort_keys=True)
     return Simulation(request=r, culture=culture, prompts=prompts, model=model, db=db, config=config, command=command,
                       speaker_params=replace(EpisodeContext.speaker_params, max_new_tokens=r.max_new_tokens,
@@ -307,7 +308,7 @@ async def simulate(store: Store, plan: list[PlannedEpisode], *, culture: Culture
     sim = Simulation(request=request, culture=culture, prompts=prompts, model=model, db=store.path,
                      speaker_params=speaker_params, config=config, command="graphs.simulate.simulate",
                      plan=tuple(plan), run_id=run_id)
-    final = await run_batch(GRAPH, _as_json(request), context=sim, desc=f"episodes {culture.code}", unit="ep",
+    final = await run_batch(GRAPH, request_json(request), context=sim, desc=f"episodes {culture.code}", unit="ep",
                             progress=progress)
     this_run = final["summary"]["this_run"]
     return {k: this_run[k] for k in ("skipped", "done", "invalid", "failed")}
@@ -327,12 +328,6 @@ def summarize(store: Store, ids: list[str], counts: dict, usage: dict, wall_s: f
             "usage": {k: usage.get(k, 0) for k in ("calls", "prompt_tokens", "completion_tokens", "invalid_answers",
                                                    "retries")},
             "wall_s": round(wall_s, 1)}
-
-
-def _as_json(request: SimulateRequest) -> dict:
-    from dataclasses import asdict
-
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(request).items()}
 
 
 def _share(part: int, whole: int) -> str:
@@ -373,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
             r.model, max_batch=r.concurrency, structured=not r.unstructured, log_dir=db.parent))
     except (BatchInputError, CultureError, PromptError, ModelSpecError) as exc:
         sys.exit(f"error: {exc}")
-    final = asyncio.run(run_batch(GRAPH, _as_json(request), context=sim, desc=f"episodes {sim.culture.code}",
+    final = asyncio.run(run_batch(GRAPH, request_json(request), context=sim, desc=f"episodes {sim.culture.code}",
                                   unit="ep", progress=not args.no_progress))
     if final.get("error"):
         sys.exit(f"error: {final['error']}")

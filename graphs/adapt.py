@@ -32,9 +32,10 @@ import re
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, Callable, TypedDict
+from typing import Annotated, Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
@@ -334,7 +335,7 @@ class Adaptation:
     config: dict
     command: str
     run_id: str | None = None  # a run the caller recorded; else the graph records one
-    git: str | None = field(default_factory=git_commit)
+    git: str | None = None  # the commit the run's code came from
 
 
 def resolve(request: AdaptRequest, served: bool = False, origin: dict | None = None, *,
@@ -365,7 +366,8 @@ def resolve(request: AdaptRequest, served: bool = False, origin: dict | None = N
     params = GenerationParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
                               prefix=AdaptContext.params.prefix)
     return Adaptation(request=r, culture=culture, prompts=prompts, model=model, db=db, chosen=tuple(chosen),
-                      params=params, name_pool=name_pool, config={**request_json(r), **origin}, command=command)
+                      params=params, name_pool=name_pool, config={**request_json(r), **origin}, command=command,
+                      git=git_commit())
 
 
 async def _plan(a: Adaptation) -> dict:
@@ -449,7 +451,8 @@ async def adapt_seeds(store: Store, seeds: list[Scenario], *, culture: Culture, 
     request = AdaptRequest(culture=culture.code, model=model.spec, db=str(store.path), max_attempts=max_attempts,
                            concurrency=concurrency, seed=seed)
     a = Adaptation(request=request, culture=culture, prompts=prompts, model=model, db=store.path, chosen=tuple(seeds),
-                   params=params, name_pool=name_pool, config={}, command="graphs.adapt.adapt_seeds", run_id=run_id)
+                   params=params, name_pool=name_pool, config={}, command="graphs.adapt.adapt_seeds", run_id=run_id,
+                   git=git_commit())
     final = await run_batch(BATCH, request_json(request), context=a, desc=f"adapt {culture.code}", unit="scenario",
                             progress=progress)
     return {k: final["summary"][k] for k in ("skipped", "adapted", "failed", "attempts", "first_try")}

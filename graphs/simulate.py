@@ -212,14 +212,19 @@ async def run_episode(sim: Simulation, planned: PlannedEpisode, ctx: EpisodeCont
                        intent_version=None, usage=ctx.model.usage.totals(), error=failure_text(exc))
         return "failed", 0
     status = "invalid" if state.get("ended_by") == "invalid" else "done"
-    await on_store(
-        sim.db, Store.finish_episode, planned.id, status,
-        [Turn.model_validate(t) for t in state["turns"]],
-        [Intent.model_validate(i) for i in state.get("intents", [])],
-        ended_by=state.get("ended_by"), intent_version=ctx.prompts.version("observer_turn"),
-        usage=ctx.model.usage.totals(),
-    )
-    await saver.adelete_thread(planned.id)
+
+    async def persist() -> None:
+        await on_store(
+            sim.db, Store.finish_episode, planned.id, status,
+            [Turn.model_validate(t) for t in state["turns"]],
+            [Intent.model_validate(i) for i in state.get("intents", [])],
+            ended_by=state.get("ended_by"), intent_version=ctx.prompts.version("observer_turn"),
+            usage=ctx.model.usage.totals(),
+        )
+        await saver.adelete_thread(planned.id)
+
+    # A cancelled run still finishes storing an episode that has ended, and drops its checkpoints.
+    await asyncio.shield(persist())
     return status, len(state["turns"])
 
 

@@ -175,9 +175,14 @@ def parse_request(cls: type, values: dict):
 
     names = {f.name for f in fields(cls)}
     try:
-        return TypeAdapter(cls).validate_python({k: v for k, v in values.items() if k in names and v is not None})
+        return _adapter(cls).validate_python({k: v for k, v in values.items() if k in names and v is not None})
     except ValidationError as exc:
         raise BatchInputError(first_error(exc, more=False)) from None
+
+
+@functools.cache
+def _adapter(cls: type) -> TypeAdapter:
+    return TypeAdapter(cls)
 
 
 def failure_text(exc: BaseException, with_type: bool = True) -> str:

@@ -381,3 +381,17 @@ def test_langgraph_dev_adapt_then_simulate_then_judge_batches(server):
     assert db.execute("select count(distinct episode_id) from judgements").fetchone()[0] == 3
     commands = [c for (c,) in db.execute("select command from runs order by started")]
     assert [c.split(":")[0] for c in commands] == ["served adapt", "served simulate", "served judge", "served judge"]
+
+
+def test_readme_serving_script_runs(server):
+    """The README's sdk script, as written, against this server (run from the serving root)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Serving"):]
+    script = section[section.index("```python\n") + len("```python\n"):section.index("```\n", section.index("```python"))]
+    assert "client.runs.create(" in script and "client.runs.cancel(" in script and 'stream_mode="custom"' in script
+    done = subprocess.run([sys.executable, "-c", script], cwd=server.root, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CLCA_SERVER": server.url})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("1/6 ep-") and "done: 6 turns" in lines[0]
+    assert "'failed': 0" in lines[-3] and lines[-2] == "[('done', 6)]"

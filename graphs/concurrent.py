@@ -152,19 +152,20 @@ async def run_batch(graph, values: dict, *, context, desc: str, unit: str, progr
     """Run a batch graph to its end from a command line: a progress bar fed by its progress events;
     returns the final state. Closes the checkpoint connections this event loop opened."""
     final: dict = {}
-    bar = tqdm(total=0, desc=desc, unit=unit, disable=not progress)
+    bar = None
     try:
         async for mode, part in graph.astream(values, context=context, stream_mode=["custom", "values"]):
             if mode == "values":
                 final = part
             elif part.get("event") == "planned":
-                bar.reset(total=part["of"])
-            elif "finished" in part:
+                bar = tqdm(total=part["of"], desc=desc, unit=unit, disable=not progress)
+            elif "finished" in part and bar is not None:
                 bar.update(1)
                 if part.get("error"):
-                    tqdm.write(f"{part['id']}: {part['error']}")
+                    bar.write(f"{part['id']}: {part['error']}")
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         await close_checkpointers()
     return final
 

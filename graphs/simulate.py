@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import random
 import sys
@@ -122,6 +123,12 @@ class Simulation:
     plan: tuple[PlannedEpisode, ...] | None = None  # a caller's own plan; else planned from the request
     run_id: str | None = None  # a run the caller recorded; else the graph records one
     git: str | None = field(default_factory=git_commit)
+
+    @functools.cached_property
+    def stored(self) -> dict:
+        """The provenance columns every episode of the batch shares."""
+        return {"prompt_versions": json.dumps(self.prompts.versions(PROMPT_NAMES), sort_keys=True), "git": self.git,
+                "config": json.dumps(self.config, sort_keys=True)}
 
 
 def plan_episodes(scenarios: list[Scenario], culture: str, model: str, seed: int, episodes: int,
@@ -257,15 +264,13 @@ async def _plan(sim: Simulation) -> dict:
 async def _episode(sim: Simulation, item: dict, run_id: str) -> dict:
     r = sim.request
     planned = PlannedEpisode(item["id"], Scenario.model_validate(item["scenario"]), item["sample"])
-    versions = sim.prompts.versions(PROMPT_NAMES)
     with counted(sim.model) as model:
         ctx = EpisodeContext(scenario=planned.scenario, culture=sim.culture, model=model, prompts=sim.prompts,
                              max_turns=r.max_turns, speaker_params=sim.speaker_params,
                              seed=turn_seed(r.seed, planned.sample, planned.id))
         row = {"id": planned.id, "scenario_id": planned.scenario.id, "culture": sim.culture.code,
                "model": sim.model.spec, "seed": r.seed, "sample": planned.sample, "max_turns": r.max_turns,
-               "run_id": run_id, "prompt_versions": json.dumps(versions, sort_keys=True),
-               "git": sim.git, "config": json.dumps(sim.config, sort_keys=True)}
+               "run_id": run_id, **sim.stored}
         status, turns = await run_episode(sim, planned, ctx, row)
     return {"id": planned.id, "status": status, "turns": turns, "usage": model.usage.totals()}
 

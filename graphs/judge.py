@@ -255,6 +255,7 @@ def judge_messages(ctx: JudgeContext, aspect: str, **variables) -> tuple[list[Me
     """(messages for one judge call, the prompt version stored with its answer)."""
     system = ctx.prompts.render("judge_system", scenario=ctx.scenario, culture=ctx.culture,
                                 transcript=list(ctx.turns))
+    system = ctx.prompts.with_attributes(system, "judge", [(p, False) for p in ctx.scenario.participants])
     shape = SotopiaAnswer if aspect == "sotopia" else SHAPES[aspect]
     user = ctx.prompts.render(f"judge_{aspect}", culture=ctx.culture, answer_format=answer_format_for(ctx.model, shape),
                               **variables)
@@ -401,7 +402,9 @@ def resolve(request: JudgeRequest, served: bool = False, origin: dict | None = N
     db, prompts_dir, cultures_dir = path(r.db, "db"), path(r.prompts, "prompts"), path(r.cultures_dir, "cultures_dir")
     culture = load_culture(r.culture, cultures_dir)
     names = tuple(PROMPT_NAMES + ["judge_sotopia"] * r.sotopia)
-    prompts = shared_prompts(str(prompts_dir) if prompts_dir else None, names) if served else Prompts(prompts_dir)
+    # persona_attributes: read now too, as judged scenarios with attributes render it
+    prompts = shared_prompts(str(prompts_dir) if prompts_dir else None, (*names, "persona_attributes")) if served \
+        else Prompts(prompts_dir)
     versions = prompts.versions(list(names))  # fails before a model loads
     if not judgeable_episodes(Store(db), culture.code):
         raise JudgeError(f"{r.db}: no finished {culture.code} episodes with at least {MIN_UTTERANCES} "

@@ -50,7 +50,15 @@ from graphs.concurrent import (
     shared_prompts,
     under_root,
 )
-from graphs.episode import PROMPT_NAMES, EpisodeContext, build_episode_graph, recursion_limit, turn_seed
+from graphs.episode import (
+    ATTRIBUTE_PROMPT_NAMES,
+    PROMPT_NAMES,
+    EpisodeContext,
+    build_episode_graph,
+    prompt_names,
+    recursion_limit,
+    turn_seed,
+)
 from graphs.store import DEFAULT_DB, FINAL, Store, episode_id, git_commit
 
 EPISODE = build_episode_graph()  # run as a subgraph of the batch graph, on the store's own checkpointer
@@ -127,8 +135,7 @@ class Simulation:
     @functools.cached_property
     def stored(self) -> dict:
         """The provenance columns every episode of the batch shares."""
-        return {"prompt_versions": json.dumps(self.prompts.versions(PROMPT_NAMES), sort_keys=True), "git": self.git,
-                "config": json.dumps(self.config, sort_keys=True)}
+        return {"git": self.git, "config": json.dumps(self.config, sort_keys=True)}
 
 
 def plan_episodes(scenarios: list[Scenario], culture: str, model: str, seed: int, episodes: int,
@@ -158,11 +165,12 @@ def resolve(request: SimulateRequest, served: bool = False, origin: dict | None 
     cultures_dir = under_root(r.cultures_dir, "cultures_dir") if served else r.cultures_dir
     if served:
         culture = shared_culture(r.culture, str(cultures_dir) if cultures_dir else None)
-        prompts = shared_prompts(str(prompts_dir) if prompts_dir else None, tuple(PROMPT_NAMES))
+        prompts = shared_prompts(str(prompts_dir) if prompts_dir else None,
+                                 tuple(PROMPT_NAMES + ATTRIBUTE_PROMPT_NAMES))
     else:
         culture = load_culture(r.culture, cultures_dir)
         prompts = Prompts(prompts_dir)
-        prompts.versions(PROMPT_NAMES)  # fail on a missing template before loading a model
+        prompts.versions(PROMPT_NAMES + ATTRIBUTE_PROMPT_NAMES)  # fail on a missing template before loading a model
     if check_scenarios:
         scenarios_for(r, db)
     if load is None:
@@ -270,7 +278,8 @@ async def _episode(sim: Simulation, item: dict, run_id: str) -> dict:
                              seed=turn_seed(r.seed, planned.sample, planned.id))
         row = {"id": planned.id, "scenario_id": planned.scenario.id, "culture": sim.culture.code,
                "model": sim.model.spec, "seed": r.seed, "sample": planned.sample, "max_turns": r.max_turns,
-               "run_id": run_id, **sim.stored}
+               "run_id": run_id, **sim.stored,
+               "prompt_versions": json.dumps(sim.prompts.versions(prompt_names(planned.scenario)), sort_keys=True)}
         status, turns = await run_episode(sim, planned, ctx, row)
     return {"id": planned.id, "status": status, "turns": turns, "usage": model.usage.totals()}
 

@@ -4,7 +4,8 @@
     python -m graphs.adapt --culture DEU --n 200 --model openai:Qwen2.5-7B@http://127.0.0.1:8000/v1 --concurrency 32
     python -m graphs.adapt --culture JPN --seeds my_seeds.jsonl --model puppet
 
-One graph per seed:
+One graph per seed, fanned out by the batch graph that `langgraph dev` serves as `adapt_batch`
+(`graphs/concurrent.py`: plan -> Send(adapt_seed) x N -> summarize; each result stored as it ends):
 
     START -> adapt -> validate -> (adapt | END)
 

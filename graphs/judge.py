@@ -3,7 +3,8 @@
     python -m graphs.judge --culture CHN --model smollm2
     python -m graphs.judge --culture JPN --model openai:Qwen2.5-72B@http://127.0.0.1:8000/v1 --concurrency 32
 
-Per episode, a small LangGraph graph asks the judge model three questions:
+Per episode, a small LangGraph graph, fanned out by the batch graph that `langgraph dev` serves as
+`judge_batch` (`graphs/concurrent.py`), asks the judge model three questions:
 
     START -> quality --\
     START -> culture ---> meta -> END

@@ -9,6 +9,14 @@ Episodes role-play the culture's scenarios in the store (adapted by `graphs.adap
 Rerunning the same command resumes: finished episodes are skipped, episodes in flight continue from
 their last LangGraph checkpoint, failed ones are retried. Episode ids come from (scenario, culture,
 model, seed, sample), so nothing is stored twice.
+
+The command runs the batch graph that `langgraph dev` serves as `simulate` (`graphs/concurrent.py`):
+
+    START -> plan -> Send(episode) x N -> summarize -> END
+
+`plan` chooses the episodes and skips stored ones; each `episode` node runs the episode graph as a
+subgraph, on the store's checkpointer under the episode's own thread (so a rerun, served or not,
+resumes it), and writes it to the store as soon as it ends.
 """
 
 from __future__ import annotations

@@ -395,3 +395,13 @@ def test_readme_serving_script_runs(server):
     lines = done.stdout.splitlines()
     assert lines[0].startswith("1/6 ep-") and "done: 6 turns" in lines[0]
     assert "'failed': 0" in lines[-3] and lines[-2] == "[('done', 6)]"
+
+
+def test_served_runs_share_one_model_per_spec(monkeypatch, tmp_path):
+    monkeypatch.setenv(SERVE_ROOT_ENV, str(tmp_path))
+    request = simulate_module.SimulateRequest(culture="JPN", model="puppet:0.001", use_seeds=True, db="a.db")
+    first = simulate_module.resolve(request, served=True, origin={})
+    second = simulate_module.resolve(simulate_module.SimulateRequest(culture="DEU", model="puppet:0.001",
+                                                                     use_seeds=True, db="b.db"), served=True)
+    assert first.model is second.model and first.culture.code == "JPN" and second.db == tmp_path / "b.db"
+    assert served_module._model("puppet:0.001") is first.model  # the single-item graphs share it too

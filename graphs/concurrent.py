@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -48,7 +48,7 @@ from graphs.store import Store
 
 # The folder a served run's paths must lie under; the server's working directory when unset.
 SERVE_ROOT_ENV = "CLCA_SERVE_ROOT"
-USAGE_KEYS = ("calls", "prompt_tokens", "completion_tokens", "invalid_answers", "retries")
+USAGE_KEYS = ("calls", "prompt_tokens", "completion_tokens", "invalid_answers", "retries")  # Usage.totals()
 
 
 class BatchInputError(ValueError):
@@ -172,8 +172,6 @@ async def run_batch(graph, values: dict, *, context, desc: str, unit: str, progr
 
 def parse_request(cls: type, values: dict):
     """A stage's request dataclass from input state (other keys ignored), or one-line BatchInputError."""
-    from dataclasses import fields
-
     names = {f.name for f in fields(cls)}
     try:
         return _adapter(cls).validate_python({k: v for k, v in values.items() if k in names and v is not None})
@@ -365,6 +363,5 @@ async def _batch(stage: Stage, request, context, run_id: str | None):
 
 
 def request_json(request) -> dict:
-    from dataclasses import asdict
-
+    """A request dataclass as the JSON a client would send."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(request).items()}

@@ -42,6 +42,7 @@ from agents.prompts import PromptError, Prompts
 from agents.records import Culture, Intent, Scenario, Turn
 from agents.seeds import sotopia_seeds
 from graphs.concurrent import (
+    USAGE_KEYS,
     BatchInputError,
     BatchState,
     Stage,
@@ -352,8 +353,7 @@ def summarize(store: Store, ids: list[str], counts: dict, usage: dict, wall_s: f
         f"select status, count(*) from episodes where id in ({marks}) group by status", ids).fetchall())
     return {"requested": len(ids), "statuses": statuses, "this_run": counts, "turns": turns,
             "valid_turns": valid_turns, "intents": intents, "valid_intents": valid_intents,
-            "usage": {k: usage.get(k, 0) for k in ("calls", "prompt_tokens", "completion_tokens", "invalid_answers",
-                                                   "retries")},
+            "usage": {k: usage.get(k, 0) for k in USAGE_KEYS},
             "wall_s": round(wall_s, 1)}
 
 

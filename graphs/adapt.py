@@ -438,7 +438,7 @@ async def _plan(a: Adaptation) -> dict:
             "todo": [s.model_dump(mode="json") for s in todo]}
 
 
-async def _adapt_one(a: Adaptation, item: dict, run_id: str) -> dict:
+async def _adapt_one(a: Adaptation, item: dict, run_id: str, graph) -> dict:
     """Adapt one seed with the adaptation graph and store the result (adapted, or failed with why)."""
     s = Scenario.model_validate(item)
     sid = adapted_id(a.culture.code, s.id)
@@ -450,7 +450,7 @@ async def _adapt_one(a: Adaptation, item: dict, run_id: str) -> dict:
                            max_attempts=a.request.max_attempts, sample_seed=a.request.seed, params=a.params,
                            name_pool=a.name_pool)
         try:
-            state = await ADAPT.ainvoke({"attempts": []}, {"recursion_limit": recursion_limit(ctx.max_attempts)},
+            state = await graph.ainvoke({"attempts": []}, {"recursion_limit": recursion_limit(ctx.max_attempts)},
                                         context=ctx)
         except PromptError:  # a template that cannot render is the user's to fix, not this seed's failure
             raise
@@ -489,7 +489,7 @@ ADAPT = build_adapt_graph()  # run as a subgraph, once per seed
 STAGE = Stage(name="adapt_seed", request=lambda values: parse_request(AdaptRequest, values),
               resolve=lambda request, served, origin: resolve(request, served, origin), plan=_plan, work=_adapt_one,
               summarize=_summarize,
-              errors=(BatchInputError, CultureError, PromptError, ModelSpecError, ScenarioFileError))
+              errors=(BatchInputError, CultureError, PromptError, ModelSpecError, ScenarioFileError), subgraph=ADAPT)
 
 
 def build_adapt_batch_graph(served: bool = False):

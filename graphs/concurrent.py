@@ -86,9 +86,10 @@ class Stage:
     request: Callable[[dict], Any]  # input state -> validated request (BatchInputError)
     resolve: Callable[..., Any]  # (request, served, origin) -> batch, in a worker thread (one-line errors)
     plan: Callable[[Any], Awaitable[dict]]  # batch -> {"run_id", "planned", "skipped", "todo": [items]}
-    work: Callable[[Any, dict, str], Awaitable[dict]]  # (batch, item, run id) -> result row {"id", "status", ...}
+    work: Callable[..., Awaitable[dict]]  # (batch, item, run id, subgraph) -> result row {"id", "status", ...}
     summarize: Callable[[Any, dict], Awaitable[dict]]  # (batch, final state) -> summary (also stored)
     errors: tuple[type[BaseException], ...]  # what resolving a bad request raises
+    subgraph: Any = None  # the per-item graph `work` runs, so Studio (xray) draws it inside the item node
 
 
 def build_batch_graph(stage: Stage, state_schema: type, input_schema: type, context_schema: type | None):
@@ -123,7 +124,7 @@ def build_batch_graph(stage: Stage, state_schema: type, input_schema: type, cont
         try:
             async with run.gate:
                 batch = await _batch(stage, request, runtime.context, payload["run_id"])
-                row = await stage.work(batch, payload["item"], payload["run_id"])
+                row = await stage.work(batch, payload["item"], payload["run_id"], stage.subgraph)
         except asyncio.CancelledError:
             _live.pop(payload["run_id"], None)
             raise

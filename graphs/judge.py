@@ -432,7 +432,7 @@ async def _plan(j: Judging) -> dict:
             "todo": [{"id": e["id"], "scenario_id": e["scenario_id"]} for e in todo]}
 
 
-async def _judge_one(j: Judging, item: dict, run_id: str) -> dict:
+async def _judge_one(j: Judging, item: dict, run_id: str, graph) -> dict:
     """Judge one episode with the judge graph and store its judgements; a failure stores nothing."""
     scenario, turns = await on_store(j.db, lambda store: (store.scenario(item["scenario_id"]),
                                                           store.turns(item["id"])))
@@ -440,7 +440,7 @@ async def _judge_one(j: Judging, item: dict, run_id: str) -> dict:
         ctx = JudgeContext(scenario=scenario, culture=j.culture, turns=tuple(valid_turns(turns)), model=model,
                            prompts=j.prompts, seed=turn_seed(j.request.seed, 0, item["id"]), params=j.params)
         try:
-            state = await (JUDGE_SOTOPIA if j.request.sotopia else JUDGE).ainvoke({"judgements": []}, context=ctx)
+            state = await (JUDGE_SOTOPIA if j.request.sotopia else graph).ainvoke({"judgements": []}, context=ctx)
         except Exception as exc:  # noqa: BLE001 - counted, reported, retried on rerun; nothing is stored
             return {"id": item["id"], "status": "failed", "usage": model.usage.totals(),
                     "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
@@ -466,7 +466,8 @@ async def _summarize(j: Judging, state: dict) -> dict:
 JUDGE, JUDGE_SOTOPIA = build_judge_graph(), build_judge_graph(sotopia=True)  # run as subgraphs, once per episode
 STAGE = Stage(name="judge_episode", request=lambda values: parse_request(JudgeRequest, values),
               resolve=lambda request, served, origin: resolve(request, served, origin), plan=_plan, work=_judge_one,
-              summarize=_summarize, errors=(JudgeError, BatchInputError, CultureError, PromptError, ModelSpecError))
+              summarize=_summarize, errors=(JudgeError, BatchInputError, CultureError, PromptError, ModelSpecError),
+              subgraph=JUDGE)
 
 
 def build_judge_batch_graph(served: bool = False):

@@ -214,8 +214,11 @@ def scenarios_for(request: SimulateRequest, db: Path) -> list[Scenario]:
     return scenarios
 
 
-async def run_episode(sim: Simulation, planned: PlannedEpisode, ctx: EpisodeContext, row: dict) -> tuple[str, int]:
-    """Run (or resume) one episode to its end and store it; returns (final status, turns)."""
+async def run_episode(sim: Simulation, planned: PlannedEpisode, ctx: EpisodeContext, row: dict,
+                      graph=None) -> tuple[str, int]:
+    """Run (or resume) one episode with the episode graph (`graph`, default EPISODE) to its end and store it;
+    returns (final status, turns)."""
+    graph = graph or EPISODE
     saver = await checkpointer(sim.db)
     # The store's checkpointer, lent to the subgraph under the episode's own thread: an episode resumes
     # from its last checkpoint whichever run (command line or server) picks it up again.
@@ -224,11 +227,11 @@ async def run_episode(sim: Simulation, planned: PlannedEpisode, ctx: EpisodeCont
               "recursion_limit": recursion_limit(ctx.max_turns)}
     await on_store(sim.db, Store.begin_episode, row)
     try:
-        snapshot = await EPISODE.aget_state(config)
+        snapshot = await graph.aget_state(config)
         if not snapshot.values:
-            state = await EPISODE.ainvoke({"turns": [], "intents": [], "ended_by": None}, config, context=ctx)
+            state = await graph.ainvoke({"turns": [], "intents": [], "ended_by": None}, config, context=ctx)
         elif snapshot.next:
-            state = await EPISODE.ainvoke(None, config, context=ctx)  # resume from the last checkpoint
+            state = await graph.ainvoke(None, config, context=ctx)  # resume from the last checkpoint
         else:
             state = snapshot.values  # the graph had finished, the store write had not
     except Exception as exc:  # noqa: BLE001 - recorded as the episode's failure, then retried on rerun
@@ -278,7 +281,7 @@ async def _plan(sim: Simulation) -> dict:
     return {"run_id": run_id, "planned": len(plan), "skipped": len(done), "ids": [p.id for p in plan], "todo": todo}
 
 
-async def _episode(sim: Simulation, item: dict, run_id: str) -> dict:
+async def _episode(sim: Simulation, item: dict, run_id: str, graph) -> dict:
     r = sim.request
     planned = PlannedEpisode(item["id"], Scenario.model_validate(item["scenario"]), item["sample"])
     with counted(sim.model) as model:
@@ -289,7 +292,7 @@ async def _episode(sim: Simulation, item: dict, run_id: str) -> dict:
                "model": sim.model.spec, "seed": r.seed, "sample": planned.sample, "max_turns": r.max_turns,
                "run_id": run_id, **sim.stored,
                "prompt_versions": json.dumps(sim.prompts.versions(prompt_names(planned.scenario)), sort_keys=True)}
-        status, turns = await run_episode(sim, planned, ctx, row)
+        status, turns = await run_episode(sim, planned, ctx, row, graph)
     return {"id": planned.id, "status": status, "turns": turns, "usage": model.usage.totals()}
 
 
@@ -313,7 +316,7 @@ def _resolve_served(request: SimulateRequest, served: bool, origin: dict) -> Sim
 
 STAGE = Stage(name="episode", request=lambda values: parse_request(SimulateRequest, values), resolve=_resolve_served,
               plan=_plan, work=_episode, summarize=_summarize,
-              errors=(BatchInputError, CultureError, PromptError, ModelSpecError))
+              errors=(BatchInputError, CultureError, PromptError, ModelSpecError), subgraph=EPISODE)
 
 
 def build_simulate_graph(served: bool = False):

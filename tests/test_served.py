@@ -292,6 +292,9 @@ def test_langgraph_dev_batch_streams_progress_and_stores_each_episode(server):
     assert provenance["thread_id"] == thread["thread_id"]
     command, summary = db.execute("select command, summary from runs where id = ?", [state["run_id"]]).fetchone()
     assert command.startswith("served simulate") and json.loads(summary)["turns"] == 36
+    # Studio draws the episode graph inside the batch graph's episode node.
+    drawn = client.assistants.get_graph(client.assistants.search(graph_id="simulate")[0]["assistant_id"], xray=True)
+    assert {"plan", "episode:inquirer", "episode:observer", "summarize"} <= {n["id"] for n in drawn["nodes"]}
 
     # The viewer shows them, and its index filters by that run.
     from graphs import view

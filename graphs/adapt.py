@@ -487,7 +487,7 @@ async def _summarize(a: Adaptation, state: dict) -> dict:
 
 ADAPT = build_adapt_graph()  # run as a subgraph, once per seed
 STAGE = Stage(name="adapt_seed", request=lambda values: parse_request(AdaptRequest, values),
-              resolve=lambda request, served, origin: resolve(request, served, origin), plan=_plan, work=_adapt_one,
+              resolve=resolve, plan=_plan, work=_adapt_one,
               summarize=_summarize,
               errors=(BatchInputError, CultureError, PromptError, ModelSpecError, ScenarioFileError), subgraph=ADAPT)
 

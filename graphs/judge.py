@@ -465,7 +465,7 @@ async def _summarize(j: Judging, state: dict) -> dict:
 
 JUDGE, JUDGE_SOTOPIA = build_judge_graph(), build_judge_graph(sotopia=True)  # run as subgraphs, once per episode
 STAGE = Stage(name="judge_episode", request=lambda values: parse_request(JudgeRequest, values),
-              resolve=lambda request, served, origin: resolve(request, served, origin), plan=_plan, work=_judge_one,
+              resolve=resolve, plan=_plan, work=_judge_one,
               summarize=_summarize, errors=(JudgeError, BatchInputError, CultureError, PromptError, ModelSpecError),
               subgraph=JUDGE)
 

@@ -310,11 +310,7 @@ async def _summarize(sim: Simulation, state: dict) -> dict:
     return summary
 
 
-def _resolve_served(request: SimulateRequest, served: bool, origin: dict) -> Simulation:
-    return resolve(request, served, origin)
-
-
-STAGE = Stage(name="episode", request=lambda values: parse_request(SimulateRequest, values), resolve=_resolve_served,
+STAGE = Stage(name="episode", request=lambda values: parse_request(SimulateRequest, values), resolve=resolve,
               plan=_plan, work=_episode, summarize=_summarize,
               errors=(BatchInputError, CultureError, PromptError, ModelSpecError), subgraph=EPISODE)
 

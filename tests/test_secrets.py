@@ -129,6 +129,14 @@ def test_training_refuses_a_secret_option_or_config_entry(tmp_path, monkeypatch,
     assert "secrets come from the environment" in exc.value.code and PLANTED not in exc.value.code
 
 
+def test_an_option_value_that_names_a_secret_option_is_not_refused(tmp_path):
+    from training.common import parse
+    from training.sft import make_parser
+
+    _, training, _ = parse(make_parser(), ["--output_dir", str(tmp_path / "hub_token"), "--run_name", "hub_token"])
+    assert training.run_name == "hub_token"
+
+
 def test_a_planted_key_is_sent_to_the_endpoint_and_never_written_anywhere(tmp_path, monkeypatch, caplog, capsys,
                                                                            tiny_model_dir):
     """Every stage that runs on an OpenAI-compatible endpoint, then training on its export; every byte written

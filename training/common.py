@@ -190,7 +190,7 @@ def parse(parser: trl.TrlParser, argv: Iterable[str] | None) -> tuple:
             sys.exit(f"error: --config {path}: no such file")
         _refuse_env_secrets(path)
     for arg in argv:
-        if arg.lstrip("-").replace("-", "_").split("=")[0] in SECRET_OPTIONS:
+        if arg.startswith("--") and arg[2:].replace("-", "_").split("=")[0] in SECRET_OPTIONS:
             sys.exit(f"error: {arg.split('=')[0]}: secrets come from the environment (HF_TOKEN), "
                      "not from the command line")
     try:

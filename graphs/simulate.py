@@ -57,7 +57,18 @@ def plan_episodes(scenarios: list[Scenario], culture: str, model: str, seed: int
 
 async def run_episode(graph, store: Store, ctx: EpisodeContext, planned: PlannedEpisode, row: dict,
                       saver: AsyncSqliteSaver) -> str:
-    """Run (or resume) one episode to its end and store it; returns the final status."""
+    """Run (or resume) one episode to its end and store it; returns the final status, or "elsewhere" when
+    another process is running it."""
+    with store.claim(planned.id) as mine:
+        if not mine:
+            return "elsewhere"
+        if (store.episode(planned.id) or {}).get("status") in FINAL:  # the other process finished it meanwhile
+            return "elsewhere"
+        return await _run_claimed(graph, store, ctx, planned, row, saver)
+
+
+async def _run_claimed(graph, store: Store, ctx: EpisodeContext, planned: PlannedEpisode, row: dict,
+                       saver: AsyncSqliteSaver) -> str:
     config = {"configurable": {"thread_id": planned.id}, "recursion_limit": recursion_limit(ctx.max_turns)}
     store.begin_episode(row)
     try:
@@ -94,7 +105,7 @@ async def simulate(store: Store, plan: list[PlannedEpisode], *, culture: Culture
         row = store.episode(p.id)
         if row is None or row["status"] not in FINAL:
             todo.append(p)
-    counts = {"skipped": len(plan) - len(todo), "done": 0, "invalid": 0, "failed": 0}
+    counts = {"skipped": len(plan) - len(todo), "done": 0, "invalid": 0, "failed": 0, "elsewhere": 0}
     base_ctx = EpisodeContext(scenario=plan[0].scenario if plan else None, culture=culture, model=model,
                               prompts=prompts, max_turns=max_turns, speaker_params=speaker_params)
     async with aiosqlite.connect(store.checkpoint_path) as conn:
@@ -186,9 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {exc}")
     store = Store(args.db)
     if args.use_seeds:
-        for s in scenarios:
-            if store.scenario(s.id) is None:
-                store.put_scenario(s, seed_id=s.id)
+        store.add_scenarios((s, {"seed_id": s.id}) for s in scenarios)
     plan = plan_episodes(scenarios, culture.code, args.model, args.seed, args.episodes, args.samples)
     config = {k: v for k, v in vars(args).items() if k not in ("no_progress",)}
     run_id = store.start_run("graphs.simulate " + " ".join(argv if argv is not None else sys.argv[1:]), config)
@@ -205,7 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\n{summary['requested']} episodes requested for {culture.name}: {s.get('done', 0)} done, "
         f"{s.get('invalid', 0)} invalid (unparseable turn), {s.get('failed', 0)} failed; "
-        f"{counts['skipped']} already stored; valid turns {summary['valid_turns']}/{summary['turns']}"
+        f"{counts['skipped']} already stored, {counts['elsewhere']} run by another process; "
+        f"valid turns {summary['valid_turns']}/{summary['turns']}"
         f"{_share(summary['valid_turns'], summary['turns'])}, valid observer labels "
         f"{summary['valid_intents']}/{summary['intents']}{_share(summary['valid_intents'], summary['intents'])}; "
         f"{u['calls']} model calls, {u['prompt_tokens']} prompt + {u['completion_tokens']} completion tokens; "

@@ -267,7 +267,8 @@ async def adapt_seeds(store: Store, seeds: list[Scenario], *, culture: Culture, 
     """Adapt every seed not yet adapted for the culture, `concurrency` at a time, storing each result."""
     versions = json.dumps(prompts.versions(PROMPT_NAMES), sort_keys=True)
     todo = [s for s in seeds if store.scenario_status(adapted_id(culture.code, s.id)) != "ok"]
-    counts = {"skipped": len(seeds) - len(todo), "adapted": 0, "failed": 0, "attempts": 0, "first_try": 0}
+    counts = {"skipped": len(seeds) - len(todo), "adapted": 0, "failed": 0, "errors": 0, "attempts": 0,
+              "first_try": 0}
     graph = build_adapt_graph()
     commit = git_commit()
 
@@ -284,6 +285,7 @@ async def adapt_seeds(store: Store, seeds: list[Scenario], *, culture: Culture, 
             store.put_failed_scenario(adapted_id(culture.code, s.id), attempts=0, raw="", error=failure_text(exc),
                                       **meta)
             counts["failed"] += 1
+            counts["errors"] += 1
             return
         attempts = state["attempts"]
         counts["attempts"] += len(attempts)
@@ -393,10 +395,12 @@ def main(argv: list[str] | None = None) -> None:
     u = model.usage.totals()
     print(
         f"\n{len(chosen)} seed{'' if len(chosen) == 1 else 's'} for {culture.name}: {counts['adapted']} adapted, {counts['failed']} failed "
-        f"(never validated), {counts['skipped']} already adapted; {rate}; {counts['attempts']} answers, "
+        f"(never validated, {counts['errors']} on a model error), {counts['skipped']} already adapted; {rate}; {counts['attempts']} answers, "
         f"{u['prompt_tokens']} prompt + {u['completion_tokens']} completion tokens; {wall_s} s"
     )
     print(f"Look at them:  python -m graphs.scenarios list --culture {culture.code} --db {args.db}")
+    if counts["errors"]:  # a rerun retries them; answers that never validated are results, not errors
+        sys.exit(1)
 
 
 if __name__ == "__main__":

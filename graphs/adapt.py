@@ -393,9 +393,11 @@ def main(argv: list[str] | None = None) -> None:
     tried = counts["adapted"] + counts["failed"]
     rate = f"{counts['adapted']}/{tried} valid ({counts['first_try']} on the first attempt)" if tried else "none tried"
     u = model.usage.totals()
+    errors = f", {counts['errors']} on a model error" if counts["errors"] else ""
     print(
         f"\n{len(chosen)} seed{'' if len(chosen) == 1 else 's'} for {culture.name}: {counts['adapted']} adapted, {counts['failed']} failed "
-        f"(never validated, {counts['errors']} on a model error), {counts['skipped']} already adapted; {rate}; {counts['attempts']} answers, "
+        f"(never validated{errors}), "
+        f"{counts['skipped']} already adapted; {rate}; {counts['attempts']} answers, "
         f"{u['prompt_tokens']} prompt + {u['completion_tokens']} completion tokens; {wall_s} s"
     )
     print(f"Look at them:  python -m graphs.scenarios list --culture {culture.code} --db {args.db}")

@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import io
 import multiprocessing
-import sqlite3
 import sys
 import traceback
 from pathlib import Path
 
 import pytest
+
+from tests.store_content import content
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="spawned workers and file locks as on POSIX")
 
@@ -66,24 +67,6 @@ def race(rounds: list[tuple[str, list[list[str]]]]) -> dict[str, list[str]]:
         p.join(timeout=60)
         assert p.exitcode == 0
     return out
-
-
-def content(db: str) -> dict:
-    """What a run must leave in a store, with run ids and times left out (they differ by design)."""
-    conn = sqlite3.connect(db)
-    q = lambda sql: sorted(conn.execute(sql).fetchall())  # noqa: E731
-    tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
-    snapshot = {
-        "scenarios": q("select id, culture, status, data, attempts, error from scenarios"),
-        "episodes": q("select id, scenario_id, status, ended_by, n_turns from episodes")
-        if "episodes" in tables else [],
-        "turns": q("select episode_id, idx, speaker, action, text, valid from turns") if "turns" in tables else [],
-        "intents": q("select episode_id, turn_index, intent, valid from intents") if "intents" in tables else [],
-        "judgements": q("select episode_id, judge_model, aspect, label, confidence, valid from judgements")
-        if "judgements" in tables else [],
-    }
-    conn.close()
-    return snapshot
 
 
 MIXES = {

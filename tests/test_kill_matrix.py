@@ -107,8 +107,8 @@ def test_killed_and_rerun_equals_uninterrupted(module, tmp_path, episodes_db):
     assert run(module, [*args, "--db", str(reference)]) == 0
     outcomes = kill_and_rerun(module, args, killed)
 
-    missed = [kill for kill, rc in outcomes if rc != -signal.SIGKILL]
-    assert not missed, f"these kills came after the work was done (make the work bigger): {missed}"
+    missed = [(kill, rc) for kill, rc in outcomes if rc != -signal.SIGKILL]
+    assert not missed, f"these runs were not killed (rc 0: the work was done first, make it bigger): {missed}"
     expected = content(reference)
     assert content(killed) == expected
     assert expected["scenarios"] and (module != "graphs.judge" or expected["judgements"])

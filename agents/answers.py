@@ -19,9 +19,16 @@ import json
 from functools import lru_cache
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from agents.records import Action, first_error
+from agents.records import ATTRIBUTE_MAX_CHARS, Action, attribute_value_problem, first_error
 
 Confidence = Literal["very confident", "confident", "not sure"]
 CONFIDENCES: tuple[str, ...] = Confidence.__args__
@@ -119,6 +126,18 @@ class AdaptedPersona(Answer):
     background: str = Field(max_length=300)
     goal: str = Field(min_length=1, max_length=300)
     secret: str = Field(max_length=120)
+    # The new values of the persona's attributes that are not `fixed` (name -> value); visibility and the fixed
+    # ones come from the seed. A seed's own schema (`adapted_scenario_schema`) names them; without any it has no
+    # such field, so the request for a scenario without attributes is what it always was.
+    attributes: dict[str, str | int | float] = Field(default_factory=dict)
+
+    @field_validator("attributes", mode="before")
+    @classmethod
+    def _attribute_values(cls, value: object) -> object:
+        for name, v in value.items() if isinstance(value, dict) else ():
+            if problem := attribute_value_problem(v):
+                raise ValueError(f"{name}: {problem}")
+        return value
 
 
 class AdaptedScenario(Answer):
@@ -127,6 +146,28 @@ class AdaptedScenario(Answer):
     setting: str = Field(min_length=1, max_length=400)
     relationship: str = Field(max_length=200)
     participants: tuple[AdaptedPersona, AdaptedPersona]
+
+
+def adapted_scenario_schema(attributes: tuple[dict[str, Any], dict[str, Any]] = ({}, {})) -> dict[str, Any]:
+    """`AdaptedScenario`'s JSON schema for one seed: participant i's `attributes` object has exactly the names
+    in `attributes[i]` (name -> the seed's value, whose type, text or number, the new value keeps), all
+    required; a participant with none has no `attributes` field."""
+    schema = json_schema(AdaptedScenario)
+    for person, names in zip(schema["properties"]["participants"]["prefixItems"], attributes):
+        del person["properties"]["attributes"]
+        if names:
+            person["properties"]["attributes"] = {
+                "type": "object", "properties": {k: _value_schema(v) for k, v in names.items()},
+                "required": list(names), "additionalProperties": False,
+            }
+            person["required"] = [*person["required"], "attributes"]
+    return schema
+
+
+def _value_schema(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        return {"type": "string", "minLength": 1, "maxLength": ATTRIBUTE_MAX_CHARS}
+    return {"type": "integer" if isinstance(value, int) else "number"}
 
 
 class WVSAnswer(Answer):
@@ -171,7 +212,7 @@ def answer_format(schema: dict[str, Any]) -> str:
         return json.dumps(schema["const"], ensure_ascii=False)
     kind = schema.get("type")
     if kind == "object":
-        inner = ", ".join(f"{json.dumps(k)}: {answer_format(v)}" for k, v in schema["properties"].items())
+        inner = ", ".join(f"{json.dumps(k)}: {answer_format(v)}" for k, v in schema.get("properties", {}).items())
         return "{" + inner + "}"
     if kind == "array":
         items = schema.get("prefixItems") or [schema["items"]]
@@ -179,6 +220,8 @@ def answer_format(schema: dict[str, Any]) -> str:
     if kind == "integer":
         low, high = schema.get("minimum"), schema.get("maximum")
         return f"<a whole number from {low} to {high}>" if low is not None and high is not None else "<a number>"
+    if kind == "number":
+        return "<a number>"
     if kind == "boolean":
         return "true | false"
     return '"..."'
@@ -253,6 +296,6 @@ def wvs_schema(codes: list[int]) -> dict[str, Any]:
 
 __all__ = [
     "CONFIDENCES", "AdaptedPersona", "AdaptedScenario", "AlignmentAnswer", "Answer", "IntentAnswer",
-    "MetaAnswer", "QualityAnswer", "SotopiaAnswer", "TurnAnswer", "WVSAnswer", "answer_format", "json_schema",
-    "parse_answer", "token_budget", "validate_data", "with_enum", "wvs_schema",
+    "MetaAnswer", "QualityAnswer", "SotopiaAnswer", "TurnAnswer", "WVSAnswer", "adapted_scenario_schema",
+    "answer_format", "json_schema", "parse_answer", "token_budget", "validate_data", "with_enum", "wvs_schema",
 ]

@@ -5,6 +5,8 @@ Nothing here touches storage or models; `graphs.store` persists these and the gr
 
 from __future__ import annotations
 
+import math
+import re
 from enum import Enum
 from typing import Literal
 
@@ -113,8 +115,57 @@ class Culture(Record):
         return f"{', '.join(hofstede)} (Hofstede); {inglehart}" if hofstede else inglehart
 
 
+class Visibility(str, Enum):
+    """Who may read a persona attribute: `public` (the persona, its partner, the observer and the judge),
+    `private` (only the persona itself)."""
+
+    PUBLIC = "public"
+    PRIVATE = "private"
+
+
+ATTRIBUTE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+ATTRIBUTE_MAX_CHARS = 200
+MAX_ATTRIBUTES = 20
+
+
+class Attribute(Record):
+    """A study-defined fact about a persona (a religion, a home region, years in a job): short text or a number.
+
+    `fixed` marks a value that adaptation to another culture copies unchanged; the others are rewritten.
+    """
+
+    value: str | int | float
+    visibility: Visibility
+    fixed: bool = False
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _short_text_or_number(cls, value: object) -> object:
+        if problem := attribute_value_problem(value):
+            raise ValueError(problem)
+        return value
+
+
+def attribute_value_problem(value: object) -> str | None:
+    """What is wrong with an attribute value (not short text, not a finite number), or None: one rule for the
+    scenario file and the adaptation's answer."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return f"expected a short text or a number, got {type(value).__name__}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "expected a finite number"
+    if isinstance(value, str) and not value.strip():
+        return "empty text (leave the attribute out instead)"
+    if isinstance(value, str) and len(value) > ATTRIBUTE_MAX_CHARS:
+        return f"too long: {len(value)} characters, at most {ATTRIBUTE_MAX_CHARS}"
+    return None
+
+
 class Persona(Record):
-    """One participant of a scenario. Goal and secret are private to the agent that plays them."""
+    """One participant of a scenario. Goal, secret and private attributes are private to the agent that plays them.
+
+    `attributes` maps a study's attribute names (lower case, digits and `_`, e.g. `home_region`) to their
+    `Attribute`; prompts show each reader only the ones it may see (`visible_attributes`).
+    """
 
     name: str = Field(min_length=1)
     age: int | None = Field(None, ge=0, le=120)
@@ -123,16 +174,24 @@ class Persona(Record):
     background: str = ""
     goal: str = Field(min_length=1)
     secret: str = ""
+    # Left out of the JSON when empty, so scenarios without attributes serialise as before.
+    attributes: dict[str, Attribute] = Field(default_factory=dict, exclude_if=lambda v: not v)
 
-    def public_profile(self) -> dict[str, object]:
-        """What the partner and the observer may know about this persona."""
-        return {
-            "name": self.name,
-            "age": self.age,
-            "gender": self.gender,
-            "occupation": self.occupation,
-            "background": self.background,
-        }
+    @field_validator("attributes", mode="before")
+    @classmethod
+    def _attribute_names(cls, value: object) -> object:
+        if isinstance(value, dict):
+            for name in value:
+                if not isinstance(name, str) or not ATTRIBUTE_NAME.match(name):
+                    raise ValueError(f"attribute name {name!r}: use lower-case letters, digits and _, starting with a "
+                                     "letter, at most 40 characters (e.g. home_region)")
+            if len(value) > MAX_ATTRIBUTES:
+                raise ValueError(f"{len(value)} attributes, at most {MAX_ATTRIBUTES}")
+        return value
+
+    def visible_attributes(self, own: bool) -> dict[str, Attribute]:
+        """The attributes a reader may see: all of them for the persona itself (`own`), the public ones otherwise."""
+        return {k: a for k, a in self.attributes.items() if own or a.visibility is Visibility.PUBLIC}
 
 
 class Scenario(Record):
@@ -144,6 +203,9 @@ class Scenario(Record):
     participants: tuple[Persona, Persona]
     relationship: str = ""
     source: str = Field("", description="where it came from, e.g. 'sotopia:<combo_id>' or 'adapted:<seed id>'")
+    environment_info: str = Field("", exclude_if=lambda v: not v,
+                                  description="text the source shows to no participant (SOTOPIA's "
+                                              "viewer=\"environment\"): kept for provenance, never in a prompt")
 
     @field_validator("participants")
     @classmethod

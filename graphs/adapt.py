@@ -8,10 +8,11 @@ One graph per seed:
 
     START -> adapt -> validate -> (adapt | END)
 
-`adapt` asks the model to rewrite names, occupations, setting, goals and secrets for the culture, in
-the shape `agents.answers.AdaptedScenario` (enforced by the decoder unless `--unstructured`, where the
-JSON is pulled out of whatever the model wrapped it in); `validate` checks the answer against that
-shape, the Scenario record and the seed (same structure, new names). A failed check goes back to the
+`adapt` asks the model to rewrite names, occupations, setting, goals, secrets and the values of persona
+attributes for the culture, in the shape `agents.answers.AdaptedScenario` (enforced by the decoder unless
+`--unstructured`, where the JSON is pulled out of whatever the model wrapped it in); attributes marked
+`fixed` are copied, not asked for. `validate` checks the answer against that shape, the Scenario record and
+the seed (same structure, every attribute with its visibility, new names). A failed check goes back to the
 model with the error, at most `max_attempts` times in all. A seed that never validates is stored as
 `failed` with its reason; rerunning the command skips seeds already adapted and retries the failed ones.
 
@@ -39,17 +40,19 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import ValidationError
 
-from agents.answers import AdaptedScenario, answer_format, json_schema, validate_data, with_enum
+from agents.answers import AdaptedScenario, adapted_scenario_schema, answer_format, validate_data, with_enum
 from agents.cultures import CultureError, load_culture
 from agents.models import SMOLLM2, UNSTRUCTURED_HELP, GenerationParams, Message, Model, ModelSpecError, load_model
 from agents.prompts import PromptError, Prompts
-from agents.records import Culture, Scenario, first_error
+from agents.records import Attribute, Culture, Persona, Scenario, first_error
 from agents.seeds import sotopia_seeds
 from graphs.concurrent import failure_text, run_all
 from graphs.scenarios import ScenarioFileError, read_scenarios
 from graphs.store import DEFAULT_DB, Store, git_commit
 
 PROMPT_NAMES = ["adapt_system", "adapt_user", "adapt_retry"]
+# Recorded only for seeds with attributes to adapt, so the other seeds' versions stay as they were.
+ATTRIBUTE_PROMPT_NAMES = ["adapt_attributes"]
 # The fields the model rewrites; id, culture and source are ours to set.
 ADAPTED_FIELDS = ("setting", "relationship", "participants")
 
@@ -83,6 +86,16 @@ def adapted_id(culture: str, seed_id: str) -> str:
     return f"{culture.lower()}-{seed_id}"
 
 
+def adaptable(person: Persona) -> dict[str, Attribute]:
+    """The persona's attributes the model rewrites: all but the `fixed` ones, which are copied."""
+    return {k: a for k, a in person.attributes.items() if not a.fixed}
+
+
+def prompt_names(seed: Scenario) -> list[str]:
+    """The templates the adaptation of `seed` renders."""
+    return PROMPT_NAMES + (ATTRIBUTE_PROMPT_NAMES if any(adaptable(p) for p in seed.participants) else [])
+
+
 # ------------------------------------------------------------------ extraction and validation
 
 
@@ -92,6 +105,10 @@ def seed_json(seed: Scenario) -> str:
     One line, because models mirror the layout they are shown and indentation costs answer tokens.
     """
     data = seed.model_dump(mode="json", include=set(ADAPTED_FIELDS))
+    for person, persona in zip(data["participants"], seed.participants):
+        person.pop("attributes", None)
+        if values := {k: a.value for k, a in adaptable(persona).items()}:
+            person["attributes"] = values  # the answer's shape: name -> value
     return json.dumps(data, ensure_ascii=False)
 
 
@@ -115,16 +132,20 @@ def extract_json(raw: str) -> dict[str, Any]:
 def validate_adaptation(raw: str, seed: Scenario, culture: Culture) -> Scenario:
     """A model answer -> the adapted Scenario, or AdaptationError naming the first problem.
 
-    The answer must have the `AdaptedScenario` shape, make a valid Scenario, keep the seed's structure and
-    name neither of the seed's people anywhere."""
+    The answer must have the `AdaptedScenario` shape, make a valid Scenario, keep the seed's structure (every
+    attribute with its visibility; fixed ones are copied from the seed) and name neither of the seed's people
+    anywhere."""
     data = extract_json(raw)
     for key in ("id", "culture", "source"):
         data.pop(key, None)  # ours to set; a model echoing them is harmless
     adapted, error = validate_data(data, AdaptedScenario)
     if adapted is None:
         raise AdaptationError(error)
+    answer = adapted.model_dump()
+    for i, (person, old) in enumerate(zip(answer["participants"], seed.participants)):
+        person["attributes"] = _adapted_attributes(i, person["attributes"], old)
     try:
-        scenario = Scenario.model_validate({**adapted.model_dump(), "id": adapted_id(culture.code, seed.id),
+        scenario = Scenario.model_validate({**answer, "id": adapted_id(culture.code, seed.id),
                                             "culture": culture.code, "source": f"adapted:{seed.id}"})
     except ValidationError as exc:
         raise AdaptationError(first_error(exc, more=False)) from None
@@ -133,14 +154,41 @@ def validate_adaptation(raw: str, seed: Scenario, culture: Culture) -> Scenario:
     return scenario
 
 
+def _adapted_attributes(i: int, answered: dict, old: Persona) -> dict[str, dict]:
+    """The adapted persona's attributes: the seed's, in its order, with the answer's new values for those
+    not fixed. A missing or unknown name is an error (a free-text answer can have either)."""
+    wanted = adaptable(old)
+    for name in answered:
+        if name not in wanted:
+            why = ("is fixed: it keeps the seed's value" if name in old.attributes
+                   else "is not an attribute of this person")
+            raise AdaptationError(f"field participants.{i}.attributes.{name}: {why}")
+    attributes = {}
+    for name, attribute in old.attributes.items():
+        if name in wanted and name not in answered:
+            raise AdaptationError(f"field participants.{i}.attributes.{name}: missing, but the scenario has it")
+        value = answered[name] if name in wanted else attribute.value
+        attributes[name] = {**attribute.model_dump(mode="json"), "value": value}
+    return attributes
+
+
 def _check_same_structure(scenario: Scenario, seed: Scenario) -> None:
-    """Every field the seed fills must be filled in the adaptation too."""
+    """Every field the seed fills must be filled in the adaptation too, and every attribute is still there with
+    its visibility, the fixed ones with their value."""
     if seed.relationship and not scenario.relationship.strip():
         raise AdaptationError("field relationship: empty, but the scenario has one")
     for i, (new, old) in enumerate(zip(scenario.participants, seed.participants)):
-        for name, value in old.model_dump().items():
+        for name, value in old.model_dump(exclude={"attributes"}).items():
             if value not in (None, "") and new.model_dump()[name] in (None, ""):
                 raise AdaptationError(f"field participants.{i}.{name}: empty, but the scenario has one")
+        for name, attribute in old.attributes.items():
+            kept = new.attributes.get(name)
+            if kept is None or kept.visibility is not attribute.visibility or kept.fixed != attribute.fixed \
+                    or (attribute.fixed and kept.value != attribute.value):
+                raise AdaptationError(f"field participants.{i}.attributes.{name}: not kept as the scenario has it")
+        if set(new.attributes) != set(old.attributes):
+            extra = min(set(new.attributes) - set(old.attributes))
+            raise AdaptationError(f"field participants.{i}.attributes.{extra}: not an attribute of this person")
 
 
 def name_forms(name: str) -> set[str]:
@@ -172,6 +220,8 @@ def _check_names_changed(scenario: Scenario, seed: Scenario) -> None:
     texts = {"setting": scenario.setting, "relationship": scenario.relationship}
     for i, p in enumerate(scenario.participants):
         texts.update({f"participants.{i}.{k}": str(v) for k, v in p.model_dump().items() if isinstance(v, str)})
+        texts.update({f"participants.{i}.attributes.{k}": a.value for k, a in adaptable(p).items()
+                      if isinstance(a.value, str)})
     for field, text in texts.items():
         for form in sorted(old_forms):
             if mentions(text, form):
@@ -181,7 +231,8 @@ def _check_names_changed(scenario: Scenario, seed: Scenario) -> None:
 def answer_schema(ctx: AdaptContext) -> dict[str, Any]:
     """The adaptation's JSON schema; with the name pool, each person's name field allows only its own,
     disjoint part of the culture's common names."""
-    schema = json_schema(AdaptedScenario)
+    schema = adapted_scenario_schema(tuple({k: a.value for k, a in adaptable(p).items()}
+                                           for p in ctx.seed.participants))
     if ctx.name_pool and ctx.culture.names:
         old = banned_names(ctx.seed)  # a pool name that shares a part with the seed's names would fail validation
         for i, person in enumerate(ctx.seed.participants):
@@ -202,8 +253,12 @@ def adapt_messages(ctx: AdaptContext, attempts: list[dict]) -> list[Message]:
     """The request, then each failed answer followed by its validation error."""
     system = ctx.prompts.render("adapt_system", culture=ctx.culture)
     user = ctx.prompts.render("adapt_user", culture=ctx.culture, seed=ctx.seed, seed_json=seed_json(ctx.seed),
-                              answer_format=answer_format(answer_schema(ctx)))
-    messages: list[Message] = [{"role": "system", "content": system.text}, {"role": "user", "content": user.text}]
+                              answer_format=answer_format(answer_schema(ctx))).text
+    if any(adaptable(p) for p in ctx.seed.participants):
+        people = [{"name": p.name, "adapt": adaptable(p),
+                   "fixed": {k: a for k, a in p.attributes.items() if a.fixed}} for p in ctx.seed.participants]
+        user += "\n\n" + ctx.prompts.render("adapt_attributes", culture=ctx.culture, people=people).text
+    messages: list[Message] = [{"role": "system", "content": system.text}, {"role": "user", "content": user}]
     for number, attempt in enumerate(attempts, start=1):
         retry = ctx.prompts.render("adapt_retry", error=attempt["error"], culture=ctx.culture, attempt=number)
         messages += [{"role": "assistant", "content": attempt["raw"]}, {"role": "user", "content": retry.text}]
@@ -265,7 +320,6 @@ async def adapt_seeds(store: Store, seeds: list[Scenario], *, culture: Culture, 
                       max_attempts: int, params: GenerationParams, concurrency: int, seed: int, run_id: str,
                       progress: bool = True, name_pool: bool = False) -> dict:
     """Adapt every seed not yet adapted for the culture, `concurrency` at a time, storing each result."""
-    versions = json.dumps(prompts.versions(PROMPT_NAMES), sort_keys=True)
     todo = [s for s in seeds if store.scenario_status(adapted_id(culture.code, s.id)) != "ok"]
     counts = {"skipped": len(seeds) - len(todo), "adapted": 0, "failed": 0, "errors": 0, "attempts": 0,
               "first_try": 0}
@@ -275,6 +329,7 @@ async def adapt_seeds(store: Store, seeds: list[Scenario], *, culture: Culture, 
     async def one(s: Scenario) -> None:
         ctx = AdaptContext(seed=s, culture=culture, model=model, prompts=prompts, max_attempts=max_attempts,
                            sample_seed=seed, params=params, name_pool=name_pool)
+        versions = json.dumps(prompts.versions(prompt_names(s)), sort_keys=True)
         meta = {"culture": culture.code, "seed_id": s.id, "model": model.spec, "prompt_version": versions,
                 "run_id": run_id, "git": commit}
         try:
@@ -307,6 +362,7 @@ def check_templates(prompts: Prompts, culture: Culture, seed: Scenario) -> None:
     """Render every adaptation prompt once, so a broken user template fails before a model is loaded."""
     probe = AdaptContext(seed=seed, culture=culture, model=None, prompts=prompts)  # type: ignore[arg-type]
     adapt_messages(probe, [{"raw": "{}", "error": "an example error"}])
+    prompts.versions(ATTRIBUTE_PROMPT_NAMES)  # present, though only seeds with attributes render it
 
 
 def choose_seeds(seeds: list[Scenario], n: int | None, seed: int) -> list[Scenario]:

@@ -25,6 +25,13 @@ from agents.records import Action, Culture, Intent, Scenario, Turn
 
 SPEAKERS = ("inquirer", "responder")
 PROMPT_NAMES = ["roleplay_system", "roleplay_turn", "observer_system", "observer_turn"]
+# Recorded with an episode only when its scenario has attributes, so other episodes' versions stay as they were.
+ATTRIBUTE_PROMPT_NAMES = ["persona_attributes"]
+
+
+def prompt_names(scenario: Scenario) -> list[str]:
+    """The templates an episode of `scenario` renders."""
+    return PROMPT_NAMES + (ATTRIBUTE_PROMPT_NAMES if any(p.attributes for p in scenario.participants) else [])
 
 
 class EpisodeState(TypedDict, total=False):
@@ -95,6 +102,7 @@ def speaker_view(ctx: EpisodeContext, me: int, turns: list[Turn]) -> list[Messag
     persona, partner = ctx.scenario.participants[me], ctx.scenario.participants[1 - me]
     system = ctx.prompts.render(ctx.system_template, scenario=ctx.scenario, culture=ctx.culture, me=persona,
                                 partner=partner)
+    system = ctx.prompts.with_attributes(system, "roleplay", [(persona, True), (partner, False)])
     messages: list[Message] = [{"role": "system", "content": system.text}]
     for t in turns:
         line = turn_line(t, ctx.model.structured)
@@ -112,8 +120,10 @@ def speaker_view(ctx: EpisodeContext, me: int, turns: list[Turn]) -> list[Messag
 
 
 def observer_view(ctx: EpisodeContext, turns: list[Turn]) -> list[Message]:
-    """Public transcript, scenario and culture only: the observer never sees goals or secrets."""
+    """Public transcript, scenario, culture and public attributes only: the observer never sees goals, secrets or
+    private attributes."""
     system = ctx.prompts.render("observer_system", scenario=ctx.scenario, culture=ctx.culture)
+    system = ctx.prompts.with_attributes(system, "observer", [(p, False) for p in ctx.scenario.participants])
     user = ctx.prompts.render("observer_turn", transcript=turns, speaker=turns[-1].name, culture=ctx.culture,
                               answer_format=answer_format_for(ctx.model, IntentAnswer))
     return [{"role": "system", "content": system.text}, {"role": "user", "content": user.text}]

@@ -262,6 +262,7 @@ def judge_messages(ctx: JudgeContext, aspect: str, **variables) -> tuple[list[Me
     """(messages for one judge call, the prompt version stored with its answer)."""
     system = ctx.prompts.render("judge_system", scenario=ctx.scenario, culture=ctx.culture,
                                 transcript=list(ctx.turns))
+    system = ctx.prompts.with_attributes(system, "judge", [(p, False) for p in ctx.scenario.participants])
     shape = SotopiaAnswer if aspect == "sotopia" else SHAPES[aspect]
     user = ctx.prompts.render(f"judge_{aspect}", culture=ctx.culture, answer_format=answer_format_for(ctx.model, shape),
                               **variables)

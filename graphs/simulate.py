@@ -31,7 +31,15 @@ from agents.prompts import PromptError, Prompts
 from agents.records import Culture, Intent, Scenario, Turn
 from agents.seeds import sotopia_seeds
 from graphs.concurrent import failure_text, run_all
-from graphs.episode import PROMPT_NAMES, EpisodeContext, build_episode_graph, recursion_limit, turn_seed
+from graphs.episode import (
+    ATTRIBUTE_PROMPT_NAMES,
+    PROMPT_NAMES,
+    EpisodeContext,
+    build_episode_graph,
+    prompt_names,
+    recursion_limit,
+    turn_seed,
+)
 from graphs.store import DEFAULT_DB, FINAL, Store, episode_id, git_commit
 
 
@@ -99,7 +107,6 @@ async def simulate(store: Store, plan: list[PlannedEpisode], *, culture: Culture
                    speaker_params: GenerationParams = EpisodeContext.speaker_params,
                    progress: bool = True) -> dict:
     """Run every planned episode that is not final yet, `concurrency` at a time."""
-    versions = prompts.versions(PROMPT_NAMES)
     todo = []
     for p in plan:
         row = store.episode(p.id)
@@ -122,7 +129,8 @@ async def simulate(store: Store, plan: list[PlannedEpisode], *, culture: Culture
             ctx = replace(base_ctx, scenario=p.scenario, seed=turn_seed(seed, p.sample, p.id))
             row = {"id": p.id, "scenario_id": p.scenario.id, "culture": culture.code, "model": model.spec,
                    "seed": seed, "sample": p.sample, "max_turns": max_turns, "run_id": run_id,
-                   "prompt_versions": json.dumps(versions, sort_keys=True), "git": commit,
+                   "prompt_versions": json.dumps(prompts.versions(prompt_names(p.scenario)), sort_keys=True),
+                   "git": commit,
                    "config": json.dumps(config, sort_keys=True)}
             counts[await run_episode(graph, store, ctx, p, row, saver)] += 1
 
@@ -180,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         culture = load_culture(args.culture, args.cultures_dir)
         prompts = Prompts(args.prompts)
-        prompts.versions(PROMPT_NAMES)  # fail on a missing template before loading a model
+        prompts.versions(PROMPT_NAMES + ATTRIBUTE_PROMPT_NAMES)  # fail on a missing template before loading a model
     except (CultureError, PromptError) as exc:
         sys.exit(f"error: {exc}")
     if args.use_seeds:

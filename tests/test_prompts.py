@@ -42,31 +42,35 @@ def test_override_changes_what_the_model_receives_and_the_stored_version(tmp_pat
 
 
 def test_override_reaches_the_role_play_through_the_cli(tmp_path):
+    builtin = (BUILTIN_DIR / "roleplay_system.j2").read_text()
+    folder = override(tmp_path, "roleplay_system", builtin + "\nSpeak briefly.")
     db = str(tmp_path / "s.db")
     scenarios.main(["import", str(EXAMPLES / "jpn_scenarios.jsonl"), "--db", db])
     simulate.main(["--culture", "JPN", "--episodes", "1", "--max-turns", "1", "--model", "puppet", "--db", db,
-                   "--prompts", str(EXAMPLES / "prompts"), "--no-progress"])
+                   "--prompts", str(folder), "--no-progress"])
     [episode] = Store(db).episodes(culture="JPN")
     versions = json.loads(episode["prompt_versions"])
-    assert versions["roleplay_system"] == Prompts(EXAMPLES / "prompts").version("roleplay_system")
+    assert versions["roleplay_system"] == Prompts(folder).version("roleplay_system")
     assert versions["roleplay_system"] != Prompts().version("roleplay_system")
     assert versions["roleplay_turn"] == Prompts().version("roleplay_turn")
+    # the example's personas have attributes: the template that shows them is recorded too
+    assert versions["persona_attributes"] == Prompts().version("persona_attributes")
 
 
-def test_worked_example_adds_religion_and_region(culture):
-    """docs/extending.md's example override: the persona prompt gains two lines, the rest is unchanged."""
+def test_a_study_template_can_place_attributes_itself(tmp_path, culture):
+    """docs/extending.md: read `me.attributes` in your own roleplay_system.j2 and blank persona_attributes.j2."""
     from graphs.scenarios import read_scenarios
 
     [study] = read_scenarios(EXAMPLES / "jpn_scenarios.jsonl")
-    ctx = EpisodeContext(scenario=study, culture=culture, model=load_model("puppet"),
-                         prompts=Prompts(EXAMPLES / "prompts"))
+    builtin = (BUILTIN_DIR / "roleplay_system.j2").read_text()
+    folder = override(tmp_path, "roleplay_system", builtin.replace(
+        '- Your secret: {{ me.secret or "none" }}',
+        '- Your secret: {{ me.secret or "none" }}\n- Your religion: {{ me.attributes.religion.value }}'))
+    override(tmp_path, "persona_attributes", "")
+    ctx = EpisodeContext(scenario=study, culture=culture, model=load_model("puppet"), prompts=Prompts(folder))
     system = speaker_view(ctx, 1, [])[0]["content"]
     assert "- Your religion: not religious; visits a Shinto shrine at New Year" in system
-    assert "- Where you grew up: Sapporo, in Hokkaido" in system
-    assert "- Where they grew up: Osaka, in Kansai" in system
-    builtin = speaker_view(EpisodeContext(scenario=study, culture=culture, model=load_model("puppet"), prompts=Prompts()), 1, [])
-    assert [line for line in system.splitlines() if "religion" not in line and "grew up" not in line] == \
-        builtin[0]["content"].splitlines()
+    assert "home region" not in system and "Jodo Shinshu" not in system
 
 
 def test_missing_variable_is_an_error_naming_the_template(tmp_path, scenario, culture):

@@ -114,8 +114,10 @@ def render_dialogue(system: str, turns: list[Turn] | tuple[Turn, ...], assistant
 
 
 def dialogue_system(prompts: Prompts, ep: Episode, culture: Culture, persona: int) -> Rendered:
-    return prompts.render("sft_dialogue_system", scenario=ep.scenario, culture=culture,
-                          me=ep.scenario.participants[persona])
+    """A persona's system turn; its attributes follow the role-play's visibility (its own all, the partner's public)."""
+    me, partner = ep.scenario.participants[persona], ep.scenario.participants[1 - persona]
+    system = prompts.render("sft_dialogue_system", scenario=ep.scenario, culture=culture, me=me)
+    return prompts.with_attributes(system, "sft_dialogue", [(me, True), (partner, False)])
 
 
 def dialogue_messages(prompts: Prompts, ep: Episode, culture: Culture, persona: int,
@@ -135,6 +137,7 @@ def intent_messages(prompts: Prompts, ep: Episode, culture: Culture) -> tuple[li
     no intent is ever filled in.
     """
     system = prompts.render("sft_intent_system", scenario=ep.scenario, culture=culture)
+    system = prompts.with_attributes(system, "sft_intent", [(p, False) for p in ep.scenario.participants])
     messages: list[Message] = [{"role": "system", "content": system.text}]
     for t in ep.turns:
         if not t.text:
@@ -280,6 +283,17 @@ def table9(episodes: list[Episode]) -> dict:
     }
 
 
+def attribute_names(episodes: list[Episode]) -> dict[str, str]:
+    """Persona attribute name -> its visibility (public, private, or "public or private" where scenarios differ)
+    over the episodes' scenarios, sorted by name: what the dataset card lists."""
+    seen: dict[str, set[str]] = {}
+    for ep in episodes:
+        for p in ep.scenario.participants:
+            for name, a in p.attributes.items():
+                seen.setdefault(name, set()).add(a.visibility.value)
+    return {name: " or ".join(sorted(v)) for name, v in sorted(seen.items())}
+
+
 def check_rows(rows: list[dict], name: str) -> None:
     """Every row is conversational in TRL's sense (a bug in this module otherwise, so fail loudly)."""
     from trl.data_utils import is_conversational
@@ -351,7 +365,9 @@ def export(store: Store, out: Path, *, culture: Culture, prompts: Prompts, judge
 
     statuses = dict(store.db.execute("select status, count(*) from episodes where culture = ? group by status",
                                      [culture.code]).fetchall())
-    used_prompts = PROMPT_NAMES + (CONTRASTIVE_PROMPT_NAMES if contrastive_model else [])
+    attributes = attribute_names(kept)
+    used_prompts = PROMPT_NAMES + (CONTRASTIVE_PROMPT_NAMES if contrastive_model else []) + \
+        (["persona_attributes"] if attributes else [])
     stats = {
         "culture": culture.code,
         "table9": table9(episodes),
@@ -373,6 +389,7 @@ def export(store: Store, out: Path, *, culture: Culture, prompts: Prompts, judge
             for name, rows in files.items()
         },
         "notes": dict(counts),
+        "attributes": attributes,
         "split": {"by": "scenario", "seed": seed, "validation_fraction": validation_fraction,
                   "validation_scenarios": sorted(validation),
                   "train_scenarios": len({e.scenario.id for e in kept} - validation)},

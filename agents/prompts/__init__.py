@@ -3,6 +3,10 @@
 A user's `--prompts DIR` overrides built-in templates by file name. A prompt's version is the
 hash of its template text, stored with every artefact it produced, so an edited prompt never
 masquerades as the old one.
+
+Persona attributes are rendered by their own template, `persona_attributes.j2`, and appended to a
+system turn only when its reader may see one (`with_attributes`): a scenario without attributes gets
+exactly the prompt, and the template versions, it had before attributes existed.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from pathlib import Path
 from jinja2 import ChoiceLoader, FileSystemLoader, StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from agents.records import Persona
+
 BUILTIN_DIR = Path(__file__).parent
+ATTRIBUTES = "persona_attributes"
 
 
 class PromptError(ValueError):
@@ -70,3 +77,18 @@ class Prompts:
 
     def versions(self, names: list[str]) -> dict[str, str]:
         return {n: self.version(n) for n in names}
+
+    def with_attributes(self, rendered: Rendered, reader: str, people: list[tuple[Persona, bool]]) -> Rendered:
+        """`rendered` followed by the attributes `reader` may see of `people` ((persona, whether the prompt speaks
+        to that persona), in the order given): all of its own, the public ones of the others.
+
+        Unchanged when there is nothing to show (or the template renders nothing); otherwise the version
+        becomes `<version>,persona_attributes:<its version>`."""
+        shown = [{"name": p.name, "own": own, "attributes": p.visible_attributes(own)} for p, own in people]
+        if not any(s["attributes"] for s in shown):
+            return rendered
+        block = self.render(ATTRIBUTES, reader=reader, people=shown)
+        if not block.text:
+            return rendered
+        return Rendered(rendered.name, f"{rendered.text}\n\n{block.text}",
+                        f"{rendered.version},{ATTRIBUTES}:{block.version}")

@@ -16,6 +16,7 @@ With `--unstructured`, `freetext.parse_labelled` reads the same shapes out of `K
 from __future__ import annotations
 
 import json
+import sys
 from functools import lru_cache
 from typing import Any, ClassVar, Literal
 
@@ -265,6 +266,10 @@ def parse_answer(raw: str, shape: type[Answer]) -> tuple[Answer | None, str]:
         data = json.loads(raw.strip(), strict=False)
     except json.JSONDecodeError as exc:
         return None, f"not JSON ({exc.msg} at character {exc.pos})"
+    except ValueError:  # Python refuses to convert an integer literal past its digit limit
+        return None, f"not JSON (a number of more than {sys.get_int_max_str_digits()} digits)"
+    except RecursionError:
+        return None, "not JSON (nested too deeply)"
     return validate_data(data, shape)
 
 

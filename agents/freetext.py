@@ -82,7 +82,8 @@ def _read(value: str, schema: dict[str, Any], name: str) -> Any:
         word = re.match(r"\W*(\w+)", value.lower())
         return {"yes": True, "true": True, "no": False, "false": False}.get(word.group(1)) if word else None
     if kind == "integer":
-        number = re.fullmatch(r"[\s*_\"'(\[]*([+-]?\d+)\s*(?:/\s*\d+)?[\s.)\]*_\"']*", value)  # "7", "-3", "7/10"
+        # "7", "-3", "7/10"; at most 18 digits, as Python refuses to convert very long numbers
+        number = re.fullmatch(r"[\s*_\"'(\[]*([+-]?\d{1,18})\s*(?:/\s*\d+)?[\s.)\]*_\"']*", value)
         return int(number.group(1)) if number else None
     text = value.strip().strip("\"'").strip()
     return "" if text.upper() in ("NONE", "N/A", "...") else text

@@ -4,7 +4,8 @@
     python -m graphs.adapt --culture DEU --n 200 --model openai:Qwen2.5-7B@http://127.0.0.1:8000/v1 --concurrency 32
     python -m graphs.adapt --culture JPN --seeds my_seeds.jsonl --model puppet
 
-One graph per seed:
+One graph per seed, fanned out by the batch graph that `langgraph dev` serves as `adapt_batch`
+(`graphs/concurrent.py`: plan -> Send(adapt_seed) x N -> summarize; each result stored as it ends):
 
     START -> adapt -> validate -> (adapt | END)
 
@@ -32,6 +33,8 @@ import random
 import re
 import sys
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
@@ -46,7 +49,21 @@ from agents.models import SMOLLM2, UNSTRUCTURED_HELP, GenerationParams, Message,
 from agents.prompts import PromptError, Prompts
 from agents.records import Attribute, Culture, Persona, Scenario, first_error
 from agents.seeds import sotopia_seeds
-from graphs.concurrent import failure_text, run_all
+from graphs.concurrent import (
+    BatchInputError,
+    BatchState,
+    Stage,
+    build_batch_graph,
+    counted,
+    failure_text,
+    on_store,
+    parse_request,
+    request_json,
+    run_batch,
+    shared_model,
+    shared_prompts,
+    under_root,
+)
 from graphs.scenarios import ScenarioFileError, read_scenarios
 from graphs.store import DEFAULT_DB, Store, git_commit
 
@@ -122,6 +139,8 @@ def extract_json(raw: str) -> dict[str, Any]:
         except json.JSONDecodeError as exc:
             first_error = first_error or exc
             continue
+        except (ValueError, RecursionError):  # a number past Python's digit limit, nesting past the stack
+            raise AdaptationError("the answer is not valid JSON (a number too long or nesting too deep)") from None
         if isinstance(value, dict):
             return value
     if first_error is None:
@@ -316,46 +335,187 @@ def build_adapt_graph(route=should_retry):
 # ------------------------------------------------------------------ running and storing
 
 
-async def adapt_seeds(store: Store, seeds: list[Scenario], *, culture: Culture, model: Model, prompts: Prompts,
-                      max_attempts: int, params: GenerationParams, concurrency: int, seed: int, run_id: str,
-                      progress: bool = True, name_pool: bool = False) -> dict:
-    """Adapt every seed not yet adapted for the culture, `concurrency` at a time, storing each result."""
-    todo = [s for s in seeds if store.scenario_status(adapted_id(culture.code, s.id)) != "ok"]
-    counts = {"skipped": len(seeds) - len(todo), "adapted": 0, "failed": 0, "errors": 0, "attempts": 0,
-              "first_try": 0}
-    graph = build_adapt_graph()
-    commit = git_commit()
+@dataclass(frozen=True)
+class AdaptRequest:
+    """A batch of seeds to adapt, as plain JSON: the fields are `python -m graphs.adapt`'s options."""
 
-    async def one(s: Scenario) -> None:
-        ctx = AdaptContext(seed=s, culture=culture, model=model, prompts=prompts, max_attempts=max_attempts,
-                           sample_seed=seed, params=params, name_pool=name_pool)
-        versions = json.dumps(prompts.versions(prompt_names(s)), sort_keys=True)
-        meta = {"culture": culture.code, "seed_id": s.id, "model": model.spec, "prompt_version": versions,
-                "run_id": run_id, "git": commit}
+    culture: str
+    n: int | None = None  # seeds to adapt, a seeded choice (None: all)
+    seeds: str | None = None  # JSON Lines file of seed scenarios (served: under the serving root); None: SOTOPIA
+    model: str = "smollm2"
+    db: str = DEFAULT_DB  # served: under the serving root
+    max_attempts: int = 3
+    concurrency: int = 8
+    seed: int = 0
+    prompts: str | None = None  # served: under the serving root
+    cultures_dir: str | None = None  # served: under the serving root
+    temperature: float = 0.7
+    top_p: float = 0.7
+    max_new_tokens: int = AdaptContext.params.max_new_tokens
+    name_pool: str = "auto"  # auto | on | off
+    unstructured: bool = False
+
+
+class AdaptInput(TypedDict, total=False):
+    culture: str
+    n: int | None
+    seeds: str | None
+    model: str
+    db: str
+    max_attempts: int
+    concurrency: int
+    seed: int
+    prompts: str | None
+    cultures_dir: str | None
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    name_pool: str
+    unstructured: bool
+
+
+class AdaptBatchState(AdaptInput, BatchState, total=False):
+    pass
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """A resolved adaptation request: the batch graph's run context."""
+
+    request: AdaptRequest
+    culture: Culture
+    prompts: Prompts
+    model: Model
+    db: Path
+    chosen: tuple[Scenario, ...]  # the seeds to adapt
+    params: GenerationParams
+    name_pool: bool
+    config: dict
+    command: str
+    run_id: str | None = None  # a run the caller recorded; else the graph records one
+    git: str | None = None  # the commit the run's code came from
+
+
+def resolve(request: AdaptRequest, served: bool = False, origin: dict | None = None, *,
+            load: Callable[[AdaptRequest, Path], Model] | None = None) -> Adaptation:
+    """Check a request and load what it names, the model last; one-line errors (BatchInputError,
+    CultureError, PromptError, ModelSpecError, ScenarioFileError). Served: paths under the serving root."""
+    r = request
+    if (r.n is not None and r.n < 1) or r.max_attempts < 1 or r.concurrency < 1:
+        raise BatchInputError("n, max_attempts and concurrency must be at least 1")
+    if r.name_pool not in ("auto", "on", "off"):
+        raise BatchInputError(f"name_pool: {r.name_pool!r} is not one of auto, on, off")
+    path = (lambda p, field: under_root(p, field)) if served else (lambda p, field: p and Path(p))
+    db, prompts_dir = path(r.db, "db"), path(r.prompts, "prompts")
+    cultures_dir, seeds_file = path(r.cultures_dir, "cultures_dir"), path(r.seeds, "seeds")
+    culture = load_culture(r.culture, cultures_dir)
+    prompts = shared_prompts(str(prompts_dir) if prompts_dir else None,
+                             tuple(PROMPT_NAMES + ATTRIBUTE_PROMPT_NAMES)) if served \
+        else Prompts(prompts_dir)
+    seeds = read_scenarios(seeds_file) if seeds_file else list(sotopia_seeds())
+    if not seeds:
+        raise ScenarioFileError(f"{r.seeds}: no scenarios in the file")
+    chosen = choose_seeds(seeds, r.n, r.seed)
+    name_pool = use_name_pool(r.name_pool, r.model, culture, structured=not r.unstructured)
+    check_templates(prompts, culture, chosen[0])
+    model = load(r, db) if load else shared_model(r.model, structured=not r.unstructured, max_batch=r.concurrency,
+                                                  log_dir=db.parent)
+    origin = origin or {}
+    command = origin.get("command") or "served adapt: " + json.dumps(origin.get("served", {}), sort_keys=True)
+    params = GenerationParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                              prefix=AdaptContext.params.prefix)
+    return Adaptation(request=r, culture=culture, prompts=prompts, model=model, db=db, chosen=tuple(chosen),
+                      params=params, name_pool=name_pool, config={**request_json(r), **origin}, command=command,
+                      git=git_commit())
+
+
+async def _plan(a: Adaptation) -> dict:
+    def record(store: Store) -> tuple[str, list[Scenario]]:
+        todo = [s for s in a.chosen if store.scenario_status(adapted_id(a.culture.code, s.id)) != "ok"]
+        return a.run_id or store.start_run(a.command, a.config), todo
+
+    run_id, todo = await on_store(a.db, record)
+    return {"run_id": run_id, "planned": len(a.chosen), "skipped": len(a.chosen) - len(todo),
+            "ids": [adapted_id(a.culture.code, s.id) for s in a.chosen],
+            "todo": [s.model_dump(mode="json") for s in todo]}
+
+
+async def _adapt_one(a: Adaptation, item: dict, run_id: str, graph) -> dict:
+    """Adapt one seed with the adaptation graph and store the result (adapted, or failed with why)."""
+    s = Scenario.model_validate(item)
+    sid = adapted_id(a.culture.code, s.id)
+    meta = {"culture": a.culture.code, "seed_id": s.id, "model": a.model.spec,
+            "prompt_version": json.dumps(a.prompts.versions(prompt_names(s)), sort_keys=True), "run_id": run_id,
+            "git": a.git}
+    with counted(a.model) as model:
+        ctx = AdaptContext(seed=s, culture=a.culture, model=model, prompts=a.prompts,
+                           max_attempts=a.request.max_attempts, sample_seed=a.request.seed, params=a.params,
+                           name_pool=a.name_pool)
         try:
-            state = await graph.ainvoke({"attempts": []}, {"recursion_limit": recursion_limit(max_attempts)}, context=ctx)
+            state = await graph.ainvoke({"attempts": []}, {"recursion_limit": recursion_limit(ctx.max_attempts)},
+                                        context=ctx)
         except PromptError:  # a template that cannot render is the user's to fix, not this seed's failure
             raise
         except Exception as exc:  # noqa: BLE001 - a crashed model call is this seed's recorded failure
-            store.put_failed_scenario(adapted_id(culture.code, s.id), attempts=0, raw="", error=failure_text(exc),
-                                      **meta)
-            counts["failed"] += 1
-            counts["errors"] += 1
-            return
-        attempts = state["attempts"]
-        counts["attempts"] += len(attempts)
-        if state.get("scenario"):
-            store.put_scenario(Scenario.model_validate(state["scenario"]), attempts=len(attempts), **meta)
-            counts["adapted"] += 1
-            counts["first_try"] += len(attempts) == 1
-        else:
-            store.put_failed_scenario(adapted_id(culture.code, s.id), attempts=len(attempts),
-                                      raw=attempts[-1]["raw"], error=attempts[-1]["error"], **meta)
-            counts["failed"] += 1
+            error = failure_text(exc)
+            await on_store(a.db, Store.put_failed_scenario, sid, attempts=0, raw="", error=error, **meta)
+            return {"id": sid, "status": "failed", "attempts": 0, "usage": model.usage.totals(), "error": error}
+    attempts = state["attempts"]
+    if state.get("scenario"):
+        await on_store(a.db, Store.put_scenario, Scenario.model_validate(state["scenario"]), attempts=len(attempts),
+                       **meta)
+        status = "adapted"
+    else:
+        await on_store(a.db, Store.put_failed_scenario, sid, attempts=len(attempts), raw=attempts[-1]["raw"],
+                       error=attempts[-1]["error"], **meta)
+        status = "failed"
+    return {"id": sid, "status": status, "attempts": len(attempts), "usage": model.usage.totals()}
 
-    await run_all(todo, one, concurrency=concurrency, desc=f"adapt {culture.code}", unit="scenario",
-                  progress=progress)
-    return counts
+
+async def _summarize(a: Adaptation, state: dict) -> dict:
+    results = state.get("results", [])
+    usage = Counter()
+    for r in results:
+        usage.update(r["usage"])
+    summary = {"skipped": state["skipped"], "adapted": sum(r["status"] == "adapted" for r in results),
+               "failed": sum(r["status"] == "failed" for r in results),
+               "errors": sum("error" in r for r in results),  # failed on a model error, not an invalid answer
+               "attempts": sum(r["attempts"] for r in results),
+               "first_try": sum(r["status"] == "adapted" and r["attempts"] == 1 for r in results),
+               "name_pool": a.name_pool, "usage": dict(usage), "wall_s": round(time.time() - state["started"], 1)}
+    if a.run_id is None:
+        await on_store(a.db, Store.finish_run, state["run_id"], summary)
+    return summary
+
+
+ADAPT = build_adapt_graph()  # run as a subgraph, once per seed
+STAGE = Stage(name="adapt_seed", request=lambda values: parse_request(AdaptRequest, values),
+              resolve=resolve, plan=_plan, work=_adapt_one,
+              summarize=_summarize,
+              errors=(BatchInputError, CultureError, PromptError, ModelSpecError, ScenarioFileError), subgraph=ADAPT)
+
+
+def build_adapt_batch_graph(served: bool = False):
+    """plan -> one adaptation subgraph per seed not yet adapted (Send) -> summarize."""
+    return build_batch_graph(STAGE, AdaptBatchState, AdaptInput, None if served else Adaptation)
+
+
+BATCH = build_adapt_batch_graph()
+
+
+async def adapt_seeds(store: Store, seeds: list[Scenario], *, culture: Culture, model: Model, prompts: Prompts,
+                      max_attempts: int, params: GenerationParams, concurrency: int, seed: int, run_id: str,
+                      progress: bool = True, name_pool: bool = False) -> dict:
+    """Adapt every seed not yet adapted for the culture, `concurrency` at a time, through the batch graph,
+    storing each result as it ends; returns counts (skipped, adapted, failed, attempts, first_try)."""
+    request = AdaptRequest(culture=culture.code, model=model.spec, db=str(store.path), max_attempts=max_attempts,
+                           concurrency=concurrency, seed=seed)
+    a = Adaptation(request=request, culture=culture, prompts=prompts, model=model, db=store.path, chosen=tuple(seeds),
+                   params=params, name_pool=name_pool, config={}, command="graphs.adapt.adapt_seeds", run_id=run_id,
+                   git=git_commit())
+    final = await run_batch(BATCH, request_json(request), context=a, desc=f"adapt {culture.code}", unit="scenario",
+                            progress=progress)
+    return {k: final["summary"][k] for k in ("skipped", "adapted", "failed", "attempts", "first_try")}
 
 
 def check_templates(prompts: Prompts, culture: Culture, seed: Scenario) -> None:
@@ -414,49 +574,29 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(argv)
-    if (args.n is not None and args.n < 1) or args.max_attempts < 1 or args.concurrency < 1:
-        sys.exit("error: --n, --max-attempts and --concurrency must be at least 1")
+    request = AdaptRequest(**{k: v for k, v in vars(args).items() if k != "no_progress"})
+    command = "graphs.adapt " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
-        culture = load_culture(args.culture, args.cultures_dir)
-        prompts = Prompts(args.prompts)
-        seeds = read_scenarios(args.seeds) if args.seeds else list(sotopia_seeds())
-        if not seeds:
-            raise ScenarioFileError(f"{args.seeds}: no scenarios in the file")
-        chosen = choose_seeds(seeds, args.n, args.seed)
-        name_pool = use_name_pool(args.name_pool, args.model, culture, structured=not args.unstructured)
-        check_templates(prompts, culture, chosen[0])
-        model = load_model(args.model, max_batch=args.concurrency, structured=not args.unstructured,
-                           log_dir=Path(args.db).parent)
-    except (CultureError, PromptError, ModelSpecError, ScenarioFileError) as exc:
-        sys.exit(f"error: {exc}")
-    store = Store(args.db)
-    config = {k: v for k, v in vars(args).items() if k != "no_progress"}
-    run_id = store.start_run("graphs.adapt " + " ".join(argv if argv is not None else sys.argv[1:]), config)
-    params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                              prefix=AdaptContext.params.prefix)
-    started = time.perf_counter()
-    try:
-        counts = asyncio.run(adapt_seeds(
-            store, chosen, culture=culture, model=model, prompts=prompts, max_attempts=args.max_attempts,
-            params=params, concurrency=args.concurrency, seed=args.seed, run_id=run_id,
-            progress=not args.no_progress, name_pool=name_pool,
-        ))
-    except PromptError as exc:  # e.g. a user template that fails only on some seed's data
-        store.finish_run(run_id, {"error": str(exc)})
-        sys.exit(f"error: {exc}")
-    wall_s = round(time.perf_counter() - started, 1)
-    store.finish_run(run_id, {**counts, "name_pool": name_pool, "usage": model.usage.totals(), "wall_s": wall_s})
+        a = resolve(request, origin={"command": command}, load=lambda r, db: load_model(
+            r.model, max_batch=r.concurrency, structured=not r.unstructured, log_dir=db.parent))
+        final = asyncio.run(run_batch(BATCH, request_json(request), context=a, desc=f"adapt {a.culture.code}",
+                                      unit="scenario", progress=not args.no_progress))
+    except (BatchInputError, CultureError, PromptError, ModelSpecError, ScenarioFileError) as exc:
+        sys.exit(f"error: {exc}")  # e.g. a user template that fails only on some seed's data
+    if final.get("error"):
+        sys.exit(f"error: {final['error']}")
+    counts, chosen = final["summary"], a.chosen
     tried = counts["adapted"] + counts["failed"]
     rate = f"{counts['adapted']}/{tried} valid ({counts['first_try']} on the first attempt)" if tried else "none tried"
-    u = model.usage.totals()
+    u = counts["usage"]
     errors = f", {counts['errors']} on a model error" if counts["errors"] else ""
     print(
-        f"\n{len(chosen)} seed{'' if len(chosen) == 1 else 's'} for {culture.name}: {counts['adapted']} adapted, {counts['failed']} failed "
-        f"(never validated{errors}), "
-        f"{counts['skipped']} already adapted; {rate}; {counts['attempts']} answers, "
-        f"{u['prompt_tokens']} prompt + {u['completion_tokens']} completion tokens; {wall_s} s"
+        f"\n{len(chosen)} seed{'' if len(chosen) == 1 else 's'} for {a.culture.name}: {counts['adapted']} adapted, "
+        f"{counts['failed']} failed (never validated{errors}), {counts['skipped']} already adapted; {rate}; "
+        f"{counts['attempts']} answers, {u.get('prompt_tokens', 0)} prompt + {u.get('completion_tokens', 0)} "
+        f"completion tokens; {counts['wall_s']} s"
     )
-    print(f"Look at them:  python -m graphs.scenarios list --culture {culture.code} --db {args.db}")
+    print(f"Look at them:  python -m graphs.scenarios list --culture {a.culture.code} --db {args.db}")
     if counts["errors"]:  # a rerun retries them; answers that never validated are results, not errors
         sys.exit(1)
 

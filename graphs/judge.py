@@ -3,7 +3,8 @@
     python -m graphs.judge --culture CHN --model smollm2
     python -m graphs.judge --culture JPN --model openai:Qwen2.5-72B@http://127.0.0.1:8000/v1 --concurrency 32
 
-Per episode, a small LangGraph graph asks the judge model three questions:
+Per episode, a small LangGraph graph, fanned out by the batch graph that `langgraph dev` serves as
+`judge_batch` (`graphs/concurrent.py`), asks the judge model three questions:
 
     START -> quality --\
     START -> culture ---> meta -> END
@@ -26,17 +27,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import operator
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
-from tqdm import tqdm
 
 from agents.answers import CONFIDENCES, AlignmentAnswer, Answer, MetaAnswer, QualityAnswer, SotopiaAnswer
 from agents.cultures import CultureError, load_culture
@@ -44,7 +46,20 @@ from agents.freetext import label
 from agents.models import UNSTRUCTURED_HELP, Asked, GenerationParams, Message, Model, ModelSpecError, load_model
 from agents.prompts import PromptError, Prompts
 from agents.records import Action, Culture, Scenario, Turn
-from graphs.concurrent import run_all
+from graphs.concurrent import (
+    BatchInputError,
+    BatchState,
+    Stage,
+    build_batch_graph,
+    counted,
+    on_store,
+    parse_request,
+    request_json,
+    run_batch,
+    shared_model,
+    shared_prompts,
+    under_root,
+)
 from graphs.episode import answer_format_for, turn_seed
 from graphs.store import DEFAULT_DB, FINAL, Store
 
@@ -341,30 +356,165 @@ def needs_judging(store: Store, ep_id: str, judge_model: str, sotopia: bool = Fa
     return not wanted <= {r["aspect"] for r in store.judgements(ep_id, judge_model)}
 
 
+@dataclass(frozen=True)
+class JudgeRequest:
+    """A batch of episodes to judge, as plain JSON: the fields are `python -m graphs.judge`'s options."""
+
+    culture: str
+    model: str = "smollm2"  # the judge model spec
+    db: str = DEFAULT_DB  # served: under the serving root
+    prompts: str | None = None  # served: under the serving root
+    cultures_dir: str | None = None  # served: under the serving root
+    concurrency: int = 8
+    max_new_tokens: int = 200
+    unstructured: bool = False
+    seed: int = 0
+    rejudge: bool = False
+    sotopia: bool = False
+    filter: str = PAPER_RULE_TEXT
+    on_invalid: str = "keep"
+
+
+class JudgeInput(TypedDict, total=False):
+    culture: str
+    model: str
+    db: str
+    prompts: str | None
+    cultures_dir: str | None
+    concurrency: int
+    max_new_tokens: int
+    unstructured: bool
+    seed: int
+    rejudge: bool
+    sotopia: bool
+    filter: str
+    on_invalid: str
+
+
+class JudgeBatchState(JudgeInput, BatchState, total=False):
+    pass
+
+
+@dataclass(frozen=True)
+class Judging:
+    """A resolved judge request: the batch graph's run context."""
+
+    request: JudgeRequest
+    culture: Culture
+    prompts: Prompts
+    model: Model
+    db: Path
+    rule: FilterRule
+    params: GenerationParams
+    config: dict
+    command: str
+    episodes: tuple[dict, ...] | None = None  # a caller's own choice of episode rows; else the judgeable ones
+    run_id: str | None = None  # a run the caller recorded; else the graph records one
+
+
+def resolve(request: JudgeRequest, served: bool = False, origin: dict | None = None, *,
+            load: Callable[[JudgeRequest, Path], Model] | None = None) -> Judging:
+    """Check a request and load what it names, the model last; one-line errors (JudgeError, CultureError,
+    PromptError, ModelSpecError, BatchInputError). Served: paths under the serving root."""
+    r = request
+    if r.concurrency < 1 or r.max_new_tokens < 1:
+        raise JudgeError("concurrency and max_new_tokens must be at least 1")
+    rule = FilterRule.parse(r.filter, r.on_invalid)
+    path = (lambda p, field: under_root(p, field)) if served else (lambda p, field: p and Path(p))
+    db, prompts_dir, cultures_dir = path(r.db, "db"), path(r.prompts, "prompts"), path(r.cultures_dir, "cultures_dir")
+    culture = load_culture(r.culture, cultures_dir)
+    names = tuple(PROMPT_NAMES + ["judge_sotopia"] * r.sotopia)
+    # persona_attributes: read now too, as judged scenarios with attributes render it
+    prompts = shared_prompts(str(prompts_dir) if prompts_dir else None, (*names, "persona_attributes")) if served \
+        else Prompts(prompts_dir)
+    versions = prompts.versions(list(names))  # fails before a model loads
+    judgeable, left_out = screen_episodes(Store(db), culture.code)
+    if not judgeable:
+        raise JudgeError(f"{r.db}: no finished {culture.code} episodes with at least {MIN_UTTERANCES} "
+                         f"utterances to judge ({sum(left_out.values())} finished with fewer; run "
+                         "graphs.simulate first)")
+    model = load(r, db) if load else shared_model(r.model, structured=not r.unstructured, max_batch=r.concurrency,
+                                                  log_dir=db.parent)
+    origin = origin or {}
+    command = origin.get("command") or "served judge: " + json.dumps(origin.get("served", {}), sort_keys=True)
+    return Judging(request=r, culture=culture, prompts=prompts, model=model, db=db, rule=rule,
+                   params=replace(JudgeContext.params, max_new_tokens=r.max_new_tokens),
+                   config={**request_json(r), "prompt_versions": versions, **origin}, command=command)
+
+
+async def _plan(j: Judging) -> dict:
+    r = j.request
+
+    def record(store: Store) -> tuple[str, list[dict], list[str]]:
+        episodes = list(j.episodes) if j.episodes is not None else judgeable_episodes(store, j.culture.code)
+        todo = [e for e in episodes if r.rejudge or needs_judging(store, e["id"], j.model.spec, r.sotopia)]
+        return j.run_id or store.start_run(j.command, j.config), todo, [e["id"] for e in episodes]
+
+    run_id, todo, ids = await on_store(j.db, record)
+    return {"run_id": run_id, "planned": len(ids), "skipped": len(ids) - len(todo), "ids": ids,
+            "todo": [{"id": e["id"], "scenario_id": e["scenario_id"]} for e in todo]}
+
+
+async def _judge_one(j: Judging, item: dict, run_id: str, graph) -> dict:
+    """Judge one episode with the judge graph and store its judgements; a failure stores nothing."""
+    scenario, turns = await on_store(j.db, lambda store: (store.scenario(item["scenario_id"]),
+                                                          store.turns(item["id"])))
+    with counted(j.model) as model:
+        ctx = JudgeContext(scenario=scenario, culture=j.culture, turns=tuple(valid_turns(turns)), model=model,
+                           prompts=j.prompts, seed=turn_seed(j.request.seed, 0, item["id"]), params=j.params)
+        try:
+            state = await (JUDGE_SOTOPIA if j.request.sotopia else graph).ainvoke({"judgements": []}, context=ctx)
+        except Exception as exc:  # noqa: BLE001 - counted, reported, retried on rerun; nothing is stored
+            return {"id": item["id"], "status": "failed", "usage": model.usage.totals(),
+                    "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
+    await on_store(j.db, Store.put_judgements, item["id"], j.model.spec,
+                   [{**row, "run_id": run_id} for row in state["judgements"]])
+    return {"id": item["id"], "status": "judged", "usage": model.usage.totals()}
+
+
+async def _summarize(j: Judging, state: dict) -> dict:
+    results = state.get("results", [])
+    usage = Counter()
+    for r in results:
+        usage.update(r["usage"])
+    counts = {"skipped": state["skipped"], "judged": sum(r["status"] == "judged" for r in results),
+              "failed": sum(r["status"] == "failed" for r in results)}
+    summary = await on_store(j.db, judgement_summary, j.culture.code, j.model.spec, j.rule)
+    summary.update(this_run=counts, usage=dict(usage), wall_s=round(time.time() - state["started"], 1))
+    if j.run_id is None:
+        await on_store(j.db, Store.finish_run, state["run_id"], summary)
+    return summary
+
+
+JUDGE, JUDGE_SOTOPIA = build_judge_graph(), build_judge_graph(sotopia=True)  # run as subgraphs, once per episode
+STAGE = Stage(name="judge_episode", request=lambda values: parse_request(JudgeRequest, values),
+              resolve=resolve, plan=_plan, work=_judge_one,
+              summarize=_summarize, errors=(JudgeError, BatchInputError, CultureError, PromptError, ModelSpecError),
+              subgraph=JUDGE)
+
+
+def build_judge_batch_graph(served: bool = False):
+    """plan -> one judge subgraph per episode not yet judged by this model (Send) -> summarize."""
+    return build_batch_graph(STAGE, JudgeBatchState, JudgeInput, None if served else Judging)
+
+
+BATCH = build_judge_batch_graph()
+
+
 async def judge_episodes(store: Store, episodes: list[dict], *, culture: Culture, model: Model, prompts: Prompts,
                          run_id: str, concurrency: int = 8, seed: int = 0, rejudge: bool = False,
                          sotopia: bool = False, params: GenerationParams = JudgeContext.params,
                          progress: bool = True) -> dict:
-    """Judge every episode not yet judged by `model` (all of them with `rejudge`); returns counts."""
-    todo = [e for e in episodes if rejudge or needs_judging(store, e["id"], model.spec, sotopia)]
-    graph = build_judge_graph(sotopia)
-    counts = Counter(skipped=len(episodes) - len(todo), judged=0, failed=0)
-
-    async def one(row: dict) -> None:
-        scenario = store.scenario(row["scenario_id"])
-        ctx = JudgeContext(scenario=scenario, culture=culture, turns=tuple(valid_turns(store.turns(row["id"]))),
-                           model=model, prompts=prompts, seed=turn_seed(seed, 0, row["id"]), params=params)
-        try:
-            state = await graph.ainvoke({"judgements": []}, context=ctx)
-        except Exception as exc:  # noqa: BLE001 - counted, reported, retried on rerun; nothing is stored
-            counts["failed"] += 1
-            tqdm.write(f"episode {row['id']}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
-        else:
-            store.put_judgements(row["id"], model.spec, [{**j, "run_id": run_id} for j in state["judgements"]])
-            counts["judged"] += 1
-
-    await run_all(todo, one, concurrency=concurrency, desc=f"judging {culture.code}", unit="ep", progress=progress)
-    return dict(counts)
+    """Judge every episode not yet judged by `model` (all of them with `rejudge`) through the batch graph;
+    returns counts (skipped, judged, failed)."""
+    request = JudgeRequest(culture=culture.code, model=model.spec, db=str(store.path), concurrency=concurrency,
+                           seed=seed, rejudge=rejudge, sotopia=sotopia)
+    j = Judging(request=request, culture=culture, prompts=prompts, model=model, db=store.path, rule=PAPER_RULE,
+                params=params, config={}, command="graphs.judge.judge_episodes", episodes=tuple(episodes),
+                run_id=run_id)
+    final = await run_batch(BATCH, request_json(request), context=j, desc=f"judging {culture.code}", unit="ep",
+                            progress=progress)
+    return final["summary"]["this_run"]
 
 
 def judgement_summary(store: Store, culture: str, judge_model: str, rule: FilterRule) -> dict:
@@ -430,46 +580,29 @@ def add_filter_arguments(p: argparse.ArgumentParser, purpose: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(argv)
-    if args.concurrency < 1 or args.max_new_tokens < 1:
-        sys.exit("error: --concurrency and --max-new-tokens must be at least 1")
+    request = JudgeRequest(**{k: v for k, v in vars(args).items() if k != "no_progress"})
+    command = "graphs.judge " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
-        rule = FilterRule.parse(args.filter, args.on_invalid)
-        culture = load_culture(args.culture, args.cultures_dir)
-        prompts = Prompts(args.prompts)
-        versions = prompts.versions(PROMPT_NAMES + ["judge_sotopia"] * args.sotopia)  # fails before a model loads
-        store = Store(args.db)
-        episodes, left_out = screen_episodes(store, culture.code)
-        if not episodes:
-            raise JudgeError(f"{args.db}: no finished {culture.code} episodes with at least {MIN_UTTERANCES} "
-                             f"utterances to judge ({sum(left_out.values())} finished with fewer; run "
-                             "graphs.simulate first)")
-        model = load_model(args.model, max_batch=args.concurrency, structured=not args.unstructured,
-                           log_dir=Path(args.db).parent)
-    except (JudgeError, CultureError, PromptError, ModelSpecError) as exc:
+        j = resolve(request, origin={"command": command}, load=lambda r, db: load_model(
+            r.model, max_batch=r.concurrency, structured=not r.unstructured, log_dir=db.parent))
+    except (JudgeError, BatchInputError, CultureError, PromptError, ModelSpecError) as exc:
         sys.exit(f"error: {exc}")
-    config = {k: v for k, v in vars(args).items() if k != "no_progress"}
-    config["prompt_versions"] = versions
-    run_id = store.start_run("graphs.judge " + " ".join(argv if argv is not None else sys.argv[1:]), config)
-    started = time.perf_counter()
-    counts = asyncio.run(judge_episodes(
-        store, episodes, culture=culture, model=model, prompts=prompts, run_id=run_id,
-        concurrency=args.concurrency, seed=args.seed, rejudge=args.rejudge, sotopia=args.sotopia,
-        progress=not args.no_progress,
-        params=replace(JudgeContext.params, max_new_tokens=args.max_new_tokens),
-    ))
-    summary = judgement_summary(store, culture.code, model.spec, rule)
-    summary.update(this_run=counts, usage=model.usage.totals(), wall_s=round(time.perf_counter() - started, 1))
-    store.finish_run(run_id, summary)
+    final = asyncio.run(run_batch(BATCH, request_json(request), context=j, desc=f"judging {j.culture.code}",
+                                  unit="ep", progress=not args.no_progress))
+    if final.get("error"):
+        sys.exit(f"error: {final['error']}")
+    summary, rule = final["summary"], j.rule
+    counts = summary["this_run"]
     valid = ", ".join(f"{a} {s['valid']}/{s['answers']}" for a, s in summary["aspects"].items()
                       if s.get("answers") and a in ASPECTS)
     scored = [s for a, s in summary["aspects"].items() if a not in ASPECTS]
     if scored:
         valid += f", SOTOPIA scores {sum(s['valid'] for s in scored)}/{sum(s['answers'] for s in scored)}"
     print(
-        f"\n{summary['episodes']} {culture.code} episodes"
+        f"\n{summary['episodes']} {j.culture.code} episodes"
         + "".join(f" ({n} more left out: {reason})" for reason, n in summary["not_judgeable"].items())
-        + f": {counts['judged']} judged now, {counts['skipped']} already "
-        f"judged by {model.spec}, {counts['failed']} failed; valid answers: {valid or 'none'}; "
+        + f": {counts['judged']} judged now, {counts['skipped']} "
+        f"already judged by {j.model.spec}, {counts['failed']} failed; valid answers: {valid or 'none'}; "
         f"rule {rule}: {summary['kept']} kept, {summary['dropped']} dropped "
         f"({summary['kept_despite_invalid']} kept with an invalid judgement)"
         + "".join(f"; dropped for {reason}: {n}" for reason, n in summary["drop_reasons"].items())

@@ -44,6 +44,8 @@ def read_numbered(path: str | Path) -> list[tuple[int, Scenario]]:
             data = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ScenarioFileError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        except (ValueError, RecursionError):  # a number past Python's digit limit, nesting past the stack
+            raise ScenarioFileError(f"{where}: invalid JSON (a number too long or nesting too deep)") from None
         if not isinstance(data, dict):
             raise ScenarioFileError(f"{where}: expected a JSON object (a scenario), got {type(data).__name__}")
         try:

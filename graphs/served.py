@@ -1,44 +1,59 @@
 """The graphs as `langgraph dev` serves them (see `langgraph.json`).
 
-The graphs' run contexts hold Python objects (a loaded model, a `Culture`, `Prompts`) that a server
+Batch graphs (`simulate`, `adapt_batch`, `judge_batch`): the same graphs as `python -m graphs.simulate`,
+`graphs.adapt` and `graphs.judge`, taking the command's options as plain-JSON input. They write every
+finished episode, scenario or judgement to the store as it ends, stream progress events
+(`stream_mode="custom"`), and record in the store that a served run made them. Every path a client
+names (`db`, `prompts`, `cultures_dir`, `seeds`) must lie under the serving root: $CLCA_SERVE_ROOT,
+else the server's working directory. Models are loaded once per server process and shared by its runs.
+
+    langgraph dev --no-browser --port 2024            # from the repository root
+    # then, from Python (a fuller script: README, "Serving"):
+    from langgraph_sdk import get_sync_client
+    client = get_sync_client(url="http://127.0.0.1:2024")
+    thread = client.threads.create()
+    run = client.runs.create(thread["thread_id"], "simulate", input={"culture": "JPN", "episodes": 6,
+                             "use_seeds": True, "model": "puppet", "db": "runs/served.db", "concurrency": 3})
+    for part in client.runs.join_stream(thread["thread_id"], run["run_id"], stream_mode="custom"): print(part.data)
+
+Single-item graphs (`episode`, `adapt`, `judge`) return their state and store nothing. Their run
+contexts hold Python objects (a loaded model, a `Culture`, `Prompts`) that a server
 cannot receive over HTTP. Here each served graph takes a JSON-able run configuration instead (what
 LangGraph Studio shows as the assistant's context, what `langgraph_sdk` sends as `context=`), builds
 the real context from it, and runs the unchanged graph as a subgraph, so Studio still draws and steps
 through the real nodes.
 
-    langgraph dev --no-browser --port 2024            # from the repository root
-    # then, from Python:
-    from langgraph_sdk import get_sync_client
-    client = get_sync_client(url="http://127.0.0.1:2024")
-    thread = client.threads.create()
-    state = client.runs.wait(thread["thread_id"], "episode", input={},
+    state = client.runs.wait(client.threads.create()["thread_id"], "episode", input={},
                              context={"culture": "JPN", "model": "smollm2", "max_turns": 3})
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, get_type_hints
+from typing import get_type_hints
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from typing_extensions import TypedDict
 
 from agents.cultures import load_culture
-from agents.models import Model, load_model
-from agents.prompts import Prompts
+from agents.models import Model
 from agents.records import Scenario, Turn
 from agents.seeds import sotopia_seeds
 from graphs import adapt as adapt_graph
 from graphs import episode as episode_graph
 from graphs import judge as judge_graph
+from graphs.adapt import build_adapt_batch_graph
+from graphs.concurrent import BatchInputError, shared_model, shared_prompts, under_root
+from graphs.judge import build_judge_batch_graph
+from graphs.simulate import build_simulate_graph
 from graphs.store import Store
 
 
-class ServedConfigError(ValueError):
+class ServedConfigError(BatchInputError):
     """A run configuration that names something that does not exist."""
 
 
@@ -91,8 +106,8 @@ def episode_context(config: EpisodeRunConfig) -> episode_graph.EpisodeContext:
     if config.max_turns < 1:
         raise ServedConfigError(f"max_turns: must be at least 1, got {config.max_turns}")
     return episode_graph.EpisodeContext(
-        scenario=_scenario(config.scenario, config.scenario_id, config.db, "scenario_id"),
-        culture=load_culture(config.culture, config.cultures_dir), model=_model(config.model),
+        scenario=_scenario(config.scenario, config.scenario_id, _path(config.db, "db"), "scenario_id"),
+        culture=load_culture(config.culture, _path(config.cultures_dir, "cultures_dir")), model=_model(config.model),
         prompts=_prompts(config.prompts_dir, tuple(episode_graph.PROMPT_NAMES)), max_turns=config.max_turns,
         seed=config.seed,
     )
@@ -103,7 +118,7 @@ def adapt_context(config: AdaptRunConfig) -> adapt_graph.AdaptContext:
         raise ServedConfigError(f"max_attempts: must be at least 1, got {config.max_attempts}")
     return adapt_graph.AdaptContext(
         seed=_scenario(config.seed_scenario, config.seed_id, None, "seed_id"),
-        culture=load_culture(config.culture, config.cultures_dir), model=_model(config.model),
+        culture=load_culture(config.culture, _path(config.cultures_dir, "cultures_dir")), model=_model(config.model),
         prompts=_prompts(config.prompts_dir, tuple(adapt_graph.PROMPT_NAMES)), max_attempts=config.max_attempts,
         sample_seed=config.sample_seed,
     )
@@ -111,9 +126,10 @@ def adapt_context(config: AdaptRunConfig) -> adapt_graph.AdaptContext:
 
 def judge_context(config: JudgeRunConfig) -> judge_graph.JudgeContext:
     if config.episode_id:
-        if not config.db or not Path(config.db).is_file():
+        db = _path(config.db, "db")
+        if not db or not Path(db).is_file():
             raise ServedConfigError(f"db: episode_id needs an existing store, got {config.db!r}")
-        store = Store(config.db)
+        store = Store(db)
         row = store.episode(config.episode_id)
         if row is None:
             raise ServedConfigError(f"episode_id: {config.episode_id!r} is not in {config.db}")
@@ -125,7 +141,7 @@ def judge_context(config: JudgeRunConfig) -> judge_graph.JudgeContext:
     else:
         raise ServedConfigError("give db + episode_id, or culture + scenario + turns")
     return judge_graph.JudgeContext(
-        scenario=scenario, culture=load_culture(culture, config.cultures_dir),
+        scenario=scenario, culture=load_culture(culture, _path(config.cultures_dir, "cultures_dir")),
         turns=tuple(judge_graph.valid_turns(turns)), model=_model(config.model),
         prompts=_prompts(config.prompts_dir, tuple(judge_graph.PROMPT_NAMES)), seed=config.seed,
     )
@@ -161,23 +177,29 @@ judge = served("judge", judge_graph.build_judge_graph(), judge_graph.JudgeState,
 adapt = served("adapt", adapt_graph.build_adapt_graph(), adapt_graph.AdaptState, AdaptRunConfig, adapt_context,
                lambda ctx: adapt_graph.recursion_limit(ctx.max_attempts))
 
+# The batch graphs, built for serving: JSON input only, paths under the serving root, shared models.
+simulate = build_simulate_graph(served=True)
+adapt_batch = build_adapt_batch_graph(served=True)
+judge_batch = build_judge_batch_graph(served=True)
+
 
 # ------------------------------------------------------------------ private
 
 
-@functools.cache
 def _model(spec: str) -> Model:
     """One model per spec for the server's lifetime: loading SmolLM2 takes seconds, a run does not."""
-    return load_model(spec)
+    return shared_model(spec)
 
 
-@functools.cache
-def _prompts(override_dir: str | None, names: tuple[str, ...]) -> Prompts:
-    prompts = Prompts(override_dir)
-    for name in names:  # read and compile now, in the worker thread, not inside the event loop
-        prompts.source(name)
-        prompts.env.get_template(f"{name}.j2")
-    return prompts
+def _prompts(override_dir: str | None, names: tuple[str, ...]):
+    path = _path(override_dir, "prompts_dir")
+    return shared_prompts(str(path) if path else None, names)
+
+
+def _path(path: str | None, field: str) -> str | None:
+    """A client's path, which must lie under the serving root."""
+    resolved = under_root(path, field)
+    return str(resolved) if resolved else None
 
 
 def _scenario(whole: dict | None, scenario_id: str | None, db: str | None, field: str) -> Scenario:

@@ -73,13 +73,36 @@ def _claims_fd(path: Path) -> int:
     return _CLAIM_FDS[path]
 
 
+@contextmanager
+def claim(db: str | Path, key: str) -> Iterator[bool]:
+    """Whether this process may work on `key` (an episode id) in the store at `db` now: False while another
+    process does.
+
+    Two processes running one episode would both write its LangGraph checkpoint thread and mix their
+    turns. A claim is a POSIX lock on one byte of `<db>.claims` (at an offset hashed from the key), which
+    the operating system drops when the process ends, a SIGKILL included, so a rerun takes over what a
+    killed run left. Within one process claims do not exclude each other (its plan has no duplicates).
+    """
+    path = Path(db)
+    fd = _claims_fd(path.with_name(path.name + ".claims"))
+    offset = int(hashlib.sha256(key.encode()).hexdigest()[:15], 16)  # 60 bits: collisions are negligible
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+    except OSError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
+
+
 class Store:
     """The store file; several processes may open and write one at once (see `_writing`)."""
 
     def __init__(self, path: str | Path = DEFAULT_DB):
         self.path = Path(path)
         self.checkpoint_path = self.path.with_name(self.path.name + ".checkpoints")
-        self.claims_path = self.path.with_name(self.path.name + ".claims")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite_utils.Database(self.path)
         self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -102,26 +125,9 @@ class Store:
             raise
         self.db.execute("COMMIT")
 
-    @contextmanager
-    def claim(self, key: str) -> Iterator[bool]:
-        """Whether this process may work on `key` (an episode id) now: False while another process does.
-
-        Two processes running one episode would both write its LangGraph checkpoint thread and mix their
-        turns. A claim is a POSIX lock on one byte of `<db>.claims` (at an offset hashed from the key), which
-        the operating system drops when the process ends, a SIGKILL included, so a rerun takes over what a
-        killed run left. Within one process claims do not exclude each other (its plan has no duplicates).
-        """
-        fd = _claims_fd(self.claims_path)
-        offset = int(hashlib.sha256(key.encode()).hexdigest()[:15], 16)  # 60 bits: collisions are negligible
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
-        except OSError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
+    def claim(self, key: str):
+        """`claim(self.path, key)`."""
+        return claim(self.path, key)
 
     def _create_tables(self) -> None:
         """Create what is missing, in one transaction, so processes that open a new store together agree."""

@@ -4,8 +4,8 @@
     python -m graphs.view --db runs/demo.db --out site/ --serve              # ... and serve it on localhost
     python -m graphs.view --db runs/demo.db --episode ep-1234 --export ep.svg   # one episode (.svg or .png)
 
-The site works offline (no CDN, no network): an index filterable by culture, status, judge label and
-model; one page per episode; a page of the state machines' topologies. PNG export rasterises the SVG
+The site works offline (no CDN, no network): an index filterable by culture, status, judge label,
+model and run (a command line's or a served run's); one page per episode; a page of the state machines' topologies. PNG export rasterises the SVG
 with a local headless Chromium.
 """
 
@@ -130,7 +130,10 @@ def build_site(db: str | Path, out: str | Path, rule: FilterRule = PAPER_RULE) -
         "verdict": sorted({v for e in episodes for v in e.outcome}),
         "judge label": sorted({v for e in episodes for v in e.labels}),
         "model": sorted({e.row["model"] for e in episodes}),
+        "run": sorted({e.row["run_id"] for e in episodes if e.row["run_id"]}),
     }
+    # A run is shown by what started it: a command line, or a served run (graph, thread and run ids).
+    labels = {"run": {e.row["run_id"]: _run_label(e.row["run_id"], e.run) for e in episodes if e.row["run_id"]}}
     totals = {
         "episodes": len(episodes), "turns": sum(len(e.turns) for e in episodes),
         "intents": sum(len(e.intents) for e in episodes),
@@ -139,7 +142,7 @@ def build_site(db: str | Path, out: str | Path, rule: FilterRule = PAPER_RULE) -
         "verdicts": dict(Counter(v for e in episodes for v in e.outcome)),
     }
     _write(out / "index.html", env.get_template("index.html.j2").render(
-        episodes=episodes, filters=filters, totals=totals, provenance=provenance, root="."))
+        episodes=episodes, filters=filters, labels=labels, totals=totals, provenance=provenance, root="."))
     for e in episodes:
         drawing = e.drawing()
         (out / "episodes" / f"{e.id}.svg").write_text(drawing.svg, encoding="utf-8")
@@ -267,6 +270,15 @@ def _open_store(db: str | Path) -> Store:
 def _templates() -> Environment:
     return Environment(loader=FileSystemLoader(ASSETS), autoescape=select_autoescape(["j2", "html"]),
                        undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def _run_label(run_id: str, run: dict | None) -> str:
+    if run is None:
+        return run_id
+    served = json.loads(run["config"] or "{}").get("served")
+    if served:
+        return f"{run_id}: served {served.get('graph_id')}, run {served.get('run_id')}"
+    return f"{run_id}: {run['command']}"[:120]
 
 
 def _as_json(text: str | None) -> str:

@@ -58,7 +58,7 @@ def test_index_lists_every_episode_with_its_filter_values(site):
     # Kept or dropped comes from graphs.judge's own rule (the paper's by default).
     assert [by_id[i]["data-verdict"] for i in ("ep-chn-leave", "ep-chn-maxturns", "ep-jpn-done")] == [
         '["kept"]', '["dropped"]', '["unjudged"]']
-    assert [s["data-key"] for s in html.having("select")] == ["culture", "status", "verdict", "judge-label", "model"]
+    assert [s["data-key"] for s in html.having("select")] == ["culture", "status", "verdict", "judge-label", "model", "run"]
     values = [a["value"] for a in html.having("option")]
     for expected in ("CHN", "JPN", "done", "invalid", "puppet", "smollm2", "kept", "dropped", "culture: aligned"):
         assert expected in values

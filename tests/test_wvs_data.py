@@ -97,7 +97,7 @@ def test_numeric_country_codes_and_semicolons(tmp_path):
 @pytest.mark.parametrize("content,message", [
     ("W_WEIGHT,Q1\n1,1\n", "line 1: no B_COUNTRY"),
     ("B_COUNTRY,Q1\n392,1\n", "no W_WEIGHT column"),
-    ("B_COUNTRY,W_WEIGHT,Q1\n392,1,1\n999,1,1\n", "line 3: B_COUNTRY 999"),
+    ("B_COUNTRY,W_WEIGHT,Q1\n392,1,1\n999,1,1\n", "line 3: column B_COUNTRY: .999. is not a WVS-7 country"),
     ("B_COUNTRY,W_WEIGHT,Q1\n392,x,1\n", "line 2:"),
 ])
 def test_bad_respondent_files(tmp_path, content, message):

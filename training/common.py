@@ -7,10 +7,13 @@ that would otherwise break or slow a CPU run, and widen `lora_alpha` to a float 
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
+import re
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -108,11 +111,69 @@ class ModelConfig(trl.ModelConfig):
     use_peft: bool = field(default=True, metadata={"help": "Train a LoRA adapter (off: full fine-tuning)."})
 
 
+# Secrets come from the environment (HF_TOKEN, OPENAI_API_KEY): one given as an option would be pickled into
+# the Trainer's training_args.bin, and one in a config file's `env:` block lives in a file that gets shared.
+SECRET_OPTIONS = ("hub_token",)
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
+
+
 class OneLineParser(trl.TrlParser):
-    """`TrlParser` whose argument errors are one line (`error: ...`) instead of a usage dump."""
+    """`TrlParser` whose argument errors are one line (`error: ...`) instead of a usage dump, and whose config
+    file values are read as the command line would read them (type and choices checked), not taken as they are."""
 
     def error(self, message):
         sys.exit(f"error: {message}")
+
+    def set_defaults_with_config(self, **kwargs) -> list[str]:
+        actions = {action.dest: action for action in self._actions}
+        hints: dict = {}
+        for kind in self.dataclass_types:
+            hints.update(typing.get_type_hints(kind))
+        for key, value in kwargs.items():
+            if key in actions:
+                kwargs[key] = _config_value(actions[key], key, value, hints.get(key), self.error)
+        return super().set_defaults_with_config(**kwargs)
+
+
+def _refuse_env_secrets(path: Path) -> None:
+    """TrlParser copies a config's `env:` block into os.environ; a key there would sit in a shared file."""
+    import yaml
+
+    try:
+        env = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("env") or {}
+    except (yaml.YAMLError, ValueError, RecursionError, AttributeError):
+        return  # not a mapping or not YAML: TrlParser reports it
+    if isinstance(env, dict) and (secret := next((k for k in env if SECRET_NAME.search(str(k))), None)):
+        sys.exit(f"error: --config {path}: env: {secret}: secrets come from the environment, not from a config file")
+
+
+def _config_value(action, key: str, value, hint, error):
+    """A config file's value as argparse would have turned it into the option's type; `error` otherwise.
+
+    A mapping or list stays as it is where the field's type allows one: transformers puts `dict | str` and
+    `str | list[str]` fields (lr_scheduler_kwargs, report_to) on the command line as `str` and reads the
+    structured value itself."""
+    if key in SECRET_OPTIONS and value is not None:
+        error(f"config {key}: secrets come from the environment (HF_TOKEN), not from a config file")
+    if value is None or action.type is None:
+        return value
+    allowed = {typing.get_origin(arg) or arg for arg in typing.get_args(hint)}
+    if isinstance(value, dict) and dict in allowed or isinstance(value, list) and list in allowed and not action.nargs:
+        return value
+    many = action.nargs in ("+", "*") and isinstance(value, list)
+    values = value if many else [value]
+    converted = []
+    for v in values:
+        if isinstance(v, (dict, list)):
+            error(f"config {key}: expected a single value, got {str(v)[:60]}")
+        try:
+            c = action.type(str(v))
+        except (ValueError, TypeError, argparse.ArgumentTypeError):
+            error(f"config {key}: {str(v)[:60]!r} is not a valid {getattr(action.type, '__name__', 'value')}")
+        if action.choices is not None and c not in action.choices:
+            error(f"config {key}: {str(v)[:60]!r} is not one of {', '.join(map(str, action.choices))}")
+        converted.append(c)
+    return converted if many else converted[0]
 
 
 def parse(parser: trl.TrlParser, argv: Iterable[str] | None) -> tuple:
@@ -127,12 +188,19 @@ def parse(parser: trl.TrlParser, argv: Iterable[str] | None) -> tuple:
         path = Path(argv[i + 1])
         if not path.is_file():
             sys.exit(f"error: --config {path}: no such file")
+        _refuse_env_secrets(path)
+    for arg in argv:
+        if arg.startswith("--") and arg[2:].replace("-", "_").split("=")[0] in SECRET_OPTIONS:
+            sys.exit(f"error: {arg.split('=')[0]}: secrets come from the environment (HF_TOKEN), "
+                     "not from the command line")
     try:
         return parser.parse_args_and_config(argv)
     except yaml.YAMLError as exc:
         sys.exit(f"error: config is not valid YAML: {' '.join(str(exc).split())}")
     except (ValueError, TypeError) as exc:  # unknown keys in the YAML, inconsistent TrainingArguments
         sys.exit(f"error: {' '.join(str(exc).split())}")
+    except RecursionError:
+        sys.exit("error: config is not valid YAML: nested too deeply")
 
 
 # ---------------------------------------------------------------- data

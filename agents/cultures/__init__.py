@@ -83,6 +83,10 @@ def load_culture_file(path: str | os.PathLike) -> Culture:
         raise CultureError(f"{shown}: {where}invalid YAML: {error.problem or error.context}") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         raise CultureError(f"{shown}: cannot read: {error}".replace("\n", " ")) from None
+    except ValueError as error:  # a tagged scalar that does not convert: !!timestamp 2020-13-45, !!int '0x'
+        raise CultureError(f"{shown}: invalid YAML: {error}".replace("\n", " ")) from None
+    except RecursionError:
+        raise CultureError(f"{shown}: invalid YAML: nested too deeply") from None
     if not isinstance(data, dict):
         raise CultureError(f"{shown}: expected a mapping of culture fields, got {type(data).__name__}")
     try:

@@ -29,6 +29,7 @@ from agents.models.base import (
     ModelSpecError,
     Usage,
     cut_at_stop,
+    refuse_credentials,
 )
 from agents.models.batching import batch_seed
 from agents.models.fake import PUPPET_REPLIES, PuppetBackend, ScriptedBackend
@@ -47,8 +48,9 @@ def load_model(spec: str, *, adapter: str | None = None, load_in_4bit: bool = Fa
     `smollm2` with an `adapter` runs in process (`smollm2-inprocess`), as llama-server cannot load one.
     A managed llama-server writes its log to `log_dir`. Raises ModelSpecError (one line) for a spec
     that names nothing loadable, an adapter on a backend that cannot take one, or an endpoint that
-    fails the structured-output self-test.
+    fails the structured-output self-test, or a spec that holds a credential (keys come from the environment).
     """
+    refuse_credentials(spec)
     if adapter and spec.split(":", 1)[0] in ("gguf", "openai", "vllm", "puppet"):
         raise ModelSpecError(f"model spec {spec!r}: LoRA adapters load in process only "
                              "(use smollm2, a hub id or a folder)")
@@ -94,7 +96,9 @@ def _managed(gguf: Path, spec: str, slots: int, log_dir: Path):
         raise ModelSpecError(f"model spec {spec!r}: no GGUF file at {gguf}")
     # Three slots an episode in flight: its inquirer's, responder's and observer's prompts each keep one.
     server = shared_server(gguf, slots=3 * slots, log_dir=log_dir)
-    backend = OpenAIBackend(gguf.stem, server.base_url, max_in_flight=server.slots, slots=server.slots)
+    # The server is ours and takes no key: the user's OPENAI_API_KEY (meant for some provider) is not sent to it.
+    backend = OpenAIBackend(gguf.stem, server.base_url, max_in_flight=server.slots, slots=server.slots,
+                            api_key="EMPTY")
     backend.name = spec
     return backend
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, Sequence
@@ -198,3 +199,20 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """The text before the first stop string (generation stops after it, so it is still there)."""
     cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
     return text[: min(cuts)] if cuts else text
+
+
+# Credentials never travel in a model spec: a spec is stored with every run, episode, result and card.
+# The shapes of the keys people point OpenAI-compatible clients at (OpenAI, Anthropic, Hugging Face, Groq, Google)
+# and any credential a URL can carry (user:password@, ?api_key=).
+_KEY_SHAPES = re.compile(r"(?<![A-Za-z0-9])(sk-[A-Za-z0-9_-]{20,}|sk_[A-Za-z0-9_-]{20,}|hf_[A-Za-z0-9]{30,}"
+                         r"|gsk_[A-Za-z0-9]{40,}|AIza[A-Za-z0-9_-]{35})")
+_URL_CREDENTIALS = re.compile(r"://[^/?#\s]*@|[?&;](api[_-]?key|key|token|access[_-]?token|secret|password|sig)=",
+                              re.IGNORECASE)
+
+
+def refuse_credentials(spec: str) -> None:
+    """ModelSpecError, without repeating the spec, if it carries what looks like an API key or URL credentials;
+    keys come only from the environment (OPENAI_API_KEY)."""
+    if _KEY_SHAPES.search(spec) or _URL_CREDENTIALS.search(spec):
+        raise ModelSpecError("model spec: it holds what looks like an API key or URL credentials, which would be "
+                             "stored with every result; set OPENAI_API_KEY in the environment instead")

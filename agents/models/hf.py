@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from agents.models.base import (
-    Completion, GenerationParams, Message, ModelSpecError, banned_token_ids, cut_at_stop,
+    Completion, GenerationParams, Message, ModelSpecError, banned_token_ids, cut_at_stop, refuse_credentials,
 )
 from agents.models.batching import BatchingBackend, batch_seed
 
@@ -33,6 +33,7 @@ def smollm2_dir() -> Path:
 
 def hf_source(spec: str) -> tuple[str, str | None]:
     """(folder or hub id, GGUF file name or None) that transformers loads for an in-process model spec."""
+    refuse_credentials(spec)
     if spec in (SMOLLM2, f"{SMOLLM2}-inprocess"):
         return str(smollm2_dir()), SMOLLM2_GGUF
     if not Path(spec).exists() and not re.fullmatch(r"[\w.-]+/[\w.-]+", spec):

@@ -23,12 +23,20 @@ import os
 from collections import OrderedDict
 from typing import Sequence
 
-from agents.models.base import Completion, GenerationParams, Message, ModelSpecError, banned_token_ids
+from agents.models.base import (
+    Completion, GenerationParams, Message, ModelSpecError, banned_token_ids, refuse_credentials,
+)
 
 ENV_TIMEOUT = "CLCA_REQUEST_TIMEOUT_S"
 SELF_TEST_VALUE = "teal-walrus-42"  # no model says this unless the decoder makes it
 SELF_TEST_SCHEMA = {"type": "object", "properties": {"answer": {"enum": [SELF_TEST_VALUE]}},
                     "required": ["answer"], "additionalProperties": False}
+
+
+def valid_unicode(text: str) -> str:
+    """Text that UTF-8 (the store, the logs) can hold: a lone surrogate, which a server's JSON escapes
+    produce for half an emoji, becomes U+FFFD instead of failing the write later."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 class OpenAIBackend:
@@ -38,16 +46,20 @@ class OpenAIBackend:
     With `slots` (a llama-server this process manages), requests that share a `cache_key` are pinned to
     one slot (`id_slot`), the least recently used slot going to a new key, so an episode's inquirer,
     responder and observer prompts each stay where they were processed.
+    The key is `api_key` if given, else OPENAI_API_KEY from the environment; a spec or URL holding one is
+    refused (`refuse_credentials`), as the backend's name is stored with every run.
     """
 
     def __init__(self, model: str, base_url: str, max_in_flight: int = 8, timeout_s: float | None = None,
-                 extra_body: dict | None = None, slots: int | None = None):
+                 extra_body: dict | None = None, slots: int | None = None, api_key: str | None = None):
         try:
             import httpx
             import openai
         except ImportError as exc:
             raise ModelSpecError("model spec 'openai:...' needs the openai and httpx packages (core dependencies of clca)") from exc
+        refuse_credentials(f"{model}@{base_url}")  # the name goes into every stored run
         self.name = f"openai:{model}@{base_url}"
+        self._api_key = api_key  # None: OPENAI_API_KEY, read from the environment when a client is made
         self.model, self.base_url = model, base_url.rstrip("/")
         self.max_in_flight, self.timeout_s = max_in_flight, timeout_s or request_timeout()
         self.extra_body = dict(extra_body or {})
@@ -69,7 +81,8 @@ class OpenAIBackend:
             http = httpx.AsyncClient(limits=httpx.Limits(max_connections=self.max_in_flight,
                                                          max_keepalive_connections=self.max_in_flight),
                                      timeout=self.timeout_s)
-            client = openai.AsyncOpenAI(base_url=self.base_url, api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"),
+            api_key = self._api_key or os.environ.get("OPENAI_API_KEY", "EMPTY")
+            client = openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key,
                                         max_retries=0, http_client=http)
             self._clients[key] = (client, asyncio.Semaphore(self.max_in_flight))
         return self._clients[key]
@@ -102,7 +115,7 @@ class OpenAIBackend:
             await self._tokenize_banned(client, params.banned)
         async with gate:
             reply = await client.chat.completions.create(**self.request(messages, params))
-        text = reply.choices[0].message.content or ""
+        text = valid_unicode(reply.choices[0].message.content or "")
         usage = reply.usage
         timings = (reply.model_extra or {}).get("timings") or {}
         evaluated = timings.get("prompt_n")  # llama-server: prompt tokens processed, the cached rest not counted

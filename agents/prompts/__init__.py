@@ -61,6 +61,8 @@ class Prompts:
                 text, filename, _ = self.env.loader.get_source(self.env, f"{name}.j2")
             except TemplateError as exc:
                 raise PromptError(f"prompt {name!r}: no template {name}.j2 ({exc})") from exc
+            except (OSError, UnicodeDecodeError) as exc:
+                raise PromptError(f"prompt {name!r}: cannot read {name}.j2 ({exc})".replace("\n", " ")) from None
             self._sources[name] = (text, filename)
         return self._sources[name]
 
@@ -72,7 +74,11 @@ class Prompts:
         try:
             text = self.env.get_template(f"{name}.j2").render(**variables).strip()
         except TemplateError as exc:
-            raise PromptError(f"{filename}: {type(exc).__name__}: {exc}") from exc
+            raise PromptError(f"{filename}: {type(exc).__name__}: {_one_line(exc)}") from exc
+        except RecursionError:
+            raise PromptError(f"{filename}: a macro or include calls itself without end") from None
+        except Exception as exc:  # noqa: BLE001 - whatever a template's own expressions raise (1/0, range(10**9))
+            raise PromptError(f"{filename}: {type(exc).__name__}: {_one_line(exc)}") from exc
         return Rendered(name, text, self.version(name))
 
     def versions(self, names: list[str]) -> dict[str, str]:
@@ -92,3 +98,7 @@ class Prompts:
             return rendered
         return Rendered(rendered.name, f"{rendered.text}\n\n{block.text}",
                         f"{rendered.version},{ATTRIBUTES}:{block.version}")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

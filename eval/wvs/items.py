@@ -89,6 +89,8 @@ def select_items(spec: str) -> list[Item]:
     for qid in (s.strip() for s in spec.split(",")):
         if qid not in items:
             raise WVSError(f"--items: unknown item {qid!r} (use clca44, iw10, all, or ids such as Q1,Q27)")
+        if items[qid] in chosen:
+            raise WVSError(f"--items: {qid} given twice (each item is scored once)")
         chosen.append(items[qid])
     if not chosen:
         raise WVSError("--items: no item given")

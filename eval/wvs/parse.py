@@ -62,19 +62,19 @@ def _paper(text: str, question: str, low: int, high: int) -> int:
     raw = text.split("ANSWER:")[-1].replace("assistant", "").replace(".", "").strip().split("\n")[0]
     raw = raw.replace("I think the answer is", "").strip()
     if raw.isdecimal():
-        return _in_range(int(raw), low, high)
+        return _in_range(raw, low, high)
     tail = re.split(r"[:：]", raw.lower())[-1]
     for phrase in FILLERS:
         tail = tail.replace(phrase, "")
     tail = tail.split("(")[0].strip()
     if tail.isdecimal():
-        return _in_range(int(tail), low, high)
+        return _in_range(tail, low, high)
     if tail in VERBAL:
         value = VERBAL[tail]
         return high if value == TOP else _in_range(value, low, high)
     match = CJK_SCALE.match(tail)
     if match:
-        return _in_range(int(match.group(1)), low, high)
+        return _in_range(match.group(1), low, high)
     return INVALID
 
 
@@ -82,7 +82,7 @@ def _lenient(text: str, item: Item) -> int:
     raw = text.split("ANSWER:")[-1].strip()
     match = LEADING_NUMBER.match(raw)
     if match:
-        return _in_range(int(match.group(1)), min(item.codes), max(item.codes))
+        return _in_range(match.group(1), min(item.codes), max(item.codes))
     first_line = raw.split("\n")[0].strip().strip(".*\"' ").lower()
     for option, code in zip(item.options, item.codes):
         if first_line == option.lower():
@@ -90,5 +90,11 @@ def _lenient(text: str, item: Item) -> int:
     return INVALID
 
 
-def _in_range(value: int, low: int, high: int) -> int:
-    return value if low <= value <= high else INVALID
+def _in_range(digits: str | int, low: int, high: int) -> int:
+    """The code the digits name if it is one of low..high; a number too long to be a code is INVALID
+    (Python refuses to convert one of thousands of digits)."""
+    if isinstance(digits, str):
+        if len(digits.lstrip("0")) > 9:
+            return INVALID
+        digits = int(digits)
+    return digits if low <= digits <= high else INVALID

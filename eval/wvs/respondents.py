@@ -5,6 +5,14 @@ or committed. Columns used (official names): B_COUNTRY (ISO numeric) or B_COUNTR
 D_INTERVIEW, W_WEIGHT, the item columns Q1..Q259, and the persona columns below. Negative codes
 (-1 don't know, -2 no answer, -4 not asked, -5 missing) count as missing everywhere.
 
+Nothing is dropped or counted twice without a word. A file the reader cannot trust stops with a
+one-line `WVSError` naming the file, the line and the column: a cell that is not a whole number in a
+column it reads, a row with more or fewer cells than the header, a header naming a column twice, a
+weight that is negative or not finite, an interview id listed twice with different cells. What can be
+left out safely is left out and counted in `exclusions` (reported in the results' provenance): a row
+that repeats an earlier one exactly (same country, D_INTERVIEW and cells), an item code outside the
+item's options, a persona code without a codebook label.
+
 `write_synthetic_file` makes a file with the same columns from the bundled shares, for tests and
 for trying the pipeline without the real data.
 """
@@ -12,7 +20,9 @@ for trying the pipeline without the real data.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+import hashlib
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -60,8 +70,32 @@ class Respondent:
     persona: dict[str, str | None]  # template variable -> text; None where missing
 
 
+@dataclass
+class Exclusion:
+    """Cells or rows left out of the survey side for one reason, in one country and column."""
+
+    country: str
+    column: str
+    reason: str
+    count: int = 0
+    lines: list[int] = field(default_factory=list)  # the first few, for looking them up
+
+    def add(self, lineno: int) -> None:
+        self.count += 1
+        if len(self.lines) < 5:
+            self.lines.append(lineno)
+
+    def __str__(self) -> str:
+        first = ", ".join(map(str, self.lines)) + (", ..." if self.count > len(self.lines) else "")
+        return f"{self.country} {self.column}: {self.count} x {self.reason} (line {first})"
+
+
 class RespondentFile:
-    """Reads the columns it needs from an official WVS-7 CSV (comma or semicolon separated)."""
+    """Reads the columns it needs from an official WVS-7 CSV (comma or semicolon separated).
+
+    Raises WVSError (one line: file, line, column) for a file it cannot trust; see the module docstring.
+    `exclusions` lists what was left out and why; `missing_columns` the item, persona and D_INTERVIEW
+    columns the file lacks (an absent item is reported as missing for every country)."""
 
     def __init__(self, path: str | Path, items: list[Item], weighted: bool = True):
         self.path = Path(path)
@@ -71,56 +105,140 @@ class RespondentFile:
         self._items = {i.qid: i for i in items}
         self.by_country: dict[str, list[Respondent]] = {}
         self.missing_columns: set[str] = set()
+        self._exclusions: dict[tuple[str, str, str], Exclusion] = {}
         self._read()
 
-    def _read(self) -> None:
-        with self.path.open(newline="", encoding="utf-8-sig") as fh:
-            head = fh.readline()
-            fh.seek(0)
-            reader = csv.reader(fh, delimiter=";" if head.count(";") > head.count(",") else ",")
-            header = [h.strip() for h in next(reader, [])]
-            col = {name: i for i, name in enumerate(header)}
-            if "B_COUNTRY_ALPHA" not in col and "B_COUNTRY" not in col:
-                raise WVSError(f"{self.path}: line 1: no B_COUNTRY or B_COUNTRY_ALPHA column")
-            if self.weighted and "W_WEIGHT" not in col:
-                raise WVSError(f"{self.path}: line 1: no W_WEIGHT column (pass --unweighted to use raw counts)")
-            self.missing_columns = {c for c in [*self._items, *PERSONA_COLUMNS] if c not in col}
-            for lineno, row in enumerate(reader, start=2):
-                if not row:
-                    continue
-                try:
-                    alpha3 = self._country_of(row, col)
-                    self.by_country.setdefault(alpha3, []).append(self._respondent(row, col, lineno))
-                except (ValueError, IndexError) as exc:
-                    raise WVSError(f"{self.path}: line {lineno}: {exc}") from exc
+    @property
+    def exclusions(self) -> list[Exclusion]:
+        return list(self._exclusions.values())
 
-    def _country_of(self, row: list[str], col: dict[str, int]) -> str:
+    def _exclude(self, alpha3: str, column: str, reason: str, lineno: int) -> None:
+        key = (alpha3, column, reason)
+        self._exclusions.setdefault(key, Exclusion(alpha3, column, reason)).add(lineno)
+
+    def _read(self) -> None:
+        try:
+            with self.path.open(newline="", encoding="utf-8-sig") as fh:
+                head = fh.readline()
+                fh.seek(0)
+                reader = csv.reader(fh, delimiter=";" if head.count(";") > head.count(",") else ",")
+                header = [h.strip() for h in next(reader, [])]
+                col = self._columns(header)
+                # (country, interview) -> (line, digest of the cells): the official file has ~100k rows of ~600 cells
+                seen: dict[tuple[str, str], tuple[int, bytes]] = {}
+                for row in reader:
+                    lineno = reader.line_num
+                    if not "".join(row).strip():
+                        continue
+                    if len(row) != len(header):
+                        raise WVSError(f"{self.path}: line {lineno}: {len(row)} cells, the header has {len(header)}")
+                    alpha3 = self._country_of(row, col, lineno)
+                    if "D_INTERVIEW" in col:
+                        key = (alpha3, row[col["D_INTERVIEW"]].strip())
+                        if not key[1]:
+                            raise WVSError(f"{self.path}: line {lineno}: column D_INTERVIEW: empty")
+                        cells = hashlib.blake2b("\x1f".join(row).encode(), digest_size=16).digest()
+                        if key in seen:
+                            first, before = seen[key]
+                            if before != cells:
+                                raise WVSError(f"{self.path}: line {lineno}: column D_INTERVIEW: {key[1][:40]} "
+                                               f"({alpha3}) is already on line {first} with different cells")
+                            self._exclude(alpha3, "D_INTERVIEW", "row repeating an earlier row", lineno)
+                            continue
+                        seen[key] = (lineno, cells)
+                    self.by_country.setdefault(alpha3, []).append(self._respondent(row, col, lineno, alpha3))
+        except UnicodeDecodeError as exc:
+            raise WVSError(f"{self.path}: line {self._undecodable_line()}: not UTF-8 text ({exc.reason}); "
+                           "save the file as UTF-8") from None
+        except csv.Error as exc:
+            raise WVSError(f"{self.path}: line {reader.line_num}: not readable as CSV ({exc})") from None
+
+    def _undecodable_line(self) -> int:
+        """The first line that is not UTF-8 (the text reader decodes in blocks, so its position is not a line)."""
+        with self.path.open("rb") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError:
+                    return lineno
+        return 1
+
+    def _columns(self, header: list[str]) -> dict[str, int]:
+        col: dict[str, int] = {}
+        for i, name in enumerate(header):
+            if name in col and name:
+                raise WVSError(f"{self.path}: line 1: column {name} appears twice "
+                               f"(columns {col[name] + 1} and {i + 1})")
+            col[name] = i
+        if "B_COUNTRY_ALPHA" not in col and "B_COUNTRY" not in col:
+            raise WVSError(f"{self.path}: line 1: no B_COUNTRY or B_COUNTRY_ALPHA column")
+        if self.weighted and "W_WEIGHT" not in col:
+            raise WVSError(f"{self.path}: line 1: no W_WEIGHT column (pass --unweighted to use raw counts)")
+        self.missing_columns = {c for c in [*self._items, *PERSONA_COLUMNS, "D_INTERVIEW"] if c not in col}
+        return col
+
+    def _number(self, row: list[str], col: dict[str, int], name: str, lineno: int) -> float | None:
+        """The cell as a finite number, None if empty or the column is absent; else a one-line error."""
+        if name not in col or not row[col[name]].strip():
+            return None
+        cell = row[col[name]].strip()
+        try:
+            value = float(cell)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise WVSError(f"{self.path}: line {lineno}: column {name}: {cell[:40]!r} is not a number")
+        return value
+
+    def _code(self, row: list[str], col: dict[str, int], name: str, lineno: int) -> int | None:
+        """A whole-number code (`3` or `3.0`), None where empty, absent or negative (WVS missing codes)."""
+        try:  # the common case, an integer cell, without the float checks
+            code = int(row[col[name]]) if name in col else None
+            return code if code is None or code >= 0 else None
+        except ValueError:
+            pass
+        value = self._number(row, col, name, lineno)
+        if value is None:
+            return None
+        if not value.is_integer():
+            raise WVSError(f"{self.path}: line {lineno}: column {name}: {row[col[name]].strip()[:40]!r} is not a "
+                           "whole-number code")
+        return int(value) if value >= 0 else None
+
+    def _country_of(self, row: list[str], col: dict[str, int], lineno: int) -> str:
         if "B_COUNTRY_ALPHA" in col and row[col["B_COUNTRY_ALPHA"]].strip():
             return row[col["B_COUNTRY_ALPHA"]].strip().upper()
-        numeric = int(float(row[col["B_COUNTRY"]]))
+        numeric = self._code(row, col, "B_COUNTRY", lineno)
         if numeric not in BY_NUMERIC:
-            raise ValueError(f"B_COUNTRY {numeric} is not a WVS-7 country code")
+            raise WVSError(f"{self.path}: line {lineno}: column B_COUNTRY: {row[col['B_COUNTRY']].strip()[:40]!r} "
+                           "is not a WVS-7 country code")
         return BY_NUMERIC[numeric].alpha3
 
-    def _respondent(self, row: list[str], col: dict[str, int], lineno: int) -> Respondent:
-        def code(name: str) -> int | None:
-            if name not in col or not row[col[name]].strip():
-                return None
-            value = int(float(row[col[name]]))
-            return value if value >= 0 else None
-
+    def _respondent(self, row: list[str], col: dict[str, int], lineno: int, alpha3: str) -> Respondent:
         answers = {}
         for qid, item in self._items.items():
-            value = code(qid)
-            if value is not None and value in item.codes:
+            value = self._code(row, col, qid, lineno)
+            if value is None:
+                continue
+            if value in item.codes:
                 answers[qid] = value
+            else:
+                self._exclude(alpha3, qid, f"code outside {min(item.codes)}-{max(item.codes)}", lineno)
         persona: dict[str, str | None] = {}
         for name, labels in DEMOGRAPHICS.items():
-            value = code(name)
+            value = self._code(row, col, name, lineno)
+            if value is not None and value not in labels:
+                self._exclude(alpha3, name, "code without a codebook label (left out of the persona)", lineno)
             persona[PERSONA_FIELDS[name]] = labels.get(value) if value is not None else None
-        household = code(HOUSEHOLD)
+        household = self._code(row, col, HOUSEHOLD, lineno)
         persona[PERSONA_FIELDS[HOUSEHOLD]] = str(household) if household else None
-        weight = float(row[col["W_WEIGHT"]]) if self.weighted else 1.0
+        weight = 1.0
+        if self.weighted:
+            weight = self._number(row, col, "W_WEIGHT", lineno)
+            if weight is None or weight < 0:
+                cell = row[col["W_WEIGHT"]].strip()
+                raise WVSError(f"{self.path}: line {lineno}: column W_WEIGHT: {cell[:40]!r} is not a weight "
+                               "(a number >= 0)")
         interview = row[col["D_INTERVIEW"]].strip() if "D_INTERVIEW" in col else str(lineno)
         return Respondent(interview, weight, answers, persona)
 

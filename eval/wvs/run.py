@@ -28,7 +28,7 @@ from eval.culture_map.indicators import map_items, missing_items
 from eval.culture_map.results import map_section
 from eval.wvs.items import Item, WVSError, select_items
 from eval.wvs.readers import GenerateReader, ItemAnswers, LogprobReader
-from eval.wvs.respondents import PERSONA_COLUMNS, RespondentFile
+from eval.wvs.respondents import PERSONA_COLUMNS, Exclusion, RespondentFile
 from eval.wvs.score import CountryInput, overall, score_country, strip_replicates
 from eval.wvs.survey import BundledShares, country
 
@@ -75,6 +75,8 @@ def evaluate(cfg: EvalConfig, model: Model | None = None) -> dict:
     countries = [country(c) for c in cfg.countries.split(",") if c.strip()]
     if not countries:
         raise WVSError("--countries: no country given")
+    if twice := sorted({c.alpha3 for c in countries if countries.count(c) > 1}):
+        raise WVSError(f"--countries: {', '.join(twice)} given twice (each country is scored once)")
     prompt_kind = cfg.prompt if cfg.prompt != "auto" else ("persona" if cfg.wvs_file else "country")
     if prompt_kind == "persona" and not cfg.wvs_file:
         raise WVSError("--prompt persona needs --wvs-file (personas are real respondents' demographics)")
@@ -125,7 +127,7 @@ def evaluate(cfg: EvalConfig, model: Model | None = None) -> dict:
             "prompt": prompt_kind,
             "prompt_versions": prompts.versions(template_names),
             "items": [it.qid for it in items],
-            "survey": {"sources": {c.alpha3: survey.source(c.alpha3) for c in countries}},
+            "survey": _survey_provenance(survey, countries),
             "counts": counts,
             "model_usage": reader.model.usage.totals() if isinstance(reader, GenerateReader) else None,
             "seconds": round(time.perf_counter() - started, 2),
@@ -140,6 +142,16 @@ def evaluate(cfg: EvalConfig, model: Model | None = None) -> dict:
         "map": map_section(positions),
         "answers": answer_records,
     }
+
+
+def _survey_provenance(survey, countries) -> dict:
+    """Where the shares came from and, for a respondent file, what it lacked and what was left out of it."""
+    out: dict = {"sources": {c.alpha3: survey.source(c.alpha3) for c in countries}}
+    if isinstance(survey, RespondentFile):
+        out["missing_columns"] = sorted(survey.missing_columns)
+        wanted = {c.alpha3 for c in countries}
+        out["exclusions"] = [asdict(e) for e in survey.exclusions if e.country in wanted]
+    return out
 
 
 def _map_notes(items: list[Item], countries, counts: dict, positions: dict) -> list[str]:
@@ -225,4 +237,6 @@ def main(argv: list[str] | None = None) -> None:
     from eval.wvs.report import print_summary
 
     print_summary(results)
+    for excluded in results["provenance"]["survey"].get("exclusions", []):
+        print(f"left out of {cfg.wvs_file}: " + str(Exclusion(**excluded)))
     print("wrote " + ", ".join(str(p) for p in paths))

@@ -1,4 +1,4 @@
-// Index filters: show the episodes whose culture, status, model, verdict and judge labels match every chosen
+// Index filters: show the episodes whose culture, status, model, run, verdict and judge labels match every chosen
 // value; the choice is kept in the address (?culture=CHN&status=done) so a filtered view can be shared.
 (function () {
   "use strict";

@@ -303,7 +303,7 @@ async def _episode(sim: Simulation, item: dict, run_id: str, graph) -> dict:
 
 async def _summarize(sim: Simulation, state: dict) -> dict:
     results = state.get("results", [])
-    counts = {"skipped": state["skipped"], "done": 0, "invalid": 0, "failed": 0, "elsewhere": 0,
+    counts = {"skipped": state["skipped"], "done": 0, "invalid": 0, "failed": 0,
               **Counter(r["status"] for r in results)}
     usage = Counter()
     for r in results:
@@ -343,7 +343,7 @@ async def simulate(store: Store, plan: list[PlannedEpisode], *, culture: Culture
     final = await run_batch(GRAPH, request_json(request), context=sim, desc=f"episodes {culture.code}", unit="ep",
                             progress=progress)
     this_run = final["summary"]["this_run"]
-    return {k: this_run[k] for k in ("skipped", "done", "invalid", "failed", "elsewhere")}
+    return {k: this_run[k] for k in ("skipped", "done", "invalid", "failed")}
 
 
 def summarize(store: Store, ids: list[str], counts: dict, usage: dict, wall_s: float) -> dict:

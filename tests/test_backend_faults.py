@@ -191,7 +191,7 @@ def test_adapt_and_judge_record_a_failed_request_exit_non_zero_and_a_rerun_compl
         run = cli("graphs.judge", server, db, env)
         assert run.returncode == 1
         assert "1 judged now, 0 already judged" in run.stdout and "1 failed" in run.stdout
-        assert f"episode {first['id']}: InternalServerError: Error code: 500" in run.stdout  # its reason, one line
+        assert f"{first['id']}: InternalServerError: Error code: 500" in run.stdout  # its reason, one line
         assert store.judgements(first["id"]) == []
         server.fail_if = lambda body: False
         rerun = cli("graphs.judge", server, db, env)

@@ -138,7 +138,8 @@ def test_sft_killed_while_saving_and_training_resumes_to_the_same_adapter(tiny_m
     assert run("training.sft", args(killed), ("time", 0.3)) == -signal.SIGKILL
     assert run("training.sft", args(killed)) == 0
     provenance = json.loads((killed / "provenance.json").read_text())
-    assert Path(provenance["resumed_from"]).name in {"checkpoint-2", "checkpoint-4"}
+    # checkpoint-6 when the timed kill came after the last checkpoint (a slow machine)
+    assert Path(provenance["resumed_from"]).name in {"checkpoint-2", "checkpoint-4", "checkpoint-6"}
     log = json.loads((killed / "training_log.json").read_text())
     assert [e["step"] for e in log if "loss" in e][-1] == 6
     want, got = load_file(reference / "adapter_model.safetensors"), load_file(killed / "adapter_model.safetensors")

@@ -82,6 +82,7 @@ def claim(db: str | Path, key: str) -> Iterator[bool]:
     turns. A claim is a POSIX lock on one byte of `<db>.claims` (at an offset hashed from the key), which
     the operating system drops when the process ends, a SIGKILL included, so a rerun takes over what a
     killed run left. Within one process claims do not exclude each other (its plan has no duplicates).
+    Opens no database connection, so any thread may call it.
     """
     path = Path(db)
     fd = _claims_fd(path.with_name(path.name + ".claims"))

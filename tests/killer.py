@@ -8,6 +8,7 @@ CLCA_KILL_AT picks the moment:
 - `call:N`: halfway through the N-th model call (`Model.acomplete`; the puppet model's latency makes it last);
 - `save:N`: inside the N-th training checkpoint, after the weights are saved and before the optimizer state
   and trainer_state.json are;
+- `step:N`: as the N-th training step of this process begins;
 - unset: no planted kill; the process writes "KILLER started" to stderr at its first store write or training
   step, so a test can kill it from outside a measured time later.
 Nothing here changes what the command does, only when it dies.
@@ -23,7 +24,7 @@ import sys
 
 KIND, _, N = os.environ.get("CLCA_KILL_AT", "").partition(":")
 TARGET = int(N) if N else 0
-counts = {"write": 0, "call": 0, "save": 0}
+counts = {"write": 0, "call": 0, "save": 0, "step": 0}
 announced = False
 
 
@@ -79,17 +80,16 @@ def plant(module: str) -> None:
 
         Trainer._save_rng_state = killing_save_rng
 
-        class Announce(TrainerCallback):
+        class StepKiller(TrainerCallback):
             def on_step_begin(self, *args, **kwargs):
-                if not announced:
-                    event("step")
+                if event("step"):
+                    die()
 
-        counts["step"] = 0
         init = Trainer.__init__
 
         def announcing_init(self, *args, **kwargs):
             init(self, *args, **kwargs)
-            self.add_callback(Announce)
+            self.add_callback(StepKiller)
 
         Trainer.__init__ = announcing_init
 

@@ -415,7 +415,7 @@ def test_served_runs_share_one_model_per_spec(monkeypatch, tmp_path):
     ("adapt_batch", {"culture": "DEU", "nn": 2}, "'nn': unknown input key (did you mean 'n'?)"),
     ("simulate", {"culture": "JPN", "episdoes": 2}, "'episdoes': unknown input key (did you mean 'episodes'?)"),
     ("simulate", {"culture": "JPN", "use_seeds": True, "seeds": "s.jsonl"}, "'seeds': unknown input key"),
-    ("judge_batch", {"culture": "JPN", "x" * 300: 1}, "'" + "x" * 36 + "...': unknown input key"),
+    ("judge_batch", {"culture": "JPN", "x" * 300: 1}, "'" + "x" * 36 + "...: unknown input key (known: "),
     ("simulate", {"culture": "JPN", "db": "~/x.db"}, "db: '~/x.db' starts with ~, which is not expanded here"),
 ])
 def test_served_batch_refuses_unknown_keys_and_home_paths(tmp_path, monkeypatch, graph, values, message):

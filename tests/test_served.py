@@ -426,7 +426,7 @@ def test_served_batch_refuses_unknown_keys_and_home_paths(tmp_path, monkeypatch,
 
 
 def test_served_single_item_graphs_refuse_unknown_keys():
-    with pytest.raises(ServedConfigError, match=r"^'max_turn': unknown context key \(did you mean 'max_turns'\?\)$"):
+    with pytest.raises(ServedConfigError, match=r"^'max_turn': unknown context key \(did you mean 'max_turns'\?\)"):
         asyncio.run(episode.ainvoke({}, context={"model": "puppet", "max_turn": 2}))
-    with pytest.raises(ServedConfigError, match=r"^'turn': unknown input key \(did you mean 'turns'\?\)$"):
+    with pytest.raises(ServedConfigError, match=r"^'turn': unknown input key \(did you mean 'turns'\?\)"):
         asyncio.run(episode.ainvoke({"turn": []}, context={"model": "puppet"}))

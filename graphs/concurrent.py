@@ -45,7 +45,7 @@ from tqdm import tqdm
 from agents.cultures import load_culture
 from agents.models import Model, Usage, load_model
 from agents.prompts import Prompts
-from agents.records import Culture, first_error
+from agents.records import Culture, first_error, short
 from graphs.store import Store
 
 # The folder a served run's paths must lie under; the server's working directory when unset.
@@ -224,12 +224,6 @@ def _unknown_key_text(key: object, known: set[str], where: str) -> str:
     close = difflib.get_close_matches(str(key), known, n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(known))}"
     return f"{shown}: unknown {where} key ({hint})"
-
-
-def short(value: object, limit: int = 40) -> str:
-    """A value as an error message echoes it: repr, cut to `limit` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def parse_request(cls: type, values: dict):

@@ -417,6 +417,8 @@ def test_served_runs_share_one_model_per_spec(monkeypatch, tmp_path):
     ("simulate", {"culture": "JPN", "use_seeds": True, "seeds": "s.jsonl"}, "'seeds': unknown input key"),
     ("judge_batch", {"culture": "JPN", "x" * 300: 1}, "'" + "x" * 36 + "...: unknown input key (known: "),
     ("simulate", {"culture": "JPN", "db": "~/x.db"}, "db: '~/x.db' starts with ~, which is not expanded here"),
+    ("simulate", {"culture": "JPN", "scenario_ids": ["nope"]},
+     "scenario_ids: 'nope' is not there: no adapted scenarios for JPN in runs/x.db"),
 ])
 def test_served_batch_refuses_unknown_keys_and_home_paths(tmp_path, monkeypatch, graph, values, message):
     monkeypatch.setenv(SERVE_ROOT_ENV, str(tmp_path))

@@ -488,6 +488,7 @@ async def _summarize(a: Adaptation, state: dict) -> dict:
         usage.update(r["usage"])
     summary = {"skipped": state["skipped"], "adapted": sum(r["status"] == "adapted" for r in results),
                "failed": sum(r["status"] == "failed" for r in results),
+               "errors": sum(bool(r.get("error")) for r in results),  # failed on a model error, not an answer
                "attempts": sum(r["attempts"] for r in results),
                "first_try": sum(r["status"] == "adapted" and r["attempts"] == 1 for r in results),
                "name_pool": a.name_pool, "usage": dict(usage), "wall_s": round(time.time() - state["started"], 1)}
@@ -515,7 +516,7 @@ async def adapt_seeds(store: Store, seeds: list[Scenario], *, culture: Culture, 
                       max_attempts: int, params: GenerationParams, concurrency: int, seed: int, run_id: str,
                       progress: bool = True, name_pool: bool = False) -> dict:
     """Adapt every seed not yet adapted for the culture, `concurrency` at a time, through the batch graph,
-    storing each result as it ends; returns counts (skipped, adapted, failed, attempts, first_try)."""
+    storing each result as it ends; returns counts (skipped, adapted, failed, errors, attempts, first_try)."""
     request = AdaptRequest(culture=culture.code, model=model.spec, db=str(store.path), max_attempts=max_attempts,
                            concurrency=concurrency, seed=seed)
     a = Adaptation(request=request, culture=culture, prompts=prompts, model=model, db=store.path, chosen=tuple(seeds),
@@ -523,7 +524,7 @@ async def adapt_seeds(store: Store, seeds: list[Scenario], *, culture: Culture, 
                    git=git_commit())
     final = await run_batch(BATCH, request_json(request), context=a, desc=f"adapt {culture.code}", unit="scenario",
                             progress=progress)
-    return {k: final["summary"][k] for k in ("skipped", "adapted", "failed", "attempts", "first_try")}
+    return {k: final["summary"][k] for k in ("skipped", "adapted", "failed", "errors", "attempts", "first_try")}
 
 
 def check_templates(prompts: Prompts, culture: Culture, seed: Scenario) -> None:
@@ -598,13 +599,16 @@ def main(argv: list[str] | None = None) -> None:
     tried = counts["adapted"] + counts["failed"]
     rate = f"{counts['adapted']}/{tried} valid ({counts['first_try']} on the first attempt)" if tried else "none tried"
     u = counts["usage"]
+    errors = f", {counts['errors']} on a model error" if counts["errors"] else ""
     print(
         f"\n{len(chosen)} seed{'' if len(chosen) == 1 else 's'} for {a.culture.name}: {counts['adapted']} adapted, "
-        f"{counts['failed']} failed (never validated), {counts['skipped']} already adapted; {rate}; "
+        f"{counts['failed']} failed (never validated{errors}), {counts['skipped']} already adapted; {rate}; "
         f"{counts['attempts']} answers, {u.get('prompt_tokens', 0)} prompt + {u.get('completion_tokens', 0)} "
         f"completion tokens; {counts['wall_s']} s"
     )
     print(f"Look at them:  python -m graphs.scenarios list --culture {a.culture.code} --db {args.db}")
+    if counts["errors"]:  # a rerun retries them; answers that never validated are results, not errors
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ from agents.models import (
     load_model,
 )
 from agents.prompts import PromptError, Prompts
-from agents.records import Culture, Scenario, Turn
+from agents.records import Action, Culture, Scenario, Turn
 from graphs.concurrent import (
     BatchInputError,
     BatchState,
@@ -91,8 +91,9 @@ SOTOPIA_DIMENSIONS: dict[str, tuple[str, int, int, str]] = {
     for name, info in SotopiaAnswer.model_fields.items()
 }
 SOTOPIA_ASPECTS = tuple(f"{d}:{i}" for i in (0, 1) for d in SOTOPIA_DIMENSIONS)
-# Episodes shorter than this (in valid utterances) give nothing to judge or to train on.
+# Episodes with fewer utterances than this (`utterances`) give nothing to judge or to train on.
 MIN_UTTERANCES = 2
+TOO_FEW_UTTERANCES = f"fewer than {MIN_UTTERANCES} utterances (silent or one-sided)"
 
 
 # ------------------------------------------------------------------ answers
@@ -226,10 +227,30 @@ def episode_verdicts(store: Store, culture: str, judge_model: str | None, rule: 
 
 
 def judgeable_episodes(store: Store, culture: str) -> list[dict]:
-    """Finished episodes with at least MIN_UTTERANCES valid turns. An episode that ended on an
-    unparseable turn counts with the turns before it, as the paper kept truncated dialogues."""
-    rows = [r for r in store.episodes(culture) if r["status"] in FINAL]
-    return [r for r in rows if len(valid_turns(store.turns(r["id"]))) >= MIN_UTTERANCES]
+    """Finished episodes with at least MIN_UTTERANCES utterances (see `screen_episodes`)."""
+    return screen_episodes(store, culture)[0]
+
+
+def screen_episodes(store: Store, culture: str) -> tuple[list[dict], Counter]:
+    """(finished episodes fit to judge, in id order; why each other finished episode is left out).
+
+    An episode needs MIN_UTTERANCES utterances among its valid turns: two personas who only choose the
+    action `none` have turns but no conversation. An episode that ended on an unparseable turn counts
+    with the turns before it, as the paper kept truncated dialogues."""
+    judgeable, left_out = [], Counter()
+    for row in store.episodes(culture):
+        if row["status"] not in FINAL:
+            continue
+        if utterances(valid_turns(store.turns(row["id"]))) >= MIN_UTTERANCES:
+            judgeable.append(row)
+        else:
+            left_out[TOO_FEW_UTTERANCES] += 1
+    return judgeable, left_out
+
+
+def utterances(turns: list[Turn]) -> int:
+    """Turns that say something: speak, or a non-verbal act, with text (not `none`, not a bare leave)."""
+    return sum(t.valid and t.action in (Action.SPEAK, Action.NON_VERBAL) and bool(t.text.strip()) for t in turns)
 
 
 def valid_turns(turns: list[Turn]) -> list[Turn]:
@@ -416,9 +437,11 @@ def resolve(request: JudgeRequest, served: bool = False, origin: dict | None = N
     prompts = shared_prompts(str(prompts_dir) if prompts_dir else None, (*names, "persona_attributes")) if served \
         else Prompts(prompts_dir)
     versions = prompts.versions(list(names))  # fails before a model loads
-    if not judgeable_episodes(Store(db), culture.code):
+    judgeable, left_out = screen_episodes(Store(db), culture.code)
+    if not judgeable:
         raise JudgeError(f"{r.db}: no finished {culture.code} episodes with at least {MIN_UTTERANCES} "
-                         "valid turns to judge (run graphs.simulate first)")
+                         f"utterances to judge ({sum(left_out.values())} finished with fewer; run "
+                         "graphs.simulate first)")
     model = load(r, db) if load else shared_model(r.model, structured=not r.unstructured, max_batch=r.concurrency,
                                                   log_dir=db.parent)
     origin = origin or {}
@@ -507,7 +530,8 @@ def judgement_summary(store: Store, culture: str, judge_model: str, rule: Filter
     """Valid shares and label counts per aspect, and what the rule keeps, over the judgeable episodes."""
     aspects: dict[str, Counter] = {a: Counter() for a in ASPECTS}
     verdicts = []
-    for row in judgeable_episodes(store, culture):
+    judgeable, left_out = screen_episodes(store, culture)
+    for row in judgeable:
         judgements = store.judgements(row["id"], judge_model)  # read once, for the verdict and the counts
         verdicts.append((row, verdict(judgements, rule)))
         for j in judgements:
@@ -519,6 +543,7 @@ def judgement_summary(store: Store, culture: str, judge_model: str, rule: Filter
     reasons = Counter(r for _, v in verdicts for r in v.reasons)
     return {
         "episodes": len(verdicts),
+        "not_judgeable": dict(left_out),  # finished episodes left out of everything, by reason
         "judged": sum(v.judged for _, v in verdicts),
         "kept": sum(v.kept for _, v in verdicts),
         "dropped": sum(v.judged and not v.kept for _, v in verdicts),
@@ -582,7 +607,9 @@ def main(argv: list[str] | None = None) -> None:
     if scored:
         valid += f", SOTOPIA scores {sum(s['valid'] for s in scored)}/{sum(s['answers'] for s in scored)}"
     print(
-        f"\n{summary['episodes']} {j.culture.code} episodes: {counts['judged']} judged now, {counts['skipped']} "
+        f"\n{summary['episodes']} {j.culture.code} episodes"
+        + "".join(f" ({n} more left out: {reason})" for reason, n in summary["not_judgeable"].items())
+        + f": {counts['judged']} judged now, {counts['skipped']} "
         f"already judged by {j.model.spec}, {counts['failed']} failed; valid answers: {valid or 'none'}; "
         f"rule {rule}: {summary['kept']} kept, {summary['dropped']} dropped "
         f"({summary['kept_despite_invalid']} kept with an invalid judgement)"

@@ -68,7 +68,7 @@ from graphs.episode import (
     recursion_limit,
     turn_seed,
 )
-from graphs.store import DEFAULT_DB, FINAL, Store, episode_id, git_commit
+from graphs.store import DEFAULT_DB, FINAL, Store, claim, episode_id, git_commit
 
 EPISODE = build_episode_graph()  # run as a subgraph of the batch graph, on the store's own checkpointer
 
@@ -218,8 +218,17 @@ def scenarios_for(request: SimulateRequest, db: Path) -> list[Scenario]:
 async def run_episode(sim: Simulation, planned: PlannedEpisode, ctx: EpisodeContext, row: dict,
                       graph=None) -> tuple[str, int]:
     """Run (or resume) one episode with the episode graph (`graph`, default EPISODE) to its end and store it;
-    returns (final status, turns)."""
-    graph = graph or EPISODE
+    returns (final status, turns), the status "elsewhere" when another process runs or has just finished it."""
+    with claim(sim.db, planned.id) as mine:
+        if not mine:
+            return "elsewhere", 0
+        if ((await on_store(sim.db, Store.episode, planned.id)) or {}).get("status") in FINAL:
+            return "elsewhere", 0  # the other process finished it after this run planned
+        return await _run_claimed(sim, planned, ctx, row, graph or EPISODE)
+
+
+async def _run_claimed(sim: Simulation, planned: PlannedEpisode, ctx: EpisodeContext, row: dict,
+                       graph) -> tuple[str, int]:
     saver = await checkpointer(sim.db)
     # The store's checkpointer, lent to the subgraph under the episode's own thread: an episode resumes
     # from its last checkpoint whichever run (command line or server) picks it up again.
@@ -268,10 +277,8 @@ async def _plan(sim: Simulation) -> dict:
         plan = list(sim.plan)
 
     def record(store: Store) -> tuple[str, list[str]]:
-        if r.use_seeds:
-            for s in {p.scenario.id: p.scenario for p in plan}.values():
-                if store.scenario(s.id) is None:
-                    store.put_scenario(s, seed_id=s.id)
+        if r.use_seeds:  # insert or ignore: runs started together on a new store share the seeds
+            store.add_scenarios((s, {"seed_id": s.id}) for s in {p.scenario.id: p.scenario for p in plan}.values())
         final = [p.id for p in plan if (store.episode(p.id) or {}).get("status") in FINAL]
         return sim.run_id or store.start_run(sim.command, sim.config), final
 
@@ -299,7 +306,7 @@ async def _episode(sim: Simulation, item: dict, run_id: str, graph) -> dict:
 
 async def _summarize(sim: Simulation, state: dict) -> dict:
     results = state.get("results", [])
-    counts = {"skipped": state["skipped"], "done": 0, "invalid": 0, "failed": 0,
+    counts = {"skipped": state["skipped"], "done": 0, "invalid": 0, "failed": 0, "elsewhere": 0,
               **Counter(r["status"] for r in results)}
     usage = Counter()
     for r in results:
@@ -330,7 +337,7 @@ async def simulate(store: Store, plan: list[PlannedEpisode], *, culture: Culture
                    speaker_params: GenerationParams = EpisodeContext.speaker_params,
                    progress: bool = True) -> dict:
     """Run every planned episode that is not final yet, `concurrency` at a time, through the batch graph;
-    returns this run's counts (skipped, done, invalid, failed)."""
+    returns this run's counts (skipped, done, invalid, failed, elsewhere)."""
     request = SimulateRequest(culture=culture.code, episodes=max(len(plan), 1), model=model.spec, db=str(store.path),
                               max_turns=max_turns, concurrency=concurrency, seed=seed)
     sim = Simulation(request=request, culture=culture, prompts=prompts, model=model, db=store.path,
@@ -339,7 +346,7 @@ async def simulate(store: Store, plan: list[PlannedEpisode], *, culture: Culture
     final = await run_batch(GRAPH, request_json(request), context=sim, desc=f"episodes {culture.code}", unit="ep",
                             progress=progress)
     this_run = final["summary"]["this_run"]
-    return {k: this_run[k] for k in ("skipped", "done", "invalid", "failed")}
+    return {k: this_run[k] for k in ("skipped", "done", "invalid", "failed", "elsewhere")}
 
 
 def summarize(store: Store, ids: list[str], counts: dict, usage: dict, wall_s: float) -> dict:
@@ -405,7 +412,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\n{summary['requested']} episodes requested for {sim.culture.name}: {s.get('done', 0)} done, "
         f"{s.get('invalid', 0)} invalid (unparseable turn), {s.get('failed', 0)} failed; "
-        f"{counts['skipped']} already stored; valid turns {summary['valid_turns']}/{summary['turns']}"
+        f"{counts['skipped']} already stored, {counts['elsewhere']} run by another process; valid turns {summary['valid_turns']}/{summary['turns']}"
         f"{_share(summary['valid_turns'], summary['turns'])}, valid observer labels "
         f"{summary['valid_intents']}/{summary['intents']}{_share(summary['valid_intents'], summary['intents'])}; "
         f"{u['calls']} model calls, {u['prompt_tokens']} prompt + {u['completion_tokens']} completion tokens; "

@@ -142,7 +142,7 @@ def test_malformed_then_wrapped_then_valid_answer_is_retried_with_the_error(tmp_
     backend = ScriptedBackend(answers)
     store = Store(tmp_path / "s.db")
     counts = run_seeds(store, [scenario], culture, Model(backend, "scripted"))
-    assert counts == {"skipped": 0, "adapted": 1, "failed": 0, "attempts": 3, "first_try": 0}
+    assert counts == {"skipped": 0, "adapted": 1, "failed": 0, "errors": 0, "attempts": 3, "first_try": 0}
 
     row = store.scenario_row(adapted_id("CHN", scenario.id))
     assert (row["status"], row["attempts"], row["model"], row["seed_id"]) == ("ok", 3, "scripted", scenario.id)

@@ -51,6 +51,7 @@ from graphs.judge import (
     add_filter_arguments,
     episode_verdicts,
     judgement_summary,
+    screen_episodes,
     valid_turns,
 )
 from graphs.store import DEFAULT_DB, Store, git_commit, now
@@ -331,14 +332,20 @@ def export(store: Store, out: Path, *, culture: Culture, prompts: Prompts, judge
     episodes = load_episodes(store, culture.code, judge_model, rule)
     kept = [e for e in episodes if e.verdict.kept]
     if not kept:
+        left_out = "".join(f", {n} more left out: {reason}" for reason, n in screen_episodes(store, culture.code)[1]
+                           .items())
         raise DatasetError(f"{store.path}: no {culture.code} episode passes the filter ({rule}, judge "
-                           f"{judge_model}) out of {len(episodes)}")
+                           f"{judge_model}) out of {len(episodes)}{left_out}; nothing written to {out}")
     counts: Counter = Counter()
     sft = [row for ep in kept for row in sft_rows(prompts, ep, culture, views, swap_like_release, counts)]
     dpo = judged_pairs(prompts, episodes, culture)
     if contrastive_model is not None:
         dpo += asyncio.run(contrastive_pairs(prompts, episodes, culture, contrastive_model, seed=seed,
                                              concurrency=concurrency, counts=counts))
+    if not sft and not dpo:  # checked before the folder is touched: an earlier export there stays as it was
+        why = "; ".join(f"{reason}: {n}" for reason, n in counts.items() if n) or "no rows for the chosen views"
+        raise DatasetError(f"{store.path}: {len(kept)} {culture.code} episodes pass the filter but give no training "
+                           f"row ({why}); nothing written to {out}")
     validation = validation_scenarios({e.scenario.id for e in kept}, validation_fraction, seed)
     files = {
         "sft_train.jsonl": [r for r in sft if r["scenario_id"] not in validation],
@@ -367,6 +374,8 @@ def export(store: Store, out: Path, *, culture: Culture, prompts: Prompts, judge
         "episodes": {
             "in_store_by_status": statuses,
             "judgeable": len(episodes),
+            # finished episodes left out before judging (not judged, not in Table 9, not exported), by reason
+            "not_judgeable": dict(screen_episodes(store, culture.code)[1]),
             "judged": sum(e.verdict.judged for e in episodes),
             "kept": len(kept),
             "dropped": sum(e.verdict.judged and not e.verdict.kept for e in episodes),
@@ -470,7 +479,9 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"error: {exc}")
     t9, e, rows = stats["table9"], stats["episodes"], stats["rows"]
     print(
-        f"{culture.code}: {e['judgeable']} episodes, {e['kept']} kept, {e['dropped']} dropped, {e['not_judged']} not "
+        f"{culture.code}: {e['judgeable']} episodes"
+        + "".join(f" ({n} more left out: {reason})" for reason, n in e["not_judgeable"].items())
+        + f", {e['kept']} kept, {e['dropped']} dropped, {e['not_judged']} not "
         f"judged; Table 9: {t9['conversations']} conversations, {t9['avg_turns']} turns, {t9['avg_words_per_turn']} "
         f"words/turn, {t9['cultural_intent_pct']}% cultural intents; rows: "
         + ", ".join(f"{n.removesuffix('.jsonl')} {r['total']}" for n, r in rows.items())

@@ -22,13 +22,12 @@ TEMPLATES = Path(__file__).with_name("templates")
 
 
 def train_and_save(trainer, record: dict, script_args, training_args, model_args) -> dict:
-    """Train (resuming from the last checkpoint in output_dir if there is one), evaluate, save; return metrics."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """Train (resuming from the last complete checkpoint in output_dir if there is one), evaluate, save; return
+    metrics."""
     out = Path(training_args.output_dir)
     resume = training_args.resume_from_checkpoint
     if resume is None and out.is_dir():
-        resume = get_last_checkpoint(str(out))  # rerunning the same command continues an interrupted run
+        resume = last_checkpoint(out)  # rerunning the same command continues an interrupted run
     if resume:
         log.info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=resume)
@@ -57,6 +56,25 @@ def train_and_save(trainer, record: dict, script_args, training_args, model_args
             merge_adapter(record["model"]["spec"], out, out / "merged")
     trainer.accelerator.wait_for_everyone()
     return metrics
+
+
+def last_checkpoint(out: Path) -> str | None:
+    """The newest checkpoint the Trainer finished writing, or None.
+
+    The Trainer writes a checkpoint's weights first and its trainer_state.json last; a run killed in between
+    leaves a folder that `transformers.trainer_utils.get_last_checkpoint` would pick and the resume would fail
+    on, so a checkpoint counts only once its state file is there and reads as JSON.
+    """
+    done = []
+    for folder in out.glob("checkpoint-*"):
+        step = folder.name.removeprefix("checkpoint-")
+        try:
+            json.loads((folder / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if step.isdigit():
+            done.append((int(step), folder))
+    return str(max(done)[1]) if done else None
 
 
 def write_record(out: Path, record: dict, log_history: list[dict]) -> None:

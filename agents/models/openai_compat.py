@@ -6,7 +6,12 @@ ignored by llama-server). Because servers are known to ignore a schema without a
 sends one request whose only valid answer is a fixed enum value before a run relies on it.
 
 One `AsyncOpenAI` client per event loop (its connection pool belongs to the loop) and a semaphore
-bound the requests in flight. Retries are `Model`'s, so the client's own are off.
+bound the requests in flight. Retries are `Model`'s, so the client's own are off: a refused connection, a
+timeout, an HTTP 5xx or a body cut short is retried with bounded exponential backoff, and a request that fails
+every attempt fails its episode (stored as `failed` with the reason; a rerun retries it).
+
+`CLCA_REQUEST_TIMEOUT_S` (seconds, default 600) bounds one request: a server that accepts a request and never
+answers costs that long per attempt. The default suits a slow CPU model writing a long answer.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from agents.models.base import (
     Completion, GenerationParams, Message, ModelSpecError, banned_token_ids, refuse_credentials,
 )
 
+ENV_TIMEOUT = "CLCA_REQUEST_TIMEOUT_S"
 SELF_TEST_VALUE = "teal-walrus-42"  # no model says this unless the decoder makes it
 SELF_TEST_SCHEMA = {"type": "object", "properties": {"answer": {"enum": [SELF_TEST_VALUE]}},
                     "required": ["answer"], "additionalProperties": False}
@@ -44,7 +50,7 @@ class OpenAIBackend:
     refused (`refuse_credentials`), as the backend's name is stored with every run.
     """
 
-    def __init__(self, model: str, base_url: str, max_in_flight: int = 8, timeout_s: float = 600.0,
+    def __init__(self, model: str, base_url: str, max_in_flight: int = 8, timeout_s: float | None = None,
                  extra_body: dict | None = None, slots: int | None = None, api_key: str | None = None):
         try:
             import httpx
@@ -55,7 +61,7 @@ class OpenAIBackend:
         self.name = f"openai:{model}@{base_url}"
         self._api_key = api_key  # None: OPENAI_API_KEY, read from the environment when a client is made
         self.model, self.base_url = model, base_url.rstrip("/")
-        self.max_in_flight, self.timeout_s = max_in_flight, timeout_s
+        self.max_in_flight, self.timeout_s = max_in_flight, timeout_s or request_timeout()
         self.extra_body = dict(extra_body or {})
         self.transient_errors = (
             openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
@@ -179,3 +185,15 @@ class OpenAIBackend:
 
     def _ban(self, banned: tuple[str, ...]) -> list[int]:
         return sorted({i for text in banned for i in self._banned_ids.get(text, [])})
+
+
+def request_timeout() -> float:
+    """Seconds one request may take, from CLCA_REQUEST_TIMEOUT_S (default 600); ModelSpecError if not a number > 0."""
+    text = os.environ.get(ENV_TIMEOUT, "600")
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ModelSpecError(f"{ENV_TIMEOUT}={text!r}: expected a number of seconds above 0")
+    return value

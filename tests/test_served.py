@@ -145,7 +145,7 @@ def test_batch_graph_keeps_concurrency_episodes_in_flight_and_counts_their_token
     counts = asyncio.run(simulate_module.simulate(store, plan, culture=culture, model=model, prompts=Prompts(),
                                                   max_turns=2, concurrency=3, seed=0, run_id="r", config={},
                                                   progress=False))
-    assert counts == {"skipped": 0, "done": 7, "invalid": 0, "failed": 0}
+    assert counts == {"skipped": 0, "done": 7, "invalid": 0, "failed": 0, "elsewhere": 0}
     assert backend.most == 3
     # 4 turns and 4 labels an episode, 10 prompt + 3 reply tokens a call, stored with each episode
     assert {json.loads(r["usage"])["completion_tokens"] for r in store.episodes()} == {24}
@@ -281,7 +281,7 @@ def test_langgraph_dev_batch_streams_progress_and_stores_each_episode(server):
     assert episodes[-1]["statuses"] == {"done": 6} and episodes[-1]["total_turns"] == 36
     assert episodes[-1]["total_tokens"] == sum(e["tokens"] for e in episodes) > 0
     state = client.threads.get_state(thread["thread_id"])["values"]
-    assert state["summary"]["this_run"] == {"skipped": 0, "done": 6, "invalid": 0, "failed": 0}
+    assert state["summary"]["this_run"] == {"skipped": 0, "done": 6, "invalid": 0, "failed": 0, "elsewhere": 0}
 
     db = sqlite3.connect(server.root / "runs" / "batch.db")
     rows = db.execute("select status, n_turns, run_id, config from episodes").fetchall()
@@ -333,12 +333,12 @@ def test_langgraph_dev_cancelled_batch_resumes_and_a_rerun_adds_nothing(server):
 
     rerun = client.runs.wait(client.threads.create()["thread_id"], "simulate", input=batch, raise_error=True)
     assert rerun["summary"]["this_run"] == {"skipped": statuses["done"], "done": 6 - statuses["done"], "invalid": 0,
-                                            "failed": 0}
+                                            "failed": 0, "elsewhere": 0}
     assert db.execute("select count(*) from turns").fetchone()[0] == 36
     assert checkpoints.execute("select count(*) from checkpoints").fetchone()[0] == 0  # resumed and finished
 
     again = client.runs.wait(client.threads.create()["thread_id"], "simulate", input=batch, raise_error=True)
-    assert again["summary"]["this_run"] == {"skipped": 6, "done": 0, "invalid": 0, "failed": 0}
+    assert again["summary"]["this_run"] == {"skipped": 6, "done": 0, "invalid": 0, "failed": 0, "elsewhere": 0}
     assert again["results"] == [] and db.execute("select count(*) from turns").fetchone()[0] == 36
 
 

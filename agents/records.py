@@ -189,7 +189,8 @@ class Persona(Record):
                     raise ValueError(f"attribute name {short(name)}: a persona field's name (prompts would show it as "
                                      "that field); pick another")
                 if not isinstance(name, str) or not ATTRIBUTE_NAME.match(name):
-                    raise ValueError(f"attribute name {short(name)}: use lower-case letters, digits and _, starting with a "
+                    raise ValueError(f"attribute name {short(name)}: use lower-case letters, digits and _, starting "
+                                     "with a "
                                      "letter, at most 40 characters (e.g. home_region)")
             if len(value) > MAX_ATTRIBUTES:
                 raise ValueError(f"{len(value)} attributes, at most {MAX_ATTRIBUTES}")

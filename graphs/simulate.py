@@ -203,7 +203,8 @@ def scenarios_for(request: SimulateRequest, db: Path) -> list[Scenario]:
         if not scenarios:
             unknown = f"scenario_ids: {request.scenario_ids[0]!r} is not there: " if request.scenario_ids else ""
             raise BatchInputError(
-                f"{unknown}no adapted scenarios for {request.culture.upper()} in {request.db}: run python -m graphs.adapt "
+                f"{unknown}no adapted scenarios for {request.culture.upper()} in {request.db}: run python -m "
+                f"graphs.adapt "
                 f"--culture {request.culture.upper()} --db {request.db} first, or pass --use-seeds")
     if request.scenario_ids is not None:
         known = {s.id: s for s in scenarios}

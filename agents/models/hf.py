@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 
 from agents.models.base import (
-    MODEL_SPECS, Completion, GenerationParams, Message, ModelSpecError, banned_token_ids, cut_at_stop, refuse_credentials,
+    MODEL_SPECS, Completion, GenerationParams, Message, ModelSpecError,
+    banned_token_ids, cut_at_stop, refuse_credentials,
 )
 from agents.models.batching import BatchingBackend, batch_seed
 

@@ -22,6 +22,7 @@ import difflib
 import functools
 import operator
 import os
+import sqlite3
 import threading
 import time
 import weakref
@@ -362,7 +363,13 @@ async def close_checkpointers() -> None:
     loop = asyncio.get_running_loop()
     for key in [k for k in _savers if k[1] is loop]:
         saver = await _savers.pop(key)
-        await saver.conn.close()
+        try:
+            await saver.conn.close()
+        except sqlite3.OperationalError as exc:
+            # Closing the last connection checkpoints the WAL, which another process writing the same file can
+            # hold up ("database is locked"); every checkpoint is committed already, so nothing is lost.
+            if "locked" not in str(exc):
+                raise
 
 
 # ------------------------------------------------------------------ private

@@ -307,7 +307,7 @@ async def _episode(sim: Simulation, item: dict, run_id: str, graph) -> dict:
 
 async def _summarize(sim: Simulation, state: dict) -> dict:
     results = state.get("results", [])
-    counts = {"skipped": state["skipped"], "done": 0, "invalid": 0, "failed": 0, "elsewhere": 0,
+    counts = {"skipped": state["skipped"], "done": 0, "invalid": 0, "failed": 0,  # "elsewhere" only when some
               **Counter(r["status"] for r in results)}
     usage = Counter()
     for r in results:
@@ -338,7 +338,7 @@ async def simulate(store: Store, plan: list[PlannedEpisode], *, culture: Culture
                    speaker_params: GenerationParams = EpisodeContext.speaker_params,
                    progress: bool = True) -> dict:
     """Run every planned episode that is not final yet, `concurrency` at a time, through the batch graph;
-    returns this run's counts (skipped, done, invalid, failed, elsewhere)."""
+    returns this run's counts (skipped, done, invalid, failed; elsewhere when another process ran some)."""
     request = SimulateRequest(culture=culture.code, episodes=max(len(plan), 1), model=model.spec, db=str(store.path),
                               max_turns=max_turns, concurrency=concurrency, seed=seed)
     sim = Simulation(request=request, culture=culture, prompts=prompts, model=model, db=store.path,
@@ -347,7 +347,7 @@ async def simulate(store: Store, plan: list[PlannedEpisode], *, culture: Culture
     final = await run_batch(GRAPH, request_json(request), context=sim, desc=f"episodes {culture.code}", unit="ep",
                             progress=progress)
     this_run = final["summary"]["this_run"]
-    return {k: this_run[k] for k in ("skipped", "done", "invalid", "failed", "elsewhere")}
+    return {k: this_run[k] for k in ("skipped", "done", "invalid", "failed", "elsewhere") if k in this_run}
 
 
 def summarize(store: Store, ids: list[str], counts: dict, usage: dict, wall_s: float) -> dict:
@@ -413,7 +413,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\n{summary['requested']} episodes requested for {sim.culture.name}: {s.get('done', 0)} done, "
         f"{s.get('invalid', 0)} invalid (unparseable turn), {s.get('failed', 0)} failed; "
-        f"{counts['skipped']} already stored, {counts['elsewhere']} run by another process; valid turns {summary['valid_turns']}/{summary['turns']}"
+        f"{counts['skipped']} already stored, {counts.get('elsewhere', 0)} run by another process; "
+        f"valid turns {summary['valid_turns']}/{summary['turns']}"
         f"{_share(summary['valid_turns'], summary['turns'])}, valid observer labels "
         f"{summary['valid_intents']}/{summary['intents']}{_share(summary['valid_intents'], summary['intents'])}; "
         f"{u['calls']} model calls, {u['prompt_tokens']} prompt + {u['completion_tokens']} completion tokens; "

@@ -40,7 +40,7 @@ def run_command(argv: list[str], db: str) -> str:
     except SystemExit as exc:
         return "" if exc.code in (None, 0) else f"exit {exc.code}"
     except BaseException as exc:  # noqa: BLE001 - the crash is what the test reports
-        return "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1]
+        return "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[0]
     return ""
 
 

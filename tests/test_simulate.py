@@ -34,7 +34,7 @@ def test_episodes_are_stored_with_turns_intents_and_provenance(tmp_path, culture
     store = Store(tmp_path / "s.db")
     plan = plan_episodes(list(sotopia_seeds()), "CHN", "puppet", 0, 3, 1)
     counts = run_sim(store, plan, culture, load_model("puppet"))
-    assert counts == {"skipped": 0, "done": 3, "invalid": 0, "failed": 0, "elsewhere": 0}
+    assert counts == {"skipped": 0, "done": 3, "invalid": 0, "failed": 0}
     for p in plan:
         row = store.episode(p.id)
         assert row["status"] == "done" and row["n_turns"] == 6 and row["ended_by"] == "max_turns"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from enum import Enum
 from typing import Literal
 
@@ -136,7 +137,7 @@ class Attribute(Record):
 
     value: str | int | float
     visibility: Visibility
-    fixed: bool = False
+    fixed: bool = Field(False, strict=True)  # true or false only: "yes" is a typo, not a choice
 
     @field_validator("value", mode="before")
     @classmethod
@@ -153,6 +154,8 @@ def attribute_value_problem(value: object) -> str | None:
         return f"expected a short text or a number, got {type(value).__name__}"
     if isinstance(value, float) and not math.isfinite(value):
         return "expected a finite number"
+    if isinstance(value, str) and any(unicodedata.category(c) == "Cc" for c in value):
+        return "contains a line break or other control character (one line of text only)"
     if isinstance(value, str) and not value.strip():
         return "empty text (leave the attribute out instead)"
     if isinstance(value, str) and len(value) > ATTRIBUTE_MAX_CHARS:
@@ -182,8 +185,12 @@ class Persona(Record):
     def _attribute_names(cls, value: object) -> object:
         if isinstance(value, dict):
             for name in value:
+                if name in cls.model_fields:
+                    raise ValueError(f"attribute name {short(name)}: a persona field's name (prompts would show it as "
+                                     "that field); pick another")
                 if not isinstance(name, str) or not ATTRIBUTE_NAME.match(name):
-                    raise ValueError(f"attribute name {name!r}: use lower-case letters, digits and _, starting with a "
+                    raise ValueError(f"attribute name {short(name)}: use lower-case letters, digits and _, starting "
+                                     "with a "
                                      "letter, at most 40 characters (e.g. home_region)")
             if len(value) > MAX_ATTRIBUTES:
                 raise ValueError(f"{len(value)} attributes, at most {MAX_ATTRIBUTES}")
@@ -247,6 +254,12 @@ class Intent(Record):
     cultural: bool = False
     raw: str = ""
     valid: bool = True
+
+
+def short(value: object, limit: int = 40) -> str:
+    """A value as an error message echoes it: repr, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def first_error(error: ValidationError, more: bool = True) -> str:

@@ -45,7 +45,16 @@ from pydantic import ValidationError
 
 from agents.answers import AdaptedScenario, adapted_scenario_schema, answer_format, validate_data, with_enum
 from agents.cultures import CultureError, load_culture
-from agents.models import SMOLLM2, UNSTRUCTURED_HELP, GenerationParams, Message, Model, ModelSpecError, load_model
+from agents.models import (
+    MODEL_SPECS,
+    SMOLLM2,
+    UNSTRUCTURED_HELP,
+    GenerationParams,
+    Message,
+    Model,
+    ModelSpecError,
+    load_model,
+)
 from agents.prompts import PromptError, Prompts
 from agents.records import Attribute, Culture, Persona, Scenario, first_error
 from agents.seeds import sotopia_seeds
@@ -553,22 +562,23 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--culture", required=True, help="ISO-3 code of a culture with a YAML file, e.g. JPN")
     p.add_argument("--n", type=int, default=None, help="seeds to adapt, a seeded choice (default: all)")
     p.add_argument("--seeds", default=None, help="JSON Lines file of your own seed scenarios (default: SOTOPIA)")
-    p.add_argument("--model", default="smollm2", help="model spec (smollm2, hub id, dir, openai:M@URL, vllm:M)")
+    p.add_argument("--model", default="smollm2", help=f"model spec: {MODEL_SPECS}")
     p.add_argument("--db", default=DEFAULT_DB, help="SQLite store")
     p.add_argument("--max-attempts", type=int, default=3, help="answers per seed, the first included")
     p.add_argument("--concurrency", type=int, default=8, help="seeds in flight (and in-process batch size)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the choice of seeds (--n) and the sampling")
     p.add_argument("--prompts", default=None, help="directory whose templates override the built-in ones")
     p.add_argument("--cultures-dir", default=None, help="directory of extra culture YAML files")
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--top-p", type=float, default=0.7)
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
+    p.add_argument("--top-p", type=float, default=0.7, help="nucleus sampling: keep the top tokens whose "
+                   "probabilities sum to this")
     p.add_argument("--max-new-tokens", type=int, default=AdaptContext.params.max_new_tokens,
                    help="free text only (--unstructured); a structured answer's limit comes from its shape")
     p.add_argument("--name-pool", choices=["auto", "on", "off"], default="auto",
                    help="names only from the culture's pool of common names, the seed's names banned while "
                         "decoding (auto: on for the embedded model, which otherwise keeps the seed's names)")
     p.add_argument("--unstructured", action="store_true", help=UNSTRUCTURED_HELP)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, scripts)")
     return p
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import difflib
 import functools
 import operator
 import os
@@ -29,14 +30,15 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, TypedDict, get_type_hints
 
 import aiosqlite
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.config import get_config, get_stream_writer
 from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Send
 from pydantic import TypeAdapter, ValidationError
 from tqdm import tqdm
@@ -44,7 +46,7 @@ from tqdm import tqdm
 from agents.cultures import load_culture
 from agents.models import Model, Usage, load_model
 from agents.prompts import Prompts
-from agents.records import Culture, first_error
+from agents.records import Culture, first_error, short
 from graphs.store import Store
 
 # The folder a served run's paths must lie under; the server's working directory when unset.
@@ -99,6 +101,8 @@ def build_batch_graph(stage: Stage, state_schema: type, input_schema: type, cont
                        context_schema=context_schema)
 
     async def plan(state: dict, runtime) -> dict:
+        if unknown := unknown_keys():
+            return {"error": unknown}
         try:
             request = stage.request(state)
             batch = await _batch(stage, request, runtime.context, state.get("run_id"))
@@ -147,7 +151,7 @@ def build_batch_graph(stage: Stage, state_schema: type, input_schema: type, cont
     graph.add_conditional_edges("plan", fan_out, [stage.name, "summarize", END])
     graph.add_edge(stage.name, "summarize")
     graph.add_edge("summarize", END)
-    return graph.compile()
+    return strict(graph.compile())
 
 
 async def run_batch(graph, values: dict, *, context, desc: str, unit: str, progress: bool = True) -> dict:
@@ -170,6 +174,57 @@ async def run_batch(graph, values: dict, *, context, desc: str, unit: str, progr
             bar.close()
         await close_checkpointers()
     return final
+
+
+class StrictCompiledStateGraph(CompiledStateGraph):
+    """A compiled graph that notes the input and context keys it does not take (LangGraph drops unknown input
+    keys silently and fails on unknown context keys with a TypeError): a misspelt option must not run as
+    if absent. The keys are left out and named in the run's config; the graph's first node reports them
+    (`unknown_keys()`)."""
+
+    def stream(self, input, config=None, **kwargs):
+        input, config, kwargs["context"] = self._note_unknown(input, config, kwargs.get("context"))
+        return super().stream(input, config, **kwargs)
+
+    def astream(self, input, config=None, **kwargs):
+        input, config, kwargs["context"] = self._note_unknown(input, config, kwargs.get("context"))
+        return super().astream(input, config, **kwargs)
+
+    def _note_unknown(self, input, config, context):
+        notes = []
+        if isinstance(input, dict):
+            known = set(get_type_hints(self.builder.input_schema))
+            notes += [_unknown_key_text(k, known, "input") for k in input if k not in known]
+            input = {k: v for k, v in input.items() if k in known}
+        if isinstance(context, dict) and self.context_schema is not None and is_dataclass(self.context_schema):
+            known = {f.name for f in fields(self.context_schema)}
+            notes += [_unknown_key_text(k, known, "context") for k in context if k not in known]
+            context = {k: v for k, v in context.items() if k in known}
+        if notes:
+            config = {**(config or {})}
+            config["configurable"] = {**config.get("configurable", {}), UNKNOWN_KEYS: "; ".join(notes)}
+        return input, config, context
+
+
+UNKNOWN_KEYS = "clca_unknown_keys"  # the run config's note of the keys StrictCompiledStateGraph left out
+
+
+def strict(graph: CompiledStateGraph) -> StrictCompiledStateGraph:
+    """The same compiled graph, noting unknown input and context keys (copies keep the class)."""
+    graph.__class__ = StrictCompiledStateGraph
+    return graph
+
+
+def unknown_keys() -> str | None:
+    """Inside a node of a strict graph: one line naming the request's unknown keys, or None."""
+    return get_config().get("configurable", {}).get(UNKNOWN_KEYS)
+
+
+def _unknown_key_text(key: object, known: set[str], where: str) -> str:
+    shown = short(key)
+    close = difflib.get_close_matches(str(key), known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(known))}"
+    return f"{shown}: unknown {where} key ({hint})"
 
 
 def parse_request(cls: type, values: dict):
@@ -205,6 +260,9 @@ def under_root(path: str | None, field: str) -> Path | None:
     leads outside raises BatchInputError."""
     if path is None:
         return None
+    if path.startswith("~"):
+        raise BatchInputError(f"{field}: {short(path)} starts with ~, which is not expanded here: give a path relative "
+                              "to the serving root")
     root = serve_root()
     resolved = (root / path).resolve()
     if not resolved.is_relative_to(root):

@@ -43,7 +43,16 @@ from langgraph.runtime import Runtime
 from agents.answers import CONFIDENCES, AlignmentAnswer, Answer, MetaAnswer, QualityAnswer, SotopiaAnswer
 from agents.cultures import CultureError, load_culture
 from agents.freetext import label
-from agents.models import UNSTRUCTURED_HELP, Asked, GenerationParams, Message, Model, ModelSpecError, load_model
+from agents.models import (
+    MODEL_SPECS,
+    UNSTRUCTURED_HELP,
+    Asked,
+    GenerationParams,
+    Message,
+    Model,
+    ModelSpecError,
+    load_model,
+)
 from agents.prompts import PromptError, Prompts
 from agents.records import Action, Culture, Scenario, Turn
 from graphs.concurrent import (
@@ -551,8 +560,7 @@ def judgement_summary(store: Store, culture: str, judge_model: str, rule: Filter
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m graphs.judge", description=__doc__.split("\n\n")[0])
     p.add_argument("--culture", required=True, help="ISO-3 code of the culture whose episodes to judge, e.g. CHN")
-    p.add_argument("--model", default="smollm2", help="judge model spec (smollm2, hub id, dir, openai:M@URL, vllm:M, "
-                                                      "puppet)")
+    p.add_argument("--model", default="smollm2", help=f"judge model spec: {MODEL_SPECS}")
     p.add_argument("--db", default=DEFAULT_DB, help="SQLite store written by graphs.simulate")
     p.add_argument("--prompts", default=None, help="directory whose templates override the built-in ones")
     p.add_argument("--cultures-dir", default=None, help="directory of extra culture YAML files")
@@ -560,12 +568,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=200,
                    help="per free-text answer (the paper: 200); a structured answer's limit comes from its shape")
     p.add_argument("--unstructured", action="store_true", help=UNSTRUCTURED_HELP)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the judge's sampling")
     p.add_argument("--rejudge", action="store_true", help="judge again episodes this model has already judged")
     p.add_argument("--sotopia", action="store_true",
                    help="also score both participants on the SOTOPIA dimensions (goal, believability, ...)")
     add_filter_arguments(p, "rule for the kept/dropped summary")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, scripts)")
     return p
 
 

@@ -47,7 +47,7 @@ from graphs import adapt as adapt_graph
 from graphs import episode as episode_graph
 from graphs import judge as judge_graph
 from graphs.adapt import build_adapt_batch_graph
-from graphs.concurrent import BatchInputError, shared_model, shared_prompts, under_root
+from graphs.concurrent import BatchInputError, shared_model, shared_prompts, strict, under_root, unknown_keys
 from graphs.judge import build_judge_batch_graph
 from graphs.simulate import build_simulate_graph
 from graphs.store import Store
@@ -156,6 +156,8 @@ def served(name: str, graph, state_schema: type, config_schema: type, make_conte
     state = TypedDict(f"Served{state_schema.__name__}", fields, total=False)
 
     async def run(values: dict, runtime: Runtime) -> dict:
+        if unknown := unknown_keys():
+            raise ServedConfigError(unknown)
         # Building the context reads files and may load a model: keep that off the event loop.
         ctx = await asyncio.to_thread(make_context, runtime.context or config_schema())
         final = await graph.ainvoke(values, {"recursion_limit": recursion_limit(ctx)}, context=ctx)
@@ -167,7 +169,7 @@ def served(name: str, graph, state_schema: type, config_schema: type, make_conte
     outer.add_node(name, run)
     outer.add_edge(START, name)
     outer.add_edge(name, END)
-    return outer.compile()
+    return strict(outer.compile())
 
 
 episode = served("episode", episode_graph.build_episode_graph(), episode_graph.EpisodeState, EpisodeRunConfig,

@@ -37,7 +37,7 @@ from typing import TypedDict
 from langgraph.constants import CONFIG_KEY_CHECKPOINTER
 
 from agents.cultures import CultureError, load_culture
-from agents.models import UNSTRUCTURED_HELP, GenerationParams, Model, ModelSpecError, load_model
+from agents.models import MODEL_SPECS, UNSTRUCTURED_HELP, GenerationParams, Model, ModelSpecError, load_model
 from agents.prompts import PromptError, Prompts
 from agents.records import Culture, Intent, Scenario, Turn
 from agents.seeds import sotopia_seeds
@@ -201,8 +201,10 @@ def scenarios_for(request: SimulateRequest, db: Path) -> list[Scenario]:
     else:
         scenarios = Store(db).scenarios(culture=request.culture.upper()) if db.exists() else []
         if not scenarios:
+            unknown = f"scenario_ids: {request.scenario_ids[0]!r} is not there: " if request.scenario_ids else ""
             raise BatchInputError(
-                f"no adapted scenarios for {request.culture.upper()} in {request.db}: run python -m graphs.adapt "
+                f"{unknown}no adapted scenarios for {request.culture.upper()} in {request.db}: run python -m "
+                f"graphs.adapt "
                 f"--culture {request.culture.upper()} --db {request.db} first, or pass --use-seeds")
     if request.scenario_ids is not None:
         known = {s.id: s for s in scenarios}
@@ -372,21 +374,22 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--culture", required=True, help="ISO-3 code of a culture with a YAML file, e.g. CHN")
     p.add_argument("--episodes", type=int, default=8, help="episodes in all")
     p.add_argument("--samples", type=int, default=1, help="episodes per scenario (the paper used 2)")
-    p.add_argument("--model", default="smollm2", help="model spec (smollm2, hub id, dir, openai:M@URL, vllm:M)")
+    p.add_argument("--model", default="smollm2", help=f"model spec: {MODEL_SPECS}")
     p.add_argument("--db", default=DEFAULT_DB, help="SQLite store")
     p.add_argument("--max-turns", type=int, default=10, help="rounds; one round is one utterance from each")
     p.add_argument("--concurrency", type=int, default=8, help="episodes in flight (and in-process batch size)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the choice of scenarios and the sampling")
     p.add_argument("--use-seeds", action="store_true",
                    help="role-play the culture-neutral SOTOPIA seeds instead of the culture's adapted scenarios")
     p.add_argument("--prompts", default=None, help="directory whose templates override the built-in ones")
     p.add_argument("--cultures-dir", default=None, help="directory of extra culture YAML files")
     p.add_argument("--temperature", type=float, default=0.7, help="speaker sampling temperature")
-    p.add_argument("--top-p", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.7, help="speaker nucleus sampling: keep the top tokens "
+                   "whose probabilities sum to this")
     p.add_argument("--max-new-tokens", type=int, default=160,
                    help="free text only (--unstructured); a structured answer's limit comes from its shape")
     p.add_argument("--unstructured", action="store_true", help=UNSTRUCTURED_HELP)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, scripts)")
     return p
 
 

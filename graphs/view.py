@@ -237,15 +237,16 @@ def main(argv: list[str] | None = None) -> None:
     except (ViewError, JudgeError) as exc:
         sys.exit(f"error: {exc}")
     index = Path(args.out).resolve() / "index.html"
+    folder = args.out.rstrip("/") + "/"  # "site/" as given prints as site/, not site//
     print(f"wrote {totals['episodes']} episode pages ({totals['turns']} turns) and the graph topologies to "
-          f"{args.out}/\nopen {index.as_uri()}   or serve it: python -m graphs.view --db {args.db} "
+          f"{folder}\nopen {index.as_uri()}   or serve it: python -m graphs.view --db {args.db} "
           f"--out {args.out} --serve")
     if args.serve:
         try:
             server = serve(args.out, args.port)
         except OSError as exc:
             sys.exit(f"error: --port {args.port}: {exc.strerror}")
-        print(f"serving {args.out}/ on http://127.0.0.1:{server.server_address[1]}/  (Ctrl-C stops)")
+        print(f"serving {folder} on http://127.0.0.1:{server.server_address[1]}/  (Ctrl-C stops)")
         try:
             server.serve_forever()
         except KeyboardInterrupt:

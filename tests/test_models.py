@@ -1,4 +1,5 @@
 import asyncio
+import importlib
 import json
 from dataclasses import replace
 
@@ -138,6 +139,22 @@ def test_non_transient_errors_are_not_retried():
 def test_bad_model_specs_fail_clearly(spec):
     with pytest.raises(ModelSpecError, match="model spec"):
         load_model(spec)
+
+
+def test_an_unknown_model_spec_lists_every_kind_of_spec():
+    with pytest.raises(ModelSpecError) as caught:
+        load_model("not a model")
+    for kind in ("smollm2", "smollm2-inprocess", "gguf:PATH", "hub id", "folder", "openai:MODEL@URL", "vllm:MODEL",
+                 "puppet"):
+        assert kind in str(caught.value)
+
+
+@pytest.mark.parametrize("command", ["graphs.simulate", "graphs.adapt", "graphs.judge"])
+def test_every_option_of_the_batch_commands_has_help_and_model_lists_the_specs(command):
+    parser = importlib.import_module(command).make_parser()
+    assert [a.dest for a in parser._actions if not a.help] == []
+    assert "puppet" in parser._option_string_actions["--model"].help
+    assert "gguf:PATH" in parser._option_string_actions["--model"].help
 
 
 def test_random_tiny_model_under_the_constraint_answers_every_shape_validly(tiny_model_dir):

@@ -409,3 +409,26 @@ def test_served_runs_share_one_model_per_spec(monkeypatch, tmp_path):
                                                                      use_seeds=True, db="b.db"), served=True)
     assert first.model is second.model and first.culture.code == "JPN" and second.db == tmp_path / "b.db"
     assert served_module._model("puppet:0.001") is first.model  # the single-item graphs share it too
+
+
+@pytest.mark.parametrize("graph, values, message", [
+    ("adapt_batch", {"culture": "DEU", "nn": 2}, "'nn': unknown input key (did you mean 'n'?)"),
+    ("simulate", {"culture": "JPN", "episdoes": 2}, "'episdoes': unknown input key (did you mean 'episodes'?)"),
+    ("simulate", {"culture": "JPN", "use_seeds": True, "seeds": "s.jsonl"}, "'seeds': unknown input key"),
+    ("judge_batch", {"culture": "JPN", "x" * 300: 1}, "'" + "x" * 36 + "...: unknown input key (known: "),
+    ("simulate", {"culture": "JPN", "db": "~/x.db"}, "db: '~/x.db' starts with ~, which is not expanded here"),
+    ("simulate", {"culture": "JPN", "scenario_ids": ["nope"]},
+     "scenario_ids: 'nope' is not there: no adapted scenarios for JPN in runs/x.db"),
+])
+def test_served_batch_refuses_unknown_keys_and_home_paths(tmp_path, monkeypatch, graph, values, message):
+    monkeypatch.setenv(SERVE_ROOT_ENV, str(tmp_path))
+    state = asyncio.run(getattr(served_module, graph).ainvoke({"model": "puppet", "db": "runs/x.db", **values}))
+    assert state["error"].startswith(message) and "\n" not in state["error"]
+    assert "summary" not in state and list(tmp_path.iterdir()) == []
+
+
+def test_served_single_item_graphs_refuse_unknown_keys():
+    with pytest.raises(ServedConfigError, match=r"^'max_turn': unknown context key \(did you mean 'max_turns'\?\)"):
+        asyncio.run(episode.ainvoke({}, context={"model": "puppet", "max_turn": 2}))
+    with pytest.raises(ServedConfigError, match=r"^'turn': unknown input key \(did you mean 'turns'\?\)"):
+        asyncio.run(episode.ainvoke({"turn": []}, context={"model": "puppet"}))

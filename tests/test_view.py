@@ -193,6 +193,8 @@ def test_cli_writes_the_site_and_says_how_to_open_it(tmp_path, capsys):
     view.main(["--db", str(tmp_path / "s.db"), "--out", str(tmp_path / "out")])
     printed = capsys.readouterr().out
     assert "wrote 4 episode pages (12 turns)" in printed and (tmp_path / "out" / "index.html").as_uri() in printed
+    view.main(["--db", str(tmp_path / "s.db"), "--out", f"{tmp_path}/out/"])  # a trailing slash, as shells complete
+    assert f"topologies to {tmp_path}/out/\n" in capsys.readouterr().out
 
 
 def test_serve_on_loopback(site):

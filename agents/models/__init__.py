@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agents.models.base import (
+    MODEL_SPECS,
     Asked,
     ChatBackend,
     Completion,
@@ -104,7 +105,9 @@ def _managed(gguf: Path, spec: str, slots: int, log_dir: Path):
 
 
 __all__ = [
-    "UNSTRUCTURED_HELP", "Asked", "ChatBackend", "Completion", "GenerationParams", "Message", "Model", "ModelSpecError", "PUPPET_REPLIES",
+    "UNSTRUCTURED_HELP", "Asked", "ChatBackend", "Completion", "GenerationParams",
+    "Message", "MODEL_SPECS", "Model", "ModelSpecError",
+    "PUPPET_REPLIES",
     "PuppetBackend", "SMOLLM2", "SMOLLM2_GGUF", "ScriptedBackend", "Usage", "base_config", "batch_seed",
     "cut_at_stop", "hf_source", "load_hf", "load_model", "smollm2_dir",
 ]

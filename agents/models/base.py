@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 
 
+# Every model spec `load_model` takes, as error messages and --model helps list them.
+MODEL_SPECS = ("smollm2, smollm2-inprocess, gguf:PATH, a hub id (org/name) or a model folder, openai:MODEL@URL, "
+               "vllm:MODEL, puppet[:SECONDS]")
+
+
 class ModelSpecError(ValueError):
     """A model spec that names nothing we can load, or an endpoint that cannot serve the run."""
 

@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 
 from agents.models.base import (
-    Completion, GenerationParams, Message, ModelSpecError, banned_token_ids, cut_at_stop, refuse_credentials,
+    MODEL_SPECS, Completion, GenerationParams, Message, ModelSpecError,
+    banned_token_ids, cut_at_stop, refuse_credentials,
 )
 from agents.models.batching import BatchingBackend, batch_seed
 
@@ -37,7 +38,7 @@ def hf_source(spec: str) -> tuple[str, str | None]:
     if spec in (SMOLLM2, f"{SMOLLM2}-inprocess"):
         return str(smollm2_dir()), SMOLLM2_GGUF
     if not Path(spec).exists() and not re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
-        raise ModelSpecError(f"model spec {spec!r}: not 'smollm2', an existing folder, or a hub id (org/name)")
+        raise ModelSpecError(f"model spec {spec!r}: not a model spec; expected one of: {MODEL_SPECS}")
     return spec, None
 
 

@@ -17,6 +17,6 @@ $PY -m graphs.scenarios import docs/examples/jpn_scenarios.jsonl --db "$DB"
 $PY -m graphs.adapt --culture DEU --seeds docs/examples/jpn_scenarios.jsonl --model "$MODEL" --db "$DB" --no-progress
 $PY -m graphs.scenarios list --db "$DB"
 $PY -m graphs.simulate --culture DEU --episodes 1 --max-turns 3 --model "$MODEL" --db "$DB" --no-progress
-$PY -m graphs.judge --culture DEU --model "$MODEL" --db "$DB"
+$PY -m graphs.judge --culture DEU --model "$MODEL" --db "$DB" --no-progress
 $PY -m training.dataset --culture DEU --out "$OUT/data" --db "$DB"
 $PY -m graphs.view --db "$DB" --out "$OUT/site"

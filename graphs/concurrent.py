@@ -47,7 +47,7 @@ from agents.cultures import load_culture
 from agents.models import Model, Usage, load_model
 from agents.prompts import Prompts
 from agents.records import Culture, first_error, short
-from graphs.store import Store
+from graphs.store import BUSY_TIMEOUT_MS, Store, enable_wal
 
 # The folder a served run's paths must lie under; the server's working directory when unset.
 SERVE_ROOT_ENV = "CLCA_SERVE_ROOT"
@@ -349,13 +349,22 @@ async def checkpointer(store_path: str | Path) -> AsyncSqliteSaver:
 
 
 async def _open_saver(path: Path) -> AsyncSqliteSaver:
-    conn = await aiosqlite.connect(path)
-    await conn.execute("PRAGMA busy_timeout = 30000")
     # WAL with synchronous=NORMAL survives a killed process (not a power cut) and saves an fsync per
-    # checkpoint, which otherwise bounds the orchestration rate.
-    await conn.execute("PRAGMA journal_mode = WAL")
+    # checkpoint, which otherwise bounds the orchestration rate. The switch is the store's, retried: two
+    # processes opening a new checkpoint file together get "database is locked" from it at once.
+    await asyncio.to_thread(_switch_to_wal, path)
+    conn = await aiosqlite.connect(path)
+    await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     await conn.execute("PRAGMA synchronous = NORMAL")
     return AsyncSqliteSaver(conn)
+
+
+def _switch_to_wal(path: Path) -> None:
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        enable_wal(conn)
+    finally:
+        conn.close()
 
 
 async def close_checkpointers() -> None:

@@ -309,15 +309,19 @@ def test_langgraph_dev_cancelled_batch_resumes_and_a_rerun_adds_nothing(server):
     from langgraph_sdk import get_sync_client
 
     client = get_sync_client(url=server.url)
-    batch = {**BATCH, "model": "puppet:0.05", "db": "runs/cancel.db", "concurrency": 2, "seed": 7}
+    batch = {**BATCH, "model": "puppet:0.1", "db": "runs/cancel.db", "concurrency": 2, "seed": 7}
     thread = client.threads.create()
     run = client.runs.create(thread["thread_id"], "simulate", input=batch, stream_mode="custom")
     for part in client.runs.join_stream(thread["thread_id"], run["run_id"]):
         if part.event == "custom" and part.data["event"] == "episode":
+            db = sqlite3.connect(server.root / "runs" / "cancel.db")
+            deadline = time.monotonic() + 5  # cancel once a later episode is under way (about a second each)
+            while not db.execute("select 1 from episodes where status = 'running'").fetchone():
+                assert time.monotonic() < deadline, "no episode began after the first ended"
+                time.sleep(0.02)
             client.runs.cancel(thread["thread_id"], run["run_id"], wait=True)
             break
     assert client.runs.get(thread["thread_id"], run["run_id"])["status"] == "interrupted"
-    db = sqlite3.connect(server.root / "runs" / "cancel.db")
     checkpoints = sqlite3.connect(server.root / "runs" / "cancel.db.checkpoints")
     deadline = time.monotonic() + 5
     while True:  # an episode that had ended when the cancel came is still stored, in the background

@@ -323,14 +323,16 @@ def test_langgraph_dev_cancelled_batch_resumes_and_a_rerun_adds_nothing(server):
             break
     assert client.runs.get(thread["thread_id"], run["run_id"])["status"] == "interrupted"
     checkpoints = sqlite3.connect(server.root / "runs" / "cancel.db.checkpoints")
-    deadline = time.monotonic() + 5
+    deadline, before = time.monotonic() + 5, None
     while True:  # an episode that had ended when the cancel came is still stored, in the background
         statuses = dict(db.execute("select status, count(*) from episodes group by status").fetchall())
         running = {i for (i,) in db.execute("select id from episodes where status = 'running'")}
         in_flight = {t for (t,) in checkpoints.execute("select distinct thread_id from checkpoints")}
-        if in_flight <= running or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+        now = (statuses, running, in_flight)
+        if (in_flight <= running and now == before) or time.monotonic() > deadline:
+            break  # settled: the same for 0.3 s
+        before = now
+        time.sleep(0.3)
     assert in_flight <= running  # unfinished episodes keep their checkpoints, to resume from
     assert 1 <= statuses["done"] < 6 and statuses.get("running", 0) >= 1  # finished ones are stored
     assert db.execute("select count(*) from turns").fetchone()[0] == 6 * statuses["done"]

@@ -25,7 +25,6 @@ different names for the two people, and the tokens that spell the seed's names a
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import operator
@@ -69,8 +68,10 @@ from graphs.concurrent import (
     parse_request,
     request_json,
     run_batch,
+    run_from_command_line,
     shared_model,
     shared_prompts,
+    store_file,
     under_root,
 )
 from graphs.scenarios import ScenarioFileError, read_scenarios
@@ -415,7 +416,7 @@ def resolve(request: AdaptRequest, served: bool = False, origin: dict | None = N
     if r.name_pool not in ("auto", "on", "off"):
         raise BatchInputError(f"name_pool: {r.name_pool!r} is not one of auto, on, off")
     path = (lambda p, field: under_root(p, field)) if served else (lambda p, field: p and Path(p))
-    db, prompts_dir = path(r.db, "db"), path(r.prompts, "prompts")
+    db, prompts_dir = store_file(path(r.db, "db")), path(r.prompts, "prompts")
     cultures_dir, seeds_file = path(r.cultures_dir, "cultures_dir"), path(r.seeds, "seeds")
     culture = load_culture(r.culture, cultures_dir)
     prompts = shared_prompts(str(prompts_dir) if prompts_dir else None,
@@ -589,7 +590,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         a = resolve(request, origin={"command": command}, load=lambda r, db: load_model(
             r.model, max_batch=r.concurrency, structured=not r.unstructured, log_dir=db.parent))
-        final = asyncio.run(run_batch(BATCH, request_json(request), context=a, desc=f"adapt {a.culture.code}",
+        final = run_from_command_line(run_batch(BATCH, request_json(request), context=a, desc=f"adapt {a.culture.code}",
                                       unit="scenario", progress=not args.no_progress))
     except (BatchInputError, CultureError, PromptError, ModelSpecError, ScenarioFileError) as exc:
         sys.exit(f"error: {exc}")  # e.g. a user template that fails only on some seed's data

@@ -23,6 +23,7 @@ import functools
 import operator
 import os
 import sqlite3
+import sys
 import threading
 import time
 import weakref
@@ -269,6 +270,36 @@ def under_root(path: str | None, field: str) -> Path | None:
         raise BatchInputError(f"{field}: {path} is outside the serving root {root} (set {SERVE_ROOT_ENV} to "
                               "serve another folder)")
     return resolved
+
+
+def store_file(db: Path, field: str = "db") -> Path:
+    """`db` if a store can live there: BatchInputError (one line) for a folder, a file that is not SQLite, or a
+    place this process cannot create a file in. Checked before a model loads and before anything is written."""
+    if db.is_dir():
+        raise BatchInputError(f"{field}: {db} is a folder, not a SQLite file")
+    if db.exists():
+        with open(db, "rb") as f:
+            head = f.read(16)
+        if head and head != b"SQLite format 3\x00":
+            raise BatchInputError(f"{field}: {db} is not a SQLite database")
+        if not os.access(db, os.W_OK):
+            raise BatchInputError(f"{field}: {db} is not writable")
+        return db
+    parent = db.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise BatchInputError(f"{field}: cannot create {db}: {parent} is not a writable folder")
+    return db
+
+
+def run_from_command_line(batch: Awaitable[dict]) -> dict:
+    """`asyncio.run(batch)` for a CLI: Ctrl-C ends it with one line (finished work is stored) and status 130."""
+    try:
+        return asyncio.run(batch)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished work is stored; rerun the same command to resume", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 _model_lock = threading.Lock()

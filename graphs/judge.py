@@ -65,8 +65,10 @@ from graphs.concurrent import (
     parse_request,
     request_json,
     run_batch,
+    run_from_command_line,
     shared_model,
     shared_prompts,
+    store_file,
     under_root,
 )
 from graphs.episode import answer_format_for, turn_seed
@@ -431,6 +433,7 @@ def resolve(request: JudgeRequest, served: bool = False, origin: dict | None = N
     rule = FilterRule.parse(r.filter, r.on_invalid)
     path = (lambda p, field: under_root(p, field)) if served else (lambda p, field: p and Path(p))
     db, prompts_dir, cultures_dir = path(r.db, "db"), path(r.prompts, "prompts"), path(r.cultures_dir, "cultures_dir")
+    db = store_file(db)
     culture = load_culture(r.culture, cultures_dir)
     names = tuple(PROMPT_NAMES + ["judge_sotopia"] * r.sotopia)
     # persona_attributes: read now too, as judged scenarios with attributes render it
@@ -595,7 +598,7 @@ def main(argv: list[str] | None = None) -> None:
             r.model, max_batch=r.concurrency, structured=not r.unstructured, log_dir=db.parent))
     except (JudgeError, BatchInputError, CultureError, PromptError, ModelSpecError) as exc:
         sys.exit(f"error: {exc}")
-    final = asyncio.run(run_batch(BATCH, request_json(request), context=j, desc=f"judging {j.culture.code}",
+    final = run_from_command_line(run_batch(BATCH, request_json(request), context=j, desc=f"judging {j.culture.code}",
                                   unit="ep", progress=not args.no_progress))
     if final.get("error"):
         sys.exit(f"error: {final['error']}")

@@ -54,9 +54,11 @@ from graphs.concurrent import (
     parse_request,
     request_json,
     run_batch,
+    run_from_command_line,
     shared_culture,
     shared_model,
     shared_prompts,
+    store_file,
     under_root,
 )
 from graphs.episode import (
@@ -169,7 +171,7 @@ def resolve(request: SimulateRequest, served: bool = False, origin: dict | None 
     r = request
     if min(r.episodes, r.samples, r.max_turns, r.concurrency) < 1:
         raise BatchInputError("episodes, samples, max_turns and concurrency must be at least 1")
-    db = under_root(r.db, "db") if served else Path(r.db)
+    db = store_file(under_root(r.db, "db") if served else Path(r.db))
     prompts_dir = under_root(r.prompts, "prompts") if served else r.prompts
     cultures_dir = under_root(r.cultures_dir, "cultures_dir") if served else r.cultures_dir
     if served:
@@ -404,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
             r.model, max_batch=r.concurrency, structured=not r.unstructured, log_dir=db.parent))
     except (BatchInputError, CultureError, PromptError, ModelSpecError) as exc:
         sys.exit(f"error: {exc}")
-    final = asyncio.run(run_batch(GRAPH, request_json(request), context=sim, desc=f"episodes {sim.culture.code}",
+    final = run_from_command_line(run_batch(GRAPH, request_json(request), context=sim, desc=f"episodes {sim.culture.code}",
                                   unit="ep", progress=not args.no_progress))
     if final.get("error"):
         sys.exit(f"error: {final['error']}")

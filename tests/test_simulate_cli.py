@@ -41,3 +41,69 @@ def test_no_adapted_scenarios_is_reported_before_the_model_loads(tmp_path):
 
 def test_non_positive_counts(tmp_path):
     assert "must be at least 1" in fails(["--culture", "CHN", "--episodes", "0", "--model", "puppet"], tmp_path)
+
+
+@pytest.mark.parametrize("module", ["graphs.simulate", "graphs.adapt", "graphs.judge"])
+@pytest.mark.parametrize("kind, expected", [
+    ("folder", "is a folder, not a SQLite file"),
+    ("text file", "is not a SQLite database"),
+    ("read-only folder", "is not a writable folder"),
+])
+def test_a_store_path_that_cannot_hold_a_store_is_one_line(module, kind, expected, tmp_path):
+    import importlib
+    import os
+
+    if kind == "folder":
+        db = tmp_path / "runs"
+        db.mkdir()
+    elif kind == "text file":
+        db = tmp_path / "notes.db"
+        db.write_text("my notes\n")
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        (tmp_path / "ro").mkdir(mode=0o500)
+        db = tmp_path / "ro" / "s.db"
+    before = db.read_text() if db.is_file() else None
+    with pytest.raises(SystemExit) as caught:
+        importlib.import_module(module).main(["--culture", "CHN", "--model", "puppet", "--db", str(db), "--no-progress",
+                                              *(["--use-seeds"] if module == "graphs.simulate" else [])])
+    message = str(caught.value.code)
+    assert message.startswith("error: db: ") and expected in message and "\n" not in message
+    assert (db.read_text() if db.is_file() else None) == before  # nothing written
+
+
+def done(db) -> int:
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("select count(*) from episodes where status = 'done'").fetchone()[0]
+    except sqlite3.OperationalError:  # the table is not there yet
+        return 0
+    finally:
+        conn.close()
+
+
+def test_ctrl_c_is_one_line_and_a_rerun_resumes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    db = tmp_path / "s.db"
+    argv = [sys.executable, "-m", "graphs.simulate", "--culture", "CHN", "--use-seeds", "--episodes", "4",
+            "--max-turns", "2", "--model", "puppet:0.2", "--concurrency", "1", "--no-progress", "--db", str(db)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:  # until the first episode is stored
+        if db.exists() and done(db):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip().splitlines() == ["interrupted: finished work is stored; rerun the same command to resume"]
+    rerun = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0 and "4 done" in rerun.stdout and "already stored" in rerun.stdout
+    assert not rerun.stdout.split("already stored")[0].endswith(" 0 ")  # it resumed, not restarted

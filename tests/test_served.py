@@ -425,6 +425,7 @@ def test_served_runs_share_one_model_per_spec(monkeypatch, tmp_path):
     ("simulate", {"culture": "JPN", "db": "~/x.db"}, "db: '~/x.db' starts with ~, which is not expanded here"),
     ("simulate", {"culture": "JPN", "scenario_ids": ["nope"]},
      "scenario_ids: 'nope' is not there: no adapted scenarios for JPN in runs/x.db"),
+    ("simulate", {"culture": "JPN", "use_seeds": True, "db": ""}, "db: "),  # the serving root itself
 ])
 def test_served_batch_refuses_unknown_keys_and_home_paths(tmp_path, monkeypatch, graph, values, message):
     monkeypatch.setenv(SERVE_ROOT_ENV, str(tmp_path))

@@ -64,6 +64,7 @@ from graphs.concurrent import (
     build_batch_graph,
     counted,
     failure_text,
+    input_schema,
     on_store,
     parse_request,
     request_json,
@@ -366,22 +367,7 @@ class AdaptRequest:
     unstructured: bool = False
 
 
-class AdaptInput(TypedDict, total=False):
-    culture: str
-    n: int | None
-    seeds: str | None
-    model: str
-    db: str
-    max_attempts: int
-    concurrency: int
-    seed: int
-    prompts: str | None
-    cultures_dir: str | None
-    temperature: float
-    top_p: float
-    max_new_tokens: int
-    name_pool: str
-    unstructured: bool
+AdaptInput = input_schema(AdaptRequest)
 
 
 class AdaptBatchState(AdaptInput, BatchState, total=False):

@@ -228,6 +228,14 @@ def _unknown_key_text(key: object, known: set[str], where: str) -> str:
     return f"{shown}: unknown {where} key ({hint})"
 
 
+def input_schema(request: type) -> type:
+    """A served batch graph's input schema: the request dataclass's fields, each optional (a TypedDict), so
+    the options are declared once."""
+    hints = get_type_hints(request)
+    name = request.__name__.removesuffix("Request") + "Input"
+    return TypedDict(name, {f.name: hints[f.name] for f in fields(request)}, total=False)
+
+
 def parse_request(cls: type, values: dict):
     """A stage's request dataclass from input state (other keys ignored), or one-line BatchInputError."""
     names = {f.name for f in fields(cls)}

@@ -61,6 +61,7 @@ from graphs.concurrent import (
     Stage,
     build_batch_graph,
     counted,
+    input_schema,
     on_store,
     parse_request,
     request_json,
@@ -386,20 +387,7 @@ class JudgeRequest:
     on_invalid: str = "keep"
 
 
-class JudgeInput(TypedDict, total=False):
-    culture: str
-    model: str
-    db: str
-    prompts: str | None
-    cultures_dir: str | None
-    concurrency: int
-    max_new_tokens: int
-    unstructured: bool
-    seed: int
-    rejudge: bool
-    sotopia: bool
-    filter: str
-    on_invalid: str
+JudgeInput = input_schema(JudgeRequest)
 
 
 class JudgeBatchState(JudgeInput, BatchState, total=False):

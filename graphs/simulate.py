@@ -32,7 +32,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypedDict
 
 from langgraph.constants import CONFIG_KEY_CHECKPOINTER
 
@@ -50,6 +49,7 @@ from graphs.concurrent import (
     checkpointer,
     counted,
     failure_text,
+    input_schema,
     on_store,
     parse_request,
     request_json,
@@ -104,23 +104,7 @@ class SimulateRequest:
     unstructured: bool = False
 
 
-class SimulateInput(TypedDict, total=False):
-    culture: str
-    episodes: int
-    samples: int
-    model: str
-    db: str
-    max_turns: int
-    concurrency: int
-    seed: int
-    use_seeds: bool
-    scenario_ids: list[str] | None
-    prompts: str | None
-    cultures_dir: str | None
-    temperature: float
-    top_p: float
-    max_new_tokens: int
-    unstructured: bool
+SimulateInput = input_schema(SimulateRequest)
 
 
 class SimulateState(SimulateInput, BatchState, total=False):

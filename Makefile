@@ -55,6 +55,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 test: venv llama-server chromium
+	.venv/bin/lint-imports
 	$(PY) -m pytest -q -ra
 
 # Debian's Chromium for tests/test_view_browser.py (Playwright drives it; never `playwright install`).

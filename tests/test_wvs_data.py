@@ -5,9 +5,11 @@ import csv
 import numpy as np
 import pytest
 
-from eval.wvs.items import CLCA44, WVSError, all_items, select_items
+from eval.wvs.items import WVSError, all_items, select_items
 from eval.wvs.respondents import RespondentFile, write_synthetic_file
 from eval.wvs.survey import BundledShares, country
+
+CLCA44 = [f"Q{i}" for i in range(1, 42)] + ["Q43", "Q44", "Q45"]
 
 
 def test_item_sets_and_metadata():

@@ -6,7 +6,7 @@ import torch
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import entropy, wasserstein_distance
 
-from eval.wvs.metrics import KL_SMOOTHING, emd, individual_accuracy, js_distance, kl_divergence, paper_kl
+from eval.wvs.metrics import KL_SMOOTHING, answered_as_surveyed, emd, js_distance, kl_divergence, paper_kl
 
 RNG = np.random.default_rng(7)
 PAIRS = [(RNG.dirichlet(np.ones(k)), RNG.dirichlet(np.ones(k))) for k in (2, 3, 5, 11) for _ in range(5)]
@@ -66,7 +66,7 @@ def test_metrics_broadcast_over_replicates():
         assert np.allclose(fn(s[None], ms), [fn(s, m) for m in ms])
 
 
-def test_individual_accuracy_by_hand():
+def test_individual_accuracy_hits_by_hand():
     model = np.array([[1, 2, -1], [3, 3, 3]])
     truth = np.array([[1, 1, -1], [3, -1, 3]])  # missing truth and INVALID answers count as wrong
-    assert individual_accuracy(model, truth).tolist() == pytest.approx([1 / 3, 2 / 3])
+    assert answered_as_surveyed(model, truth).mean(axis=-1).tolist() == pytest.approx([1 / 3, 2 / 3])

@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from eval.culture_map.draw import draw
 from eval.culture_map.indicators import MapError
+from eval.culture_map.results import read_points
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,9 +26,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="culture-map.png", help="PNG path; the SVG and CSV go beside it")
     parser.add_argument("--title", default=None, help="figure title (default: says what is drawn)")
     args = parser.parse_args(argv)
-    from eval.culture_map.draw import draw
-    from eval.culture_map.results import read_points
-
     try:
         points = [p for path in args.results for p in read_points(path)]
         paths = draw(points, args.out, args.title)

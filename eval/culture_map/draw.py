@@ -15,9 +15,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from eval.culture_map.indicators import AXIS_LABELS, DATA_DIR
+from agents.cultures import available_cultures
+from eval.culture_map.fit import published_position
+from eval.culture_map.indicators import AXIS_LABELS, DATA_DIR, indicator_values, map_items
 from eval.culture_map.projection import load_projection
 from eval.culture_map.results import Point
+from eval.wvs.items import all_items
+from eval.wvs.survey import COUNTRIES
 
 RESULT_COLOURS = ["#6A3D9A", "#B2182B", "#08306B", "#000000", "#1B7837"]
 CHI2_95_2DF = 5.991464547107979  # 95% quantile of chi-square with 2 degrees of freedom
@@ -33,9 +37,6 @@ def zones() -> dict[str, tuple[str, str]]:
 def country_positions() -> list[dict]:
     """Every country to draw: fit countries at their projected positions, other cultures with a
     published position (e.g. JPN, whose bundled shares lack two items) at that position, hollow."""
-    from agents.cultures import available_cultures
-    from eval.culture_map.fit import published_position
-
     proj = load_projection()
     rows = [{"country": c, "position": np.array(v["projected"]), "kind": "country"}
             for c, v in proj.info["countries"].items()]
@@ -130,9 +131,6 @@ def draw(points: list[Point], out: str | Path, title: str | None = None) -> list
 
 def uniform_position() -> np.ndarray:
     """[2] where a model lands that spreads its answers evenly over every item's options."""
-    from eval.culture_map.indicators import indicator_values, map_items
-    from eval.wvs.items import all_items
-
     items = all_items()
     return load_projection().project(indicator_values({q: np.ones(len(items[q].options)) for q in map_items()}))
 
@@ -200,8 +198,6 @@ def _caption(with_published: bool) -> str:
 
 
 def _name(alpha3: str) -> str:
-    from eval.wvs.survey import COUNTRIES
-
     name = COUNTRIES[alpha3].name if alpha3 in COUNTRIES else alpha3
     return name.removeprefix("the ").replace("United States", "USA")
 

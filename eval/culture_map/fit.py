@@ -19,8 +19,12 @@ import sys
 
 import numpy as np
 
+from agents.cultures import CultureError, load_culture
+from agents.provenance import git_state
 from eval.culture_map.indicators import DATA_DIR, MapError, indicator_values, keys, map_items
 from eval.culture_map.projection import PROJECTION_FILE, agreement, fit, leave_one_out
+from eval.wvs.items import all_items
+from eval.wvs.survey import BundledShares
 
 METHOD = ("per-dimension first principal component of the five standardised indicators of each map dimension "
           "(Inglehart & Welzel 2005 item assignment), aligned to published positions by one rotation and one "
@@ -30,8 +34,6 @@ METHOD = ("per-dimension first principal component of the five standardised indi
 
 def published_position(alpha3: str) -> tuple[float, float] | None:
     """(self-expression, secular) from the culture file, or None without a file or without scores."""
-    from agents.cultures import CultureError, load_culture
-
     try:
         iw = load_culture(alpha3).inglehart_welzel
     except CultureError:
@@ -43,8 +45,6 @@ def published_position(alpha3: str) -> tuple[float, float] | None:
 
 def survey_values(shares, alpha3: str) -> np.ndarray | None:
     """[10] indicator values of a country from a survey source (`BundledShares` or `RespondentFile`)."""
-    from eval.wvs.items import all_items
-
     items = all_items()
     dists = {q: d for q in map_items() if (d := shares.distribution(alpha3, items[q])) is not None}
     try:
@@ -55,9 +55,6 @@ def survey_values(shares, alpha3: str) -> np.ndarray | None:
 
 def fit_table():
     """(fit countries, values [n, 10], published [n, 2], left_out {country: reason}) from the bundled data."""
-    from eval.wvs.items import all_items
-    from eval.wvs.survey import BundledShares
-
     shares, items = BundledShares(), all_items()
     chosen, values, published, left_out = [], [], [], {}
     for alpha3 in shares.countries():
@@ -75,9 +72,6 @@ def fit_table():
 
 
 def build() -> dict:
-    from agents.provenance import git_state
-    from eval.wvs.survey import BundledShares
-
     countries, values, published, left_out = fit_table()
     proj = fit(values, published)
     projected, loo = proj.project(values), leave_one_out(values, published)

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from eval.wvs.items import all_items, named_set
+
 DATA_DIR = Path(__file__).parent / "data"
 DIMENSIONS = ("survival_self_expression", "traditional_secular")  # map x, map y
 AXIS_LABELS = {"survival_self_expression": ("Survival values", "Self-expression values"),
@@ -43,8 +45,6 @@ class Indicator:
 @functools.lru_cache(maxsize=1)
 def indicators() -> tuple[Indicator, ...]:
     """The ten indicators in file order (five traditional-secular, then five survival-self-expression)."""
-    from eval.wvs.items import all_items
-
     raw = yaml.safe_load((DATA_DIR / "iw_items.yaml").read_text())
     items = all_items()
     out = []
@@ -66,9 +66,12 @@ def keys() -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def map_items() -> tuple[str, ...]:
-    """The 14 WVS-7 items the ten indicators need, in questionnaire order (the `iw10` item set)."""
-    qids = {q for ind in indicators() for q in ind.scores}
-    return tuple(sorted(qids, key=lambda q: int(q[1:].rstrip("AB"))))
+    """The 14 WVS-7 items the ten indicators need, in questionnaire order: eval.wvs's `iw10` item set, which
+    must be exactly the items this file scores (MapError otherwise)."""
+    iw10 = named_set("iw10")
+    if {q for ind in indicators() for q in ind.scores} != set(iw10):
+        raise MapError("iw_items.yaml: its items are not the iw10 set of eval/wvs/data/item_sets.json")
+    return iw10
 
 
 def missing_items(available) -> list[str]:

@@ -19,14 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from eval.culture_map.fit import published_position
 from eval.culture_map.indicators import MapError, indicator_values, map_items
 from eval.culture_map.projection import PROJECTION_FILE, load_projection
 
 
 def map_section(positions: dict[str, dict | None]) -> dict | None:
     """results["map"] from {country: record of `position.country_position` or None}."""
-    from eval.culture_map.fit import published_position
-
     located = {c: r for c, r in positions.items() if r is not None}
     if not located:
         return None

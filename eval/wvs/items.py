@@ -1,9 +1,11 @@
 """WVS-7 items: question text, answer options with their raw WVS codes, and ordinal/nominal scale.
 
-Item sets: `clca44` is the CLCA paper's set (Q1-Q41 and Q43-Q45, the "Social Values, Norms,
-Stereotypes" block without Q42); `iw10` is exactly the 14 items behind the ten indicators of the
-Inglehart-Welzel cultural map (`eval.culture_map`); `all` is every value item that has survey
-shares; or a comma list.
+Item sets are data (data/item_sets.json): `clca44` is the CLCA paper's set (Q1-Q41 and Q43-Q45, the
+"Social Values, Norms, Stereotypes" block without Q42), listed by its topic blocks; `iw10` is exactly
+the 14 items behind the ten indicators of the Inglehart-Welzel cultural map (`eval.culture_map` reads
+its indicator file against it); `clca44:train` and `clca44:test` are fixed held-out splits of clca44,
+drawn once by `draw_split` (stratified over the topic blocks, seed recorded in the file and in every
+result's provenance); `all` is every value item that has survey shares; or a comma list.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 DATA_DIR = Path(__file__).parent / "data"
 
-CLCA44 = tuple([f"Q{i}" for i in range(1, 42)] + ["Q43", "Q44", "Q45"])
+ITEM_SETS_FILE = DATA_DIR / "item_sets.json"
 
 # WVS codes these items with 0 as their first option (CultureSPA's `zero_questions`, checked
 # against the official codebook); everywhere else the first option is code 1.
@@ -74,21 +78,65 @@ def all_items() -> dict[str, Item]:
     return items
 
 
-def select_items(spec: str) -> list[Item]:
-    """`clca44`, `iw10`, `all`, or a comma list of ids such as `Q1,Q27,Q45`."""
-    items = all_items()
-    if spec == "clca44":
-        return [items[q] for q in CLCA44]
-    if spec == "iw10":
-        from eval.culture_map.indicators import map_items  # the map's data file is the one list
+@functools.lru_cache(maxsize=1)
+def item_sets() -> dict:
+    """The parsed data/item_sets.json: {"sets": {name: {description, items | blocks}}, "splits": {...}}."""
+    return json.loads(ITEM_SETS_FILE.read_text())
 
-        return [items[q] for q in map_items()]
+
+def named_set(name: str) -> tuple[str, ...]:
+    """Item ids of a named set (`clca44`, `iw10`) or split (`clca44:train`, `clca44:test`), in questionnaire order.
+
+    Raises WVSError for an unknown name."""
+    data = item_sets()
+    base, _, part = name.partition(":")
+    if part:
+        split = data["splits"].get(base)
+        if split is None or part not in ("train", "test"):
+            raise WVSError(f"--items: unknown split {name!r} (splits: {', '.join(split_names())})")
+        return tuple(split[part])
+    entry = data["sets"].get(name)
+    if entry is None:
+        raise WVSError(f"--items: unknown item set {name!r}")
+    return tuple(entry["items"]) if "items" in entry else tuple(q for qs in entry["blocks"].values() for q in qs)
+
+
+def split_names() -> list[str]:
+    return [f"{base}:{part}" for base in item_sets()["splits"] for part in ("train", "test")]
+
+
+def split_record(spec: str) -> dict | None:
+    """Provenance of a split spec: {name, seed, test_fraction, train, test}; None for anything else."""
+    base, _, part = spec.partition(":")
+    split = item_sets()["splits"].get(base) if part else None
+    return {"name": spec, **split} if split is not None else None
+
+
+def draw_split(blocks: dict[str, list[str]], seed: int, test_fraction: float) -> tuple[list[str], list[str]]:
+    """(train, test) item ids: from each topic block, round(fraction * size) items (at least one) go to test,
+    drawn by `numpy.random.default_rng(seed)` block by block in file order; both keep questionnaire order.
+    How `clca44:train` / `clca44:test` were made, once; the stored lists are the reference."""
+    rng = np.random.default_rng(seed)
+    test: set[str] = set()
+    for qids in blocks.values():
+        k = max(1, round(test_fraction * len(qids)))
+        test |= {qids[i] for i in rng.choice(len(qids), size=k, replace=False)}
+    order = [q for qs in blocks.values() for q in qs]
+    return [q for q in order if q not in test], [q for q in order if q in test]
+
+
+def select_items(spec: str) -> list[Item]:
+    """`clca44`, `iw10`, `clca44:train`, `clca44:test`, `all`, or a comma list of ids such as `Q1,Q27,Q45`."""
+    items = all_items()
+    if spec in item_sets()["sets"] or ":" in spec:
+        return [items[q] for q in named_set(spec)]
     if spec == "all":
         return list(items.values())
     chosen = []
     for qid in (s.strip() for s in spec.split(",")):
         if qid not in items:
-            raise WVSError(f"--items: unknown item {qid!r} (use clca44, iw10, all, or ids such as Q1,Q27)")
+            raise WVSError(f"--items: unknown item {qid!r} (use clca44, iw10, {', '.join(split_names())}, all, "
+                           "or ids such as Q1,Q27)")
         if items[qid] in chosen:
             raise WVSError(f"--items: {qid} given twice (each item is scored once)")
         chosen.append(items[qid])

@@ -83,11 +83,10 @@ METRICS = {
 }
 
 
-def individual_accuracy(model_codes: np.ndarray, true_codes: np.ndarray) -> np.ndarray:
-    """Per respondent, the share of items answered exactly as they did in the survey.
+def answered_as_surveyed(model_codes: np.ndarray, true_codes: np.ndarray) -> np.ndarray:
+    """Whether each model answer is the respondent's own survey answer (individual accuracy's hits).
 
-    Arrays are [respondents, items] of codes; INVALID model answers and missing survey answers
-    (negative codes) count as wrong, as in the paper.
+    Arrays of codes, same shape (e.g. [respondents] for one item); INVALID model answers and missing
+    survey answers (negative codes) count as wrong, as in the paper. Returns a bool array of that shape.
     """
-    correct = (model_codes == true_codes) & (true_codes >= 0)
-    return correct.mean(axis=-1)
+    return (model_codes == true_codes) & (true_codes >= 0)

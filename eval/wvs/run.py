@@ -28,6 +28,7 @@ from eval.culture_map.indicators import map_items, missing_items
 from eval.culture_map.results import map_section
 from eval.wvs.items import Item, WVSError, select_items
 from eval.wvs.readers import GenerateReader, ItemAnswers, LogprobReader
+from eval.wvs.report import print_summary, write_outputs
 from eval.wvs.respondents import PERSONA_COLUMNS, Exclusion, RespondentFile
 from eval.wvs.score import CountryInput, overall, score_country, strip_replicates
 from eval.wvs.survey import BundledShares, country
@@ -224,9 +225,7 @@ def _answer_records(alpha3: str, unit_ids: list[str], items: list[Item], answers
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
-    from eval.wvs.report import write_outputs
+    from transformers import HfArgumentParser  # here, not at the top: transformers takes seconds to import
 
     (cfg,) = HfArgumentParser(EvalConfig).parse_args_into_dataclasses(argv)
     try:
@@ -234,8 +233,6 @@ def main(argv: list[str] | None = None) -> None:
         paths = write_outputs(results, cfg.out, plots=cfg.plots)
     except (WVSError, ModelSpecError, PromptError) as exc:
         sys.exit(f"error: {exc}")
-    from eval.wvs.report import print_summary
-
     print_summary(results)
     for excluded in results["provenance"]["survey"].get("exclusions", []):
         print(f"left out of {cfg.wvs_file}: " + str(Exclusion(**excluded)))

@@ -25,7 +25,7 @@ import numpy as np
 
 from eval.culture_map.position import country_position
 from eval.wvs.items import Item
-from eval.wvs.metrics import METRICS
+from eval.wvs.metrics import METRICS, answered_as_surveyed
 from eval.wvs.readers import ItemAnswers
 
 ROWS = ("model", "uniform", "survey_majority")
@@ -75,9 +75,9 @@ def score_country(data: CountryInput, n_boot: int, rng: np.random.Generator) -> 
             truth = data.truth[:, i]
             mode = item.codes[int(np.argmax(shares))]
             per_unit = {
-                "model": (ans.codes == truth) & (truth >= 0),
+                "model": answered_as_surveyed(ans.codes, truth),
                 "uniform": np.where(truth >= 0, 1.0 / k, 0.0),
-                "survey_majority": (truth == mode) & (truth >= 0),
+                "survey_majority": answered_as_surveyed(np.full_like(truth, mode), truth),
             }
             for row, correct in per_unit.items():
                 point[row]["accuracy"][i] = correct.mean()

@@ -177,6 +177,29 @@ class WVSAnswer(Answer):
     answer: int
 
 
+class WVSLabelAnswer(Answer):
+    """A WVS answer in generate mode when the options are shown with letters: one of the labels ("A", "B", ...)."""
+
+    answer: str = Field(min_length=1, max_length=4)
+
+
+SHARE_MAX = 100  # stated shares are whole percentages
+
+
+class WVSShares(Answer):
+    """A stated answer distribution (`eval.wvs --method distribution`): the percentage of people choosing each
+    option, keyed by the option's label; `wvs_shares_schema` names the item's labels. Totals need not be 100."""
+
+    shares: dict[str, int]
+
+    @field_validator("shares")
+    @classmethod
+    def _percentages(cls, value: dict[str, int]) -> dict[str, int]:
+        if any(not 0 <= v <= SHARE_MAX for v in value.values()):
+            raise ValueError(f"a share lies outside 0..{SHARE_MAX}")
+        return value
+
+
 # ------------------------------------------------------------------ schema, format, budget
 
 
@@ -299,8 +322,24 @@ def wvs_schema(codes: list[int]) -> dict[str, Any]:
     return with_enum(json_schema(WVSAnswer), ("answer",), list(codes))
 
 
+def wvs_label_schema(labels: list[str]) -> dict[str, Any]:
+    """`{"answer": <one of labels>}` for one survey item shown with letter labels."""
+    return with_enum(json_schema(WVSLabelAnswer), ("answer",), list(labels))
+
+
+def wvs_shares_schema(labels: list[str]) -> dict[str, Any]:
+    """`{"shares": {"<label>": <0..100>, ...}}`: one whole percentage per option, every label required, no other key."""
+    share = {"type": "integer", "minimum": 0, "maximum": SHARE_MAX}
+    out = json_schema(WVSShares)
+    out["properties"]["shares"] = {"type": "object", "properties": {label: dict(share) for label in labels},
+                                   "required": list(labels), "additionalProperties": False}
+    return out
+
+
 __all__ = [
     "CONFIDENCES", "AdaptedPersona", "AdaptedScenario", "AlignmentAnswer", "Answer", "IntentAnswer",
-    "MetaAnswer", "QualityAnswer", "SotopiaAnswer", "TurnAnswer", "WVSAnswer", "adapted_scenario_schema",
-    "answer_format", "json_schema", "parse_answer", "token_budget", "validate_data", "with_enum", "wvs_schema",
+    "MetaAnswer", "QualityAnswer", "SotopiaAnswer", "TurnAnswer", "WVSAnswer", "WVSLabelAnswer",
+    "WVSShares", "adapted_scenario_schema",
+    "answer_format", "json_schema", "parse_answer", "token_budget", "validate_data", "with_enum", "wvs_label_schema",
+    "wvs_schema", "wvs_shares_schema",
 ]

@@ -28,7 +28,7 @@ from agents.prompts import Prompts  # noqa: E402
 from eval.wvs.items import select_items  # noqa: E402
 from eval.wvs.readers import GenerateReader, LogprobReader  # noqa: E402
 from eval.wvs.respondents import RespondentFile, write_synthetic_file  # noqa: E402
-from eval.wvs.run import _question  # noqa: E402
+from eval.wvs.formats import FORMATS, render_question  # noqa: E402
 from eval.wvs.survey import country  # noqa: E402
 
 FULL_PROTOCOL = 1000 * 44 * 5
@@ -49,7 +49,8 @@ def main() -> None:
         path = write_synthetic_file(f"{tmp}/wvs.csv", [c], n_per_country=max(args.personas, 10), seed=0)
         people = RespondentFile(path, items).sample(c.alpha3, args.personas, seed=0)
     systems = [prompts.render("wvs_persona", country=c.name, **p.persona).text for p in people]
-    questions = [_question(prompts, it) for it in items]
+    # the default format, ending in the bare "ANSWER:" both readers are timed on
+    questions = [render_question(prompts, "logprob", FORMATS["default"], it, "", c.name) for it in items]
     n = len(systems) * len(questions)
 
     t0 = time.perf_counter()

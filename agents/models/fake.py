@@ -106,7 +106,11 @@ def _first_allowed(schema: dict) -> Any:
 
 
 def _wvs(messages: list[Message], schema: dict | None) -> str:
-    """WVS evaluation: always the first listed option code (or the scale's low end)."""
+    """WVS evaluation: always the first listed option (or the scale's low end); a stated distribution puts
+    every share on it."""
+    if schema and "shares" in schema["properties"]:
+        labels = schema["properties"]["shares"]["required"]
+        return json.dumps({"shares": {label: 100 if i == 0 else 0 for i, label in enumerate(labels)}})
     if schema:
         return json.dumps({"answer": schema["properties"]["answer"]["enum"][0]})
     text = messages[-1]["content"]

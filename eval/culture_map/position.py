@@ -5,27 +5,45 @@ respondent's missing answer) gives the indicator values, which the stored projec
 position. With persona prompts the distribution is the mean over personas, so each run (one prompt
 condition) gives one point per country. The target is the country's own position from the same
 survey shares the run compares against, projected the same way; `map_distance` is the Euclidean
-distance between the two, in the published map's units. Bootstrap replicates reuse the unit
-(persona or sample) resampling weights of `eval.wvs.score`; items are not resampled, since the
-position needs all ten indicators. With one unit (logprob and a country prompt) the replicates are
-all equal and the ellipse is a point: there is no unit-level uncertainty to show.
+distance between the two, in the published map's units.
+
+Bootstrap. The position's replicates (its covariance, the ellipse drawn) reuse the unit (persona or
+sample) resampling weights of `eval.wvs.score`; with one unit (logprob and a country prompt) they are
+all equal and the ellipse is a point. `map_distance`'s replicates also resample the map's ten
+indicators (its items), with replacement within each map dimension (`indicator_resample`), and
+project the model and the target with the same draw: a position is linear in its indicators, so a
+drawn indicator counts as often as it was drawn. The distance so has a real interval even with a
+single unit; it is zero-width only where model and target agree on every indicator.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from eval.culture_map.indicators import indicator_values, keys, map_items
+from eval.culture_map.indicators import DIMENSIONS, indicator_values, indicators, keys, map_items
 from eval.culture_map.projection import load_projection
 
 
+def indicator_resample(rng: np.random.Generator, n_boot: int) -> np.ndarray:
+    """[n_boot, 10] how often each indicator is drawn when each map dimension's indicators are resampled with
+    replacement (each row sums to 5 per dimension)."""
+    dims = np.array([DIMENSIONS.index(ind.dimension) for ind in indicators()])
+    counts = np.zeros((n_boot, len(dims)))
+    for d in range(len(DIMENSIONS)):
+        cols = np.flatnonzero(dims == d)
+        picks = cols[rng.integers(0, len(cols), size=(n_boot, len(cols)))]
+        np.add.at(counts, (np.arange(n_boot)[:, None], picks), 1.0)
+    return counts
+
+
 def country_position(qids: list[str], survey: list[np.ndarray], rows: list[np.ndarray],
-                     weights: np.ndarray) -> tuple[dict, dict] | None:
+                     weights: np.ndarray, indicator_weights: np.ndarray | None = None) -> tuple[dict, dict] | None:
     """Map position of one country's answers, or None when a map item is absent.
 
     qids: the items scored for the country; survey: per item, shares [options]; rows: per item, the
     unit distributions [units, options + 1] (last column INVALID); weights: [n_boot, units] unit
-    resampling weights (each row sums to 1).
+    resampling weights (each row sums to 1); indicator_weights: [n_boot, 10] from `indicator_resample`
+    for map_distance's replicates (None: units only).
     Returns (map_distance {row: (value, replicates [n_boot])} for the rows model, uniform and
     survey_majority; a JSON-ready record with positions, indicator values and the replicate
     covariance).
@@ -39,15 +57,18 @@ def country_position(qids: list[str], survey: list[np.ndarray], rows: list[np.nd
     target = proj.project(target_values)
     model_values = indicator_values({q: r.mean(axis=0)[:-1] for q, r in pick(rows).items()})
     model = proj.project(model_values)
-    reps = proj.project(indicator_values({q: (weights @ r)[:, :-1] for q, r in pick(rows).items()}))
-    references = {
-        "uniform": proj.project(indicator_values({q: np.ones(len(s)) for q, s in pick(survey).items()})),
-        "survey_majority": proj.project(indicator_values(
-            {q: np.eye(len(s))[int(np.argmax(s))] for q, s in pick(survey).items()})),
+    rep_values = indicator_values({q: (weights @ r)[:, :-1] for q, r in pick(rows).items()})
+    reps = proj.project(rep_values)
+    reference_values = {
+        "uniform": indicator_values({q: np.ones(len(s)) for q, s in pick(survey).items()}),
+        "survey_majority": indicator_values({q: np.eye(len(s))[int(np.argmax(s))] for q, s in pick(survey).items()}),
     }
-    n_boot = len(weights)
-    distances = {"model": (_dist(model, target), np.linalg.norm(reps - target, axis=-1))}
-    distances |= {row: (_dist(p, target), np.full(n_boot, _dist(p, target))) for row, p in references.items()}
+    references = {row: proj.project(v) for row, v in reference_values.items()}
+    target_reps = proj.project(target_values, indicator_weights)
+    dist_reps = lambda values: np.linalg.norm(proj.project(values, indicator_weights) - target_reps, axis=-1)
+    distances = {"model": (_dist(model, target), dist_reps(rep_values))}
+    distances |= {row: (_dist(references[row], target), dist_reps(np.broadcast_to(v, rep_values.shape)))
+                  for row, v in reference_values.items()}
     valid = reps[~np.isnan(reps).any(axis=1)]
     record = {
         "model": {"position": _pair(model), "values": _named(model_values),

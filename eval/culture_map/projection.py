@@ -55,9 +55,14 @@ class Projection:
     def offset(self) -> np.ndarray:
         return self.centre - self.mean @ self.matrix
 
-    def project(self, values: np.ndarray) -> np.ndarray:
-        """[..., 10] indicator values -> [..., 2] positions (self-expression, secular); NaN stays NaN."""
+    def project(self, values: np.ndarray, indicator_weights: np.ndarray | None = None) -> np.ndarray:
+        """[..., 10] indicator values -> [..., 2] positions (self-expression, secular); NaN stays NaN.
+
+        indicator_weights: [..., 10] multiplies each standardised indicator (a bootstrap over indicators,
+        `position.indicator_resample`, gives each its count in the replicate); None: all 1."""
         z = (np.asarray(values, dtype=float) - self.mean) / self.sd * self.toward
+        if indicator_weights is not None:
+            z = z * indicator_weights
         return self.centre + self.scale * (z @ self.weights) @ self.rotation
 
     def to_json(self) -> dict:

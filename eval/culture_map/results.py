@@ -75,8 +75,9 @@ def read_points(path: str | Path) -> list[Point]:
     prov, proj = results["provenance"], load_projection()
     stored = (results.get("map") or {}).get("countries", {})
     points = []
+    first = (prov.get("formats") or ["default"])[0]  # a format sweep is placed by its first format's answers
     for country in prov.get("counts", {}) or sorted({r["country"] for r in results["items"]}):
-        records = {r["qid"]: r for r in results["items"] if r["country"] == country}
+        records = {r["qid"]: r for r in results["items"] if r["country"] == country and r.get("format", first) == first}
         lacking = [q for q in map_items() if q not in records]
         if lacking:
             asked = set(prov.get("items", []))

@@ -51,6 +51,14 @@ class Item:
     options: tuple[str, ...]  # labels, in WVS code order
     codes: tuple[int, ...]  # the raw WVS code of each option
     scale: str  # "ordinal" or "nominal"
+    # What a question format (eval.wvs.formats) shows before each option instead of its code ("A", "B", ...);
+    # None: the codes themselves. Options and codes may also be in a shown order other than the code order.
+    labels: tuple[str, ...] | None = None
+
+    @property
+    def shown_labels(self) -> tuple[str, ...]:
+        """The label the model reads and answers with for each option, in the order of `options`."""
+        return self.labels if self.labels is not None else tuple(str(c) for c in self.codes)
 
     @property
     def numeric_labels(self) -> bool:

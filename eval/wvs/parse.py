@@ -45,10 +45,15 @@ FILLERS = ["。", "**", "la respuesta es", "宗教", "ich bi", "die antwort ist"
 CJK_SCALE = re.compile(r"([0-9])\s(在1到|1表示|1 は|から)")
 # a number at the start, after nothing but spaces, quotes or brackets: "-1" is a negative code, not 1
 LEADING_NUMBER = re.compile(r"^[\s\"'(\[]*(\d+)(?!\d)")
+# a letter label at the start, standing alone ("B", "B.", "(B)", "B) Agree"; not the "B" of "Because")
+LEADING_LABEL = re.compile(r"^[\s\"'(\[*]*([A-Za-z])(?![A-Za-z])")
 
 
 def parse_answer(text: str, item: Item, rules: str = "paper") -> int:
-    """The WVS code the answer names, or INVALID."""
+    """The WVS code the answer names, or INVALID. An item shown with letter labels (`item.labels`, the
+    `letters` format) is read by `parse_label` whatever the rules: the paper's rules read numbers."""
+    if item.labels is not None:
+        return parse_label(text, item)
     low, high = min(item.codes), max(item.codes)
     text = normalise(text)
     code = _paper(text, item.text, low, high)
@@ -75,6 +80,18 @@ def _paper(text: str, question: str, low: int, high: int) -> int:
     match = CJK_SCALE.match(tail)
     if match:
         return _in_range(match.group(1), low, high)
+    return INVALID
+
+
+def parse_label(text: str, item: Item) -> int:
+    """The code of the option whose shown label ("A", "B", ...) the answer starts with (after the last
+    "ANSWER:", quotes, brackets and spaces; "B", "(B)", "B. Agree", "b)"), or INVALID."""
+    raw = normalise(text).split("ANSWER:")[-1]
+    match = LEADING_LABEL.match(raw)
+    if match:
+        shown = [label.upper() for label in item.shown_labels]
+        if match.group(1).upper() in shown:
+            return item.codes[shown.index(match.group(1).upper())]
     return INVALID
 
 

@@ -1,7 +1,7 @@
 """Two ways to read a model's answer to a survey item.
 
 - `LogprobReader` (in-process transformers models): the probability of each option's label
-  ("1", "2", ...) as the first thing the assistant says. Multi-token labels such as "10" are scored
+  ("1", "2", ..., or "A", "B", ... in the letters format) as the first thing the assistant says. Multi-token labels such as "10" are scored
   token by token, and a label that is a prefix of another ("1" of "10") also needs the answer to
   stop there: P("1") = P(first "1") * (1 - P(next "0" | "1")). The distribution is renormalised over
   the options; the mass the model put elsewhere is reported as `off_option_mass`. All prompts
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agents.answers import WVSAnswer, wvs_schema
+from agents.answers import WVSAnswer, WVSLabelAnswer, wvs_label_schema, wvs_schema
 from agents.models import GenerationParams, Model, base_config, load_hf
 from eval.wvs.items import Item
 from eval.wvs.parse import INVALID, parse_answer
@@ -53,7 +53,7 @@ class LogprobReader:
     def read(self, systems: list[str | None], items: list[Item], questions: list[str]) -> list[ItemAnswers]:
         import torch
 
-        labels = [[self.tokenizer.encode(str(c), add_special_tokens=False) for c in it.codes] for it in items]
+        labels = [[self.tokenizer.encode(label, add_special_tokens=False) for label in it.shown_labels] for it in items]
         out = [ItemAnswers(np.zeros((len(systems), len(it.codes) + 1)), np.full(len(systems), INVALID),
                            np.zeros(len(systems))) for it in items]
         with torch.inference_mode():
@@ -156,6 +156,11 @@ class GenerateReader:
             if not self.model.structured:
                 text = await self.model.achat(messages, task="wvs", params=self.params)
                 return text, parse_answer(text, item, self.rules)
+            if item.labels is not None:  # shown with letters (eval.wvs.formats): the answer is a label
+                asked = await self.model.aanswer(messages, WVSLabelAnswer, task="wvs", params=self.params,
+                                                 schema=wvs_label_schema(list(item.labels)))
+                label = asked.answer.answer if asked.answer is not None else None
+                return asked.raw, item.codes[item.labels.index(label)] if label in item.labels else INVALID
             asked = await self.model.aanswer(messages, WVSAnswer, task="wvs", params=self.params,
                                              schema=wvs_schema(list(item.codes)))
             code = asked.answer.answer if asked.answer is not None else INVALID

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from eval.wvs.metrics import METRICS
 
-SUMMARY_METRICS = ["js", "kl", "paper_kl", "emd", "map_distance", "accuracy", "invalid_rate", "off_option_mass"]
+SUMMARY_METRICS = ["js", "anchored_score", "kl", "paper_kl", "emd", "map_distance", "accuracy", "invalid_rate",
+                   "off_option_mass"]
 
 
 def write_outputs(results: dict, out: str | Path, plots: bool = True) -> list[Path]:
@@ -24,8 +25,9 @@ def write_outputs(results: dict, out: str | Path, plots: bool = True) -> list[Pa
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
     if plots:
         paths.append(_plot_metrics(results, stem.with_suffix(".metrics.png")))
+        first = results["provenance"].get("formats", ["default"])[0]  # per-item plots: the first format's answers
         for country in results["summary"]["countries"]:
-            items = [r for r in results["items"] if r["country"] == country]
+            items = [r for r in results["items"] if r["country"] == country and r.get("format", first) == first]
             paths.append(_plot_items(items, country, stem.with_suffix(f".items.{country}.png")))
     return paths
 
@@ -34,13 +36,13 @@ def _write_items_csv(items: list[dict], path: Path) -> None:
     names = list(items[0]["metrics"])
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["country", "qid", "scale", "units", *(f"{n}{s}" for n in names for s in ("", "_lo", "_hi")),
+        writer.writerow(["country", "format", "qid", "scale", "units", *(f"{n}{s}" for n in names for s in ("", "_lo", "_hi")),
                          *(f"{row}_{m}" for row in ("uniform", "survey_majority") for m in METRICS),
                          "survey", "model"])
         for r in items:
             cells = [v for n in names for v in (r["metrics"][n]["value"], *r["metrics"][n]["ci"])]
             refs = [r["reference"][row][m] for row in ("uniform", "survey_majority") for m in METRICS]
-            writer.writerow([r["country"], r["qid"], r["scale"], r["units"], *(_fmt(v) for v in cells),
+            writer.writerow([r["country"], r.get("format", "default"), r["qid"], r["scale"], r["units"], *(_fmt(v) for v in cells),
                              *(_fmt(v) for v in refs), " ".join(f"{x:.4f}" for x in r["survey"]),
                              " ".join(f"{x:.4f}" for x in r["model"])])
 
@@ -110,7 +112,7 @@ def _plot_items(items: list[dict], country: str, path: Path) -> Path:
 def print_summary(results: dict) -> None:
     countries = results["summary"]["countries"]
     shown = [m for m in SUMMARY_METRICS if any(c["model"][m]["value"] is not None for c in countries.values())]
-    print(f"{'':10}" + "".join(f"{m:>24}" for m in shown))
+    print(f"{'':10}" + "".join(f"{m:>26}" for m in shown))
     rows = [(c, countries[c]) for c in countries] + [("overall", results["summary"]["overall"])]
     for name, summary in rows:
         cells = []
@@ -118,10 +120,16 @@ def print_summary(results: dict) -> None:
             cell = summary["model"][m]
             lo, hi = cell["ci"]
             cells.append(f"{_fmt(cell['value'])} [{_fmt(lo)},{_fmt(hi)}]" if cell["value"] is not None else "-")
-        print(f"{name:10}" + "".join(f"{c:>24}" for c in cells))
+        print(f"{name:10}" + "".join(f"{c:>26}" for c in cells))
     for ref in ("uniform", "survey_majority"):
         o = results["summary"]["overall"][ref]
         print(f"{ref:16}" + "  ".join(f"{m}={_fmt(o[m]['value'])}" for m in shown if o[m]["value"] is not None))
+    formats = results["provenance"].get("formats", ["default"])
+    if len(formats) > 1:
+        print(f"mean over {len(formats)} formats ({', '.join(formats)}); spread across them, overall:")
+        o = results["summary"]["overall"]["model"]
+        print("  " + "  ".join(f"{m} sd {_fmt(o[m]['sd'])} [{_fmt(o[m]['min'])},{_fmt(o[m]['max'])}]"
+                               for m in shown if o[m]["value"] is not None))
 
 
 def _fmt(v) -> str:

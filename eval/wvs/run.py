@@ -7,12 +7,18 @@
     # quick, no respondent file: country prompt, option probabilities, bundled shares
     python -m eval.wvs --model smollm2 --countries CHN --items clca44 --method logprob --out results/base.json
 
-Writes NAME.json (metrics with bootstrap CIs and provenance), NAME.items.csv (one row per country
-and item), NAME.answers.jsonl (every unit's answer), NAME.metrics.png and NAME.items.<ISO3>.png.
+    # three readings, five formats, on the held-out items
+    python -m eval.wvs --model smollm2 --countries CHN --items clca44:test --method distribution --formats all
+
+Writes NAME.json (metrics with bootstrap CIs and provenance), NAME.items.csv (one row per country,
+format and item), NAME.answers.jsonl (every unit's answer), NAME.metrics.png and NAME.items.<ISO3>.png.
+With several `--formats` the summary is the mean over formats with its spread (sd, min, max) and
+`by_format` holds each format's own summary (docs/evaluation.md).
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,21 +26,22 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.answers import answer_format, wvs_schema
+from agents.answers import answer_format, wvs_label_schema, wvs_schema, wvs_shares_schema
 from agents.models import UNSTRUCTURED_HELP, GenerationParams, Model, ModelSpecError, load_model
 from agents.prompts import PromptError, Prompts
 from agents.provenance import git_state
 from eval.culture_map.indicators import map_items, missing_items
 from eval.culture_map.results import map_section
-from eval.wvs.items import Item, WVSError, select_items
+from eval.wvs.distribution import DistributionReader
+from eval.wvs.formats import SWEEP, Format, parse_formats, present, render_question, restore, template_name
+from eval.wvs.items import Item, WVSError, select_items, split_record
 from eval.wvs.readers import GenerateReader, ItemAnswers, LogprobReader
 from eval.wvs.report import print_summary, write_outputs
 from eval.wvs.respondents import PERSONA_COLUMNS, Exclusion, RespondentFile
-from eval.wvs.score import CountryInput, overall, score_country, strip_replicates
+from eval.wvs.score import CountryInput, headline, overall, score_country, strip_replicates, with_spread
 from eval.wvs.survey import BundledShares, country
 
 PROMPT_TEMPLATES = {"country": "wvs_country", "persona": "wvs_persona", "cultural": "wvs_cultural", "none": None}
-QUESTION_TEMPLATE = "wvs_question"
 
 
 @dataclass
@@ -47,8 +54,12 @@ class EvalConfig:
     items: str = field(default="clca44", metadata={"help": "clca44 (the paper's 44 items), iw10 (the Inglehart-Welzel map's items), all, or ids "
                                   "such as Q1,Q27"})
     method: str = field(default="logprob", metadata={
-        "help": "logprob: option-label probabilities (in-process models); generate: generate and parse",
-        "choices": ["logprob", "generate"]})
+        "help": "logprob: option-label probabilities (in-process models); generate: generate and parse; "
+                "distribution: the model states the share of people choosing each option (JSON, any backend)",
+        "choices": ["logprob", "generate", "distribution"]})
+    formats: str = field(default="default", metadata={
+        "help": f"comma list of question formats ({SWEEP}) or all; several: results are the mean over formats "
+                "with its spread"})
     prompt: str = field(default="auto", metadata={
         "help": "system prompt: persona (needs --wvs-file), country, cultural, none; auto = persona with a "
                 "respondent file, else country", "choices": ["auto", "persona", "country", "cultural", "none"]})
@@ -92,9 +103,13 @@ def evaluate(cfg: EvalConfig, model: Model | None = None) -> dict:
             survey.source(c.alpha3)
     if prompt_kind == "persona" and set(PERSONA_COLUMNS) <= survey.missing_columns:
         raise WVSError(f"--wvs-file {cfg.wvs_file}: line 1: none of the persona columns {PERSONA_COLUMNS}")
+    formats = parse_formats(cfg.formats)
+    if cfg.method == "distribution" and cfg.unstructured:
+        raise WVSError("--method distribution needs structured answers (a JSON object of shares); drop --unstructured")
+    for fmt in formats:  # a missing or broken template fails here, before a model is loaded
+        prompts.source(template_name(cfg.method, fmt))
     reader = _reader(cfg, model)
-    structured = isinstance(reader, GenerateReader) and reader.model.structured
-    questions = {it.qid: _question(prompts, it, structured) for it in items}
+    structured = cfg.method == "distribution" or (isinstance(reader, GenerateReader) and reader.model.structured)
 
     notes = []
     if not cfg.wvs_file:
@@ -104,30 +119,46 @@ def evaluate(cfg: EvalConfig, model: Model | None = None) -> dict:
         notes.append("--samples is ignored by --method logprob (the distribution is read directly)")
 
     started = time.perf_counter()
-    summaries, item_records, answer_records, counts, positions = {}, [], [], {}, {}
+    summaries = {f.name: {} for f in formats}  # format -> country -> summary with replicates
+    positions = {f.name: {} for f in formats}
+    item_records, answer_records, counts = [], [], {}
     rng = np.random.default_rng(cfg.seed)
     for c in countries:
-        present = [(it, d) for it in items if (d := survey.distribution(c.alpha3, it)) is not None]
-        missing = [it.qid for it in items if it.qid not in {p.qid for p, _ in present}]
-        if not present:
+        asked = [(it, d) for it in items if (d := survey.distribution(c.alpha3, it)) is not None]
+        missing = [it.qid for it in items if it.qid not in {p.qid for p, _ in asked}]
+        if not asked:
             raise WVSError(f"country {c.alpha3}: none of the requested items has survey data")
-        systems, unit_ids, truth = _units(cfg, prompt_kind, prompts, survey, c, [it for it, _ in present])
-        answers = reader.read(systems, [it for it, _ in present], [questions[it.qid] for it, _ in present])
-        data = CountryInput([it for it, _ in present], [d for _, d in present], answers, truth)
-        summaries[c.alpha3], records, positions[c.alpha3] = score_country(data, cfg.bootstrap, rng)
-        item_records += [{"country": c.alpha3, **r} for r in records]
-        answer_records += _answer_records(c.alpha3, unit_ids, [it for it, _ in present], answers)
-        counts[c.alpha3] = {"units": len(systems), "items": len(present), "items_missing": missing,
+        country_items = [it for it, _ in asked]
+        systems, unit_ids, truth = _units(cfg, prompt_kind, prompts, survey, c, country_items)
+        start = rng
+        for fmt in formats:  # every format resamples the same units and items (paired across formats)
+            rng = copy.deepcopy(start)
+            answers = _read(reader, prompts, cfg.method, fmt, structured, c.name, systems, country_items)
+            data = CountryInput(country_items, [d for _, d in asked], answers, truth)
+            summaries[fmt.name][c.alpha3], records, positions[fmt.name][c.alpha3] = score_country(
+                data, cfg.bootstrap, rng)
+            item_records += [{"country": c.alpha3, "format": fmt.name, **r} for r in records]
+            answer_records += _answer_records(c.alpha3, fmt.name, cfg.method, unit_ids, country_items, answers, truth)
+        counts[c.alpha3] = {"units": len(systems), "items": len(asked), "items_missing": missing,
                             "respondents_in_file": len(survey.respondents(c.alpha3)) if cfg.wvs_file else None}
 
-    notes += _map_notes(items, countries, counts, positions)
-    template_names = [QUESTION_TEMPLATE] + ([PROMPT_TEMPLATES[prompt_kind]] if PROMPT_TEMPLATES[prompt_kind] else [])
+    first = formats[0].name
+    notes += _map_notes(items, countries, counts, positions[first])
+    if len(formats) > 1:
+        notes.append(f"summary: the mean over the formats {', '.join(f.name for f in formats)}, with sd, min and max "
+                     f"across them; by_format holds each; the map section and plots of positions are the {first} "
+                     "format's")
+    template_names = sorted({template_name(cfg.method, f) for f in formats}) + (
+        [PROMPT_TEMPLATES[prompt_kind]] if PROMPT_TEMPLATES[prompt_kind] else [])
+    countries_headline = headline([summaries[f.name] for f in formats])
     return {
         "provenance": {
             "config": asdict(cfg),
             "prompt": prompt_kind,
             "prompt_versions": prompts.versions(template_names),
             "items": [it.qid for it in items],
+            "item_split": split_record(cfg.items),
+            "formats": [f.name for f in formats],
             "survey": _survey_provenance(survey, countries),
             "counts": counts,
             "model_usage": reader.model.usage.totals() if isinstance(reader, GenerateReader) else None,
@@ -136,11 +167,14 @@ def evaluate(cfg: EvalConfig, model: Model | None = None) -> dict:
             "git_commit": (git := git_state())["commit"], "git_dirty": git["dirty"],
         },
         "summary": {
-            "overall": overall(summaries),
-            "countries": {k: strip_replicates(v) for k, v in summaries.items()},
+            "overall": with_spread(overall(countries_headline), [overall(summaries[f.name]) for f in formats]),
+            "countries": {k: strip_replicates(v) for k, v in countries_headline.items()},
         },
+        "by_format": {f.name: {"summary": {"overall": overall(summaries[f.name]),
+                                           "countries": {k: strip_replicates(v) for k, v in summaries[f.name].items()}},
+                               "map": map_section(positions[f.name])} for f in formats},
         "items": item_records,
-        "map": map_section(positions),
+        "map": map_section(positions[first]),
         "answers": answer_records,
     }
 
@@ -184,17 +218,31 @@ def _reader(cfg: EvalConfig, model: Model | None):
 
         torch.manual_seed(cfg.seed)  # one seeded stream across all batches (in-process backends)
     params = GenerationParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=1.0)
+    if cfg.method == "distribution":
+        return DistributionReader(model, params)
     return GenerateReader(model, params, cfg.parser)
 
 
-def _question(prompts: Prompts, item: Item, structured: bool) -> str:
-    """The item's user turn; a structured answer's format (`{"answer": 1 | 2 | 3 | 4}`) when generating under
-    its schema, the paper's bare `ANSWER:` otherwise (logprob reads the next token after it)."""
-    return prompts.render(
-        QUESTION_TEMPLATE, question=item.text, numeric=item.numeric_labels, low=min(item.codes),
-        high=max(item.codes), options=[[c, o] for c, o in zip(item.codes, item.options)],
-        answer_format=answer_format(wvs_schema(list(item.codes))) if structured else "",
-    ).text
+def _read(reader, prompts: Prompts, method: str, fmt: Format, structured: bool, country_name: str,
+          systems: list[str | None], items: list[Item]) -> list[ItemAnswers]:
+    """Every unit's answer to every item asked in one format, rows back in each item's code order."""
+    shown = [present(it, fmt) for it in items]
+    questions = [render_question(prompts, method, fmt, s, _answer_format(method, s, structured), country_name)
+                 for s in shown]
+    return [restore(it, s, a) for it, s, a in zip(items, shown, reader.read(systems, shown, questions))]
+
+
+def _answer_format(method: str, shown: Item, structured: bool) -> str:
+    """The structured answer's format for the prompt (`{"answer": 1 | 2 | 3 | 4}`, the shares object) when the
+    answer is generated under its schema; "" otherwise, so the question ends in the paper's bare `ANSWER:`
+    (logprob reads the next token after it)."""
+    if method == "distribution":
+        return answer_format(wvs_shares_schema(list(shown.shown_labels)))
+    if not structured:
+        return ""
+    if shown.labels is not None:
+        return answer_format(wvs_label_schema(list(shown.labels)))
+    return answer_format(wvs_schema(list(shown.codes)))
 
 
 def _units(cfg, prompt_kind, prompts, survey, c, items):
@@ -210,13 +258,20 @@ def _units(cfg, prompt_kind, prompts, survey, c, items):
     return [system] * n, [f"sample-{k}" for k in range(n)], None
 
 
-def _answer_records(alpha3: str, unit_ids: list[str], items: list[Item], answers: list[ItemAnswers]) -> list[dict]:
+def _answer_records(alpha3: str, fmt: str, method: str, unit_ids: list[str], items: list[Item], answers: list[ItemAnswers],
+                    truth: np.ndarray | None) -> list[dict]:
+    """One record per unit and item: its code, its text (generate, distribution), its option probabilities
+    (logprob) or stated shares (distribution) in code order, and the respondent's own code where known."""
     records = []
-    for item, ans in zip(items, answers):
+    for i, (item, ans) in enumerate(zip(items, answers)):
         for u, unit in enumerate(unit_ids):
-            rec = {"country": alpha3, "unit": unit, "qid": item.qid, "code": int(ans.codes[u])}
+            rec = {"country": alpha3, "format": fmt, "unit": unit, "qid": item.qid, "code": int(ans.codes[u])}
+            if truth is not None:
+                rec["survey_code"] = int(truth[u, i])
             if ans.texts is not None:
                 rec["text"] = ans.texts[u]
+                if method == "distribution":  # all zero where the answer was INVALID
+                    rec["shares"] = [round(float(x), 6) for x in ans.rows[u, :-1]]
             else:
                 rec["probs"] = [round(float(x), 6) for x in ans.rows[u, :-1]]
                 rec["off_option_mass"] = round(float(ans.off_option_mass[u]), 6)

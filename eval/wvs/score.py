@@ -8,8 +8,12 @@ replicates. CIs are 2.5/97.5 percentiles. The survey side is treated as fixed.
 
 `map_distance` (see `eval.culture_map.position`) is a country-level value, not an item mean: the
 distance on the Inglehart-Welzel map between the model's position and the country's, from the ten
-map indicators; its replicates use the same unit resampling and no item resampling. It is None
-where the run lacks a map item.
+map indicators; its replicates use the same unit resampling and resample the ten indicators (the
+map's items) within each map dimension. It is None where the run lacks a map item.
+
+`anchored_score` = 100 * (1 - JS_model / JS_uniform), from the country's mean JS of the model and of
+the uniform answerer over the same items (and, per replicate, the same item resample): 0 is the
+uniform answerer, 100 the survey itself, negative worse than uniform.
 
 Reference rows use the same items and item resamples: `uniform` answers every option equally often,
 `survey_majority` always gives the survey's most common answer. Their accuracy is the expected
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eval.culture_map.position import country_position
+from eval.culture_map.position import country_position, indicator_resample
 from eval.wvs.items import Item
 from eval.wvs.metrics import METRICS, answered_as_surveyed
 from eval.wvs.readers import ItemAnswers
@@ -47,6 +51,7 @@ def score_country(data: CountryInput, n_boot: int, rng: np.random.Generator) -> 
     np.add.at(counts, (np.arange(n_boot)[:, None], unit_idx), 1.0)
     weights = counts / n_units  # replicate b's model distribution is weights[b] @ rows
     item_idx = rng.integers(0, n_items, size=(n_boot, n_items))
+    indicator_weights = indicator_resample(rng, n_boot)
 
     names = [*METRICS, "invalid_rate", "off_option_mass", "accuracy"]
     point = {row: {m: np.full(n_items, np.nan) for m in names} for row in ROWS}
@@ -91,12 +96,24 @@ def score_country(data: CountryInput, n_boot: int, rng: np.random.Generator) -> 
             value = _nanmean(point[row][name])
             per_rep = _nanmean(np.take_along_axis(reps[row][name], item_idx, axis=1), axis=1)
             summary[row][name] = {"value": value, "ci": _ci(per_rep), "_reps": per_rep}
-    located = country_position([it.qid for it in data.items], data.survey, [a.rows for a in data.answers], weights)
+    for row in ROWS:
+        summary[row]["anchored_score"] = anchored(summary[row]["js"], summary["uniform"]["js"])
+    located = country_position([it.qid for it in data.items], data.survey, [a.rows for a in data.answers], weights,
+                               indicator_weights)
     distances, map_record = located if located else ({}, None)
     for row in ROWS:
         value, per_rep = distances.get(row, (np.nan, np.full(n_boot, np.nan)))
         summary[row]["map_distance"] = {"value": _float(value), "ci": _ci(per_rep), "_reps": per_rep}
     return summary, records, map_record
+
+
+def anchored(js: dict, js_uniform: dict) -> dict:
+    """anchored_score cell {value, ci, _reps} from the JS cells {value, _reps} of a row and of the uniform row."""
+    if js["value"] is None or not js_uniform["value"]:
+        return {"value": None, "ci": [None, None], "_reps": np.full(len(js["_reps"]), np.nan)}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_rep = 100.0 * (1.0 - js["_reps"] / js_uniform["_reps"])
+    return {"value": 100.0 * (1.0 - js["value"] / js_uniform["value"]), "ci": _ci(per_rep), "_reps": per_rep}
 
 
 def overall(countries: dict[str, dict]) -> dict:
@@ -109,6 +126,40 @@ def overall(countries: dict[str, dict]) -> dict:
             per_rep = _nanmean(np.stack([c[row][name]["_reps"] for c in countries.values()]), axis=0)
             out[row][name] = {"value": _nanmean(values), "ci": _ci(per_rep)}
     return out
+
+
+def headline(per_format: list[dict[str, dict]]) -> dict[str, dict]:
+    """The mean over formats, per country: from one {country: summary with replicates} per format (all scored
+    with the same resamples, so replicate b of every format used the same units and items) to {country:
+    {row: {metric: {value, ci, sd, min, max, _reps}}}}: value the mean over formats, ci from the mean of the
+    formats' replicates, sd/min/max the spread across formats (`spread`)."""
+    out = {}
+    for country, first in per_format[0].items():
+        out[country] = {}
+        for row, metrics in first.items():
+            out[country][row] = {}
+            for name in metrics:
+                cells = [pf[country][row][name] for pf in per_format]
+                reps = _nanmean(np.stack([c["_reps"] for c in cells]), axis=0)
+                out[country][row][name] = {**spread([c["value"] for c in cells]), "ci": _ci(reps), "_reps": reps}
+    return out
+
+
+def with_spread(overall_cells: dict, per_format_overall: list[dict]) -> dict:
+    """`overall(...)` of the headline with each cell's spread across the formats' own overall values."""
+    return {row: {name: {**cell, **{k: v for k, v in spread([o[row][name]["value"] for o in per_format_overall]).items()
+                                    if k != "value"}}
+                  for name, cell in metrics.items()} for row, metrics in overall_cells.items()}
+
+
+def spread(values: list[float | None]) -> dict:
+    """Mean over formats and the spread across them: {value, sd (ddof 1; None for one format), min, max};
+    all None where a format has no value."""
+    if not values or any(v is None for v in values):
+        return {"value": None, "sd": None, "min": None, "max": None}
+    x = np.array(values, dtype=float)
+    return {"value": float(x.mean()), "sd": float(x.std(ddof=1)) if len(x) > 1 else None,
+            "min": float(x.min()), "max": float(x.max())}
 
 
 def strip_replicates(summary: dict) -> dict:

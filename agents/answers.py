@@ -183,18 +183,18 @@ class WVSLabelAnswer(Answer):
     answer: str = Field(min_length=1, max_length=4)
 
 
-SHARE_MAX = 100  # stated shares are whole percentages
+SHARE_MAX = 100  # stated shares are percentages
 
 
 class WVSShares(Answer):
     """A stated answer distribution (`eval.wvs --method distribution`): the percentage of people choosing each
     option, keyed by the option's label; `wvs_shares_schema` names the item's labels. Totals need not be 100."""
 
-    shares: dict[str, int]
+    shares: dict[str, float]
 
     @field_validator("shares")
     @classmethod
-    def _percentages(cls, value: dict[str, int]) -> dict[str, int]:
+    def _percentages(cls, value: dict[str, float]) -> dict[str, float]:
         if any(not 0 <= v <= SHARE_MAX for v in value.values()):
             raise ValueError(f"a share lies outside 0..{SHARE_MAX}")
         return value
@@ -328,8 +328,8 @@ def wvs_label_schema(labels: list[str]) -> dict[str, Any]:
 
 
 def wvs_shares_schema(labels: list[str]) -> dict[str, Any]:
-    """`{"shares": {"<label>": <0..100>, ...}}`: one whole percentage per option, every label required, no other key."""
-    share = {"type": "integer", "minimum": 0, "maximum": SHARE_MAX}
+    """`{"shares": {"<label>": <0..100>, ...}}`: one percentage per option, every label required, no other key."""
+    share = {"type": "number", "minimum": 0, "maximum": SHARE_MAX}
     out = json_schema(WVSShares)
     out["properties"]["shares"] = {"type": "object", "properties": {label: dict(share) for label in labels},
                                    "required": list(labels), "additionalProperties": False}

@@ -4,7 +4,7 @@ Meister et al. (NAACL 2025, "Benchmarking distributional alignment of large lang
 that models state a group's opinion distribution more faithfully than their sampled answers or
 option log-probabilities reveal it. Here the model is asked (`wvs_distribution.j2`) for the
 percentage of people in the country choosing each option, decoded under a schema built from the
-item (`agents.answers.wvs_shares_schema`: one whole number 0..100 per shown label, every label
+item (`agents.answers.wvs_shares_schema`: one number 0..100 per shown label, every label
 required), on every backend, structured as every other answer. The shares are normalised to sum
 to 1; an answer that does not validate, or whose shares are all zero, is INVALID (the unit's row
 is all INVALID), never defaulted.

@@ -9,6 +9,8 @@ export TOKENIZERS_PARALLELISM := false
 
 DEMO_CULTURE ?= CHN
 DEMO_DB ?= runs/demo.db
+# question formats of the demo's evaluations (docs/evaluation.md); `all` for the five
+DEMO_FORMATS ?= default,reversed
 
 .PHONY: demo test venv clean chromium llama-server
 
@@ -69,18 +71,20 @@ chromium:
 # stopped by each command), sized for 2 CPU cores. Every step resumes when rerun. Every answer is
 # decoded under its JSON schema, so turns, labels and verdicts are well-formed; SmolLM2 adapts the
 # scenarios itself (names drawn from the culture's pool, the seed's names banned), retried on failure.
-# 10 seeds adapted, 2 episodes of 3 rounds on each of 8 of them: 16 episodes.
+# 10 seeds adapted, 2 episodes of 3 rounds on each of 8 of them: 16 episodes. The evaluations ask each item in two
+# formats; eval.compare prints each difference with its paired-bootstrap interval, p-value and verdict.
 demo: venv llama-server
 	$(PY) -m graphs.adapt --culture $(DEMO_CULTURE) --n 10 --model smollm2 --db $(DEMO_DB) --no-progress
 	$(PY) -m graphs.simulate --culture $(DEMO_CULTURE) --episodes 16 --samples 2 --max-turns 3 --model smollm2 --db $(DEMO_DB) --no-progress
 	$(PY) -m graphs.judge --culture $(DEMO_CULTURE) --model smollm2 --db $(DEMO_DB) --no-progress
 	$(PY) -m training.dataset --culture $(DEMO_CULTURE) --db $(DEMO_DB) --out runs/demo-data --contrastive-model smollm2
 	$(PY) -m training.sft --config configs/sft_demo.yaml --dataset_name runs/demo-data --output_dir runs/demo-adapter
-	$(PY) -m eval.wvs --model smollm2 --countries $(DEMO_CULTURE) --items clca44 --method logprob --bootstrap 200 --out results/demo-base.json
-	$(PY) -m eval.wvs --model smollm2 --adapter runs/demo-adapter --countries $(DEMO_CULTURE) --items clca44 --method logprob --bootstrap 200 --out results/demo-adapted.json
+	$(PY) -m eval.wvs --model smollm2 --countries $(DEMO_CULTURE) --items clca44 --method logprob --formats $(DEMO_FORMATS) --bootstrap 200 --out results/demo-base.json
+	$(PY) -m eval.wvs --model smollm2 --adapter runs/demo-adapter --countries $(DEMO_CULTURE) --items clca44 --method logprob --formats $(DEMO_FORMATS) --bootstrap 200 --out results/demo-adapted.json
 	$(PY) -m eval.compare results/demo-base.json results/demo-adapted.json
-	$(PY) -m eval.wvs --model smollm2 --countries $(DEMO_CULTURE) --items iw10 --method logprob --bootstrap 200 --no-plots --out results/demo-map-base.json
-	$(PY) -m eval.wvs --model smollm2 --adapter runs/demo-adapter --countries $(DEMO_CULTURE) --items iw10 --method logprob --bootstrap 200 --no-plots --out results/demo-map-adapted.json
+	$(PY) -m eval.wvs --model smollm2 --countries $(DEMO_CULTURE) --items iw10 --method logprob --formats $(DEMO_FORMATS) --bootstrap 200 --no-plots --out results/demo-map-base.json
+	$(PY) -m eval.wvs --model smollm2 --adapter runs/demo-adapter --countries $(DEMO_CULTURE) --items iw10 --method logprob --formats $(DEMO_FORMATS) --bootstrap 200 --no-plots --out results/demo-map-adapted.json
+	$(PY) -m eval.compare results/demo-map-base.json results/demo-map-adapted.json
 	-$(PY) -m eval.culture_map results/demo-map-base.json results/demo-map-adapted.json --out results/demo-map.png  # JPN: needs --wvs-file
 	$(PY) -m graphs.view --db $(DEMO_DB) --out site
 

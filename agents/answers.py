@@ -164,8 +164,8 @@ CARRIED_FIELDS: tuple[tuple[str | int, ...], ...] = (
 )
 # How much longer than the seed's text an adapted field may be. Adaptation renames people and places and swaps
 # customs, foods and institutions; it does not summarise, and new names and places can be longer than the old ones.
-# 1.5x plus 60 characters holds every rewrite seen from SmolLM2 and the puppet (which copies) of the 450 bundled
-# SOTOPIA seeds, whose longest field is a 1,584-character goal carrying a list of friends.
+# 1.5x plus 60 characters leaves room for that; the 450 bundled SOTOPIA seeds' longest field is a 1,584-character
+# goal carrying a list of friends, which the old fixed bounds (300) cut.
 BOUND_HEADROOM = 1.5
 BOUND_SLACK = 60
 

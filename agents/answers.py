@@ -16,6 +16,7 @@ With `--unstructured`, `freetext.parse_labelled` reads the same shapes out of `K
 from __future__ import annotations
 
 import json
+import math
 import sys
 from functools import lru_cache
 from typing import Any, ClassVar, Literal
@@ -117,16 +118,23 @@ class SotopiaAnswer(Answer):
     labels: ClassVar[dict[str, str]] = {"financial_and_material_benefits": "FINANCIAL"}
 
 
+def _carries(floor: int) -> Any:
+    """A string field that carries a seed's text rewritten: `floor` is its bound in the shape's own schema, and
+    `adapted_scenario_schema` raises it per seed (`content_bound`). The bound is a schema keyword for the decoder,
+    not a validation rule of the shape: `graphs.adapt` checks an answer against its own seed's bounds."""
+    return {"maxLength": floor}
+
+
 class AdaptedPersona(Answer):
     """One participant of an adapted scenario: the fields of `records.Persona`, bounded."""
 
     name: str = Field(min_length=1, max_length=40)
     age: int = Field(ge=0, le=120)
     gender: str = Field(max_length=20)
-    occupation: str = Field(max_length=60)
-    background: str = Field(max_length=300)
-    goal: str = Field(min_length=1, max_length=300)
-    secret: str = Field(max_length=120)
+    occupation: str = Field(json_schema_extra=_carries(60))
+    background: str = Field(json_schema_extra=_carries(300))
+    goal: str = Field(min_length=1, json_schema_extra=_carries(300))
+    secret: str = Field(json_schema_extra=_carries(120))
     # The new values of the persona's attributes that are not `fixed` (name -> value); visibility and the fixed
     # ones come from the seed. A seed's own schema (`adapted_scenario_schema`) names them; without any it has no
     # such field, so the request for a scenario without attributes is what it always was.
@@ -144,16 +152,49 @@ class AdaptedPersona(Answer):
 class AdaptedScenario(Answer):
     """A scenario adapted to a culture: the seed's structure (CLCA section 1a, Table 19)."""
 
-    setting: str = Field(min_length=1, max_length=400)
-    relationship: str = Field(max_length=200)
+    setting: str = Field(min_length=1, json_schema_extra=_carries(400))
+    relationship: str = Field(json_schema_extra=_carries(200))
     participants: tuple[AdaptedPersona, AdaptedPersona]
 
 
-def adapted_scenario_schema(attributes: tuple[dict[str, Any], dict[str, Any]] = ({}, {})) -> dict[str, Any]:
+# The text fields an adaptation rewrites from its seed, as schema paths: (field,) or ("participants", i, field).
+CARRIED_FIELDS: tuple[tuple[str | int, ...], ...] = (
+    ("setting",), ("relationship",),
+    *(("participants", i, f) for i in (0, 1) for f in ("occupation", "background", "goal", "secret")),
+)
+# How much longer than the seed's text an adapted field may be. Adaptation renames people and places and swaps
+# customs, foods and institutions; it does not summarise, and new names and places can be longer than the old ones.
+# 1.5x plus 60 characters leaves room for that; the 450 bundled SOTOPIA seeds' longest field is a 1,584-character
+# goal carrying a list of friends, which the old fixed bounds (300) cut.
+BOUND_HEADROOM = 1.5
+BOUND_SLACK = 60
+
+
+def content_bound(text: str, floor: int) -> int:
+    """The `maxLength` (characters) of a field that must carry `text` rewritten: the shape's own bound `floor`, or
+    the text's length with headroom (`BOUND_HEADROOM`, `BOUND_SLACK`), whichever is larger."""
+    return max(floor, math.ceil(len(text) * BOUND_HEADROOM) + BOUND_SLACK)
+
+
+def schema_node(schema: dict[str, Any], path: tuple[str | int, ...]) -> dict[str, Any]:
+    """The node of `schema` at `path` (property names and prefixItems indices), itself: edits change `schema`."""
+    node = schema
+    for key in path:
+        node = node["prefixItems"][key] if isinstance(key, int) else node["properties"][key]
+    return node
+
+
+def adapted_scenario_schema(attributes: tuple[dict[str, Any], dict[str, Any]] = ({}, {}),
+                            carried: dict[tuple[str | int, ...], str] | None = None) -> dict[str, Any]:
     """`AdaptedScenario`'s JSON schema for one seed: participant i's `attributes` object has exactly the names
     in `attributes[i]` (name -> the seed's value, whose type, text or number, the new value keeps), all
-    required; a participant with none has no `attributes` field."""
+    required; a participant with none has no `attributes` field. `carried` maps paths of `CARRIED_FIELDS` to the
+    seed's text there, and raises each field's `maxLength` to `content_bound` of that text, so a decoder that
+    enforces bounds never has to cut the seed's content short."""
     schema = json_schema(AdaptedScenario)
+    for path, text in (carried or {}).items():
+        node = schema_node(schema, path)
+        node["maxLength"] = content_bound(text, node["maxLength"])
     for person, names in zip(schema["properties"]["participants"]["prefixItems"], attributes):
         del person["properties"]["attributes"]
         if names:
@@ -308,9 +349,7 @@ def with_enum(schema: dict[str, Any], path: tuple[str | int, ...], values: list[
     """A copy of `schema` whose node at `path` (property names and prefixItems indices) allows only
     `values`: a WVS item's codes, a name pool."""
     out = json.loads(json.dumps(schema))
-    node = out
-    for key in path:
-        node = node["prefixItems"][key] if isinstance(key, int) else node["properties"][key]
+    node = schema_node(out, path)
     for k in ("type", "minLength", "maxLength", "minimum", "maximum"):
         node.pop(k, None)
     node["enum"] = list(values)
@@ -337,9 +376,9 @@ def wvs_shares_schema(labels: list[str]) -> dict[str, Any]:
 
 
 __all__ = [
-    "CONFIDENCES", "AdaptedPersona", "AdaptedScenario", "AlignmentAnswer", "Answer", "IntentAnswer",
-    "MetaAnswer", "QualityAnswer", "SotopiaAnswer", "TurnAnswer", "WVSAnswer", "WVSLabelAnswer",
-    "WVSShares", "adapted_scenario_schema",
-    "answer_format", "json_schema", "parse_answer", "token_budget", "validate_data", "with_enum", "wvs_label_schema",
+    "BOUND_HEADROOM", "BOUND_SLACK", "CARRIED_FIELDS", "CONFIDENCES", "AdaptedPersona", "AdaptedScenario",
+    "AlignmentAnswer", "Answer", "IntentAnswer", "MetaAnswer", "QualityAnswer", "SotopiaAnswer", "TurnAnswer",
+    "WVSAnswer", "WVSLabelAnswer", "WVSShares", "adapted_scenario_schema", "answer_format", "content_bound",
+    "json_schema", "parse_answer", "schema_node", "token_budget", "validate_data", "with_enum", "wvs_label_schema",
     "wvs_schema", "wvs_shares_schema",
 ]

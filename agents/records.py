@@ -9,9 +9,9 @@ import math
 import re
 import unicodedata
 from enum import Enum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class Record(BaseModel):
@@ -25,6 +25,17 @@ class Record(BaseModel):
     @classmethod
     def from_json(cls, text: str | bytes):
         return cls.model_validate_json(text)
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("blank (only whitespace): write the text")
+    return value
+
+
+# A required text field: at least one character that is not whitespace (a blank setting, name or goal would
+# import and simulate as if it were there).
+Text = Annotated[str, Field(min_length=1), AfterValidator(_not_blank)]
 
 
 class HofstedeScores(Record):
@@ -94,9 +105,9 @@ class Culture(Record):
     """A culture the pipeline can adapt to, keyed by its ISO 3166-1 alpha-3 code."""
 
     code: str = Field(pattern=r"^[A-Z]{3}$")
-    name: str = Field(min_length=1)
-    demonym: str = Field(min_length=1)
-    language: str = Field(min_length=1)
+    name: Text
+    demonym: Text
+    language: Text
     hofstede_scores: HofstedeScores
     hofstede_words: HofstedeWords
     inglehart_welzel: InglehartWelzel
@@ -170,12 +181,12 @@ class Persona(Record):
     `Attribute`; prompts show each reader only the ones it may see (`visible_attributes`).
     """
 
-    name: str = Field(min_length=1)
+    name: Text
     age: int | None = Field(None, ge=0, le=120)
     gender: str = ""
     occupation: str = ""
     background: str = ""
-    goal: str = Field(min_length=1)
+    goal: Text
     secret: str = ""
     # Left out of the JSON when empty, so scenarios without attributes serialise as before.
     attributes: dict[str, Attribute] = Field(default_factory=dict, exclude_if=lambda v: not v)
@@ -204,9 +215,9 @@ class Persona(Record):
 class Scenario(Record):
     """A social situation for two participants; `participants[0]` (the inquirer) speaks first."""
 
-    id: str = Field(min_length=1)
+    id: Text
     culture: str | None = Field(None, pattern=r"^[A-Z]{3}$", description="None for culture-neutral seeds")
-    setting: str = Field(min_length=1)
+    setting: Text
     participants: tuple[Persona, Persona]
     relationship: str = ""
     source: str = Field("", description="where it came from, e.g. 'sotopia:<combo_id>' or 'adapted:<seed id>'")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import operator
 import random
 import re
@@ -42,7 +43,17 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import ValidationError
 
-from agents.answers import AdaptedScenario, adapted_scenario_schema, answer_format, validate_data, with_enum
+from agents.answers import (
+    CARRIED_FIELDS,
+    AdaptedScenario,
+    adapted_scenario_schema,
+    answer_format,
+    content_bound,
+    json_schema,
+    schema_node,
+    validate_data,
+    with_enum,
+)
 from agents.cultures import CultureError, load_culture
 from agents.models import (
     MODEL_SPECS,
@@ -171,6 +182,7 @@ def validate_adaptation(raw: str, seed: Scenario, culture: Culture) -> Scenario:
     adapted, error = validate_data(data, AdaptedScenario)
     if adapted is None:
         raise AdaptationError(error)
+    _check_content_fits(adapted, seed)
     answer = adapted.model_dump()
     for i, (person, old) in enumerate(zip(answer["participants"], seed.participants)):
         person["attributes"] = _adapted_attributes(i, person["attributes"], old)
@@ -182,6 +194,41 @@ def validate_adaptation(raw: str, seed: Scenario, culture: Culture) -> Scenario:
     _check_same_structure(scenario, seed)
     _check_names_changed(scenario, seed)
     return scenario
+
+
+def carried_text(seed: Scenario) -> dict[tuple[str | int, ...], str]:
+    """The seed's text in each field an adaptation rewrites (`agents.answers.CARRIED_FIELDS`), by schema path."""
+    data = seed.model_dump(mode="json")
+    return {path: str(_value_at(data, path) or "") for path in CARRIED_FIELDS}
+
+
+def _value_at(data: dict, path: tuple[str | int, ...]) -> Any:
+    for key in path:
+        data = data[key]
+    return data
+
+
+# An adapted field at least this long (characters) must keep at least KEPT_FRACTION of its seed's length: the prompt
+# asks for a rewrite in English, and a rewrite renames and re-places, it does not summarise. A model that stops
+# early (a closed string, a budget run out) or drops a list the goal carries is caught here and asked again.
+KEPT_MIN_CHARS = 80
+KEPT_FRACTION = 0.5
+
+
+def _check_content_fits(adapted: AdaptedScenario, seed: Scenario) -> None:
+    """Each carried field within its seed's bound (`content_bound`; a free-text answer has no decoder to enforce
+    it) and, where the seed's text is long, not cut to less than `KEPT_FRACTION` of it."""
+    floors = json_schema(AdaptedScenario)
+    answer = adapted.model_dump()
+    for path, text in carried_text(seed).items():
+        new = str(_value_at(answer, path))
+        name = ".".join(map(str, path))
+        bound = content_bound(text, schema_node(floors, path)["maxLength"])
+        if len(new) > bound:
+            raise AdaptationError(f"field {name}: {len(new)} characters, at most {bound} for this scenario")
+        if len(text) >= KEPT_MIN_CHARS and len(new) < KEPT_FRACTION * len(text):
+            raise AdaptationError(f"field {name}: {len(new)} characters where the scenario has {len(text)}: rewrite "
+                                  f"all of it, keeping every detail (at least {math.ceil(KEPT_FRACTION * len(text))})")
 
 
 def _adapted_attributes(i: int, answered: dict, old: Persona) -> dict[str, dict]:
@@ -262,7 +309,7 @@ def answer_schema(ctx: AdaptContext) -> dict[str, Any]:
     """The adaptation's JSON schema; with the name pool, each person's name field allows only its own,
     disjoint part of the culture's common names."""
     schema = adapted_scenario_schema(tuple({k: a.value for k, a in adaptable(p).items()}
-                                           for p in ctx.seed.participants))
+                                           for p in ctx.seed.participants), carried_text(ctx.seed))
     if ctx.name_pool and ctx.culture.names:
         old = banned_names(ctx.seed)  # a pool name that shares a part with the seed's names would fail validation
         for i, person in enumerate(ctx.seed.participants):

@@ -52,6 +52,9 @@ def test_export_then_import_round_trips(tmp_path, scenario, capsys):
     ("BAD_CULTURE", r"line 2: field culture: String should match pattern"),
     ("UNKNOWN_FIELD", r"line 2: field mood: Extra inputs are not permitted"),
     ("REPEATED_ID", r"line 2: field id: 'test-teahouse-0' already on line 1"),
+    ("BLANK_SETTING", r"line 2: field setting: Value error, blank \(only whitespace\)"),
+    ("BLANK_NAME", r"line 2: field participants\.0\.name: Value error, blank \(only whitespace\)"),
+    ("BLANK_GOAL", r"line 2: field participants\.1\.goal: Value error, blank \(only whitespace\)"),
 ])
 def test_malformed_file_names_line_and_field_and_imports_nothing(tmp_path, scenario, bad_line, message):
     good = adapted(scenario, 0)
@@ -62,6 +65,9 @@ def test_malformed_file_names_line_and_field_and_imports_nothing(tmp_path, scena
         "BAD_CULTURE": lambda d: d.update(culture="Japan"),
         "UNKNOWN_FIELD": lambda d: d.update(mood="tense"),
         "REPEATED_ID": lambda d: d.update(id=good.id),
+        "BLANK_SETTING": lambda d: d.update(setting=" \t "),
+        "BLANK_NAME": lambda d: d["participants"][0].update(name="   "),
+        "BLANK_GOAL": lambda d: d["participants"][1].update(goal="\n"),
     }
     if bad_line in broken:
         broken[bad_line](data)

@@ -66,11 +66,21 @@ class GenerationParams:
         return replace(self, schema=json.dumps(schema), max_new_tokens=token_budget(schema), prefix="", stop=())
 
 
+class MalformedReply(Exception):
+    """A server's answer without a reply in it (no choices, a null message): retried like a dropped connection."""
+
+
+class PermanentModelError(Exception):
+    """A request the endpoint will refuse however often it is sent (a prompt past the context, a 4xx other than
+    408/409/429, a model that spends its whole budget reasoning): not retried; one line says why."""
+
+
 @dataclass(frozen=True)
 class Completion:
     text: str
-    prompt_tokens: int
-    completion_tokens: int
+    # None where the server did not say (a missing or null `usage` field): counted as unknown, never as 0.
+    prompt_tokens: int | None
+    completion_tokens: int | None
     # Prompt tokens the engine actually processed (the rest came from its cache); None when it does not say.
     prompt_evaluated: int | None = None
 
@@ -100,12 +110,15 @@ class Usage:
     completion_tokens: Counter = field(default_factory=Counter)
     prompt_evaluated: Counter = field(default_factory=Counter)  # only from engines that report it
     invalid: Counter = field(default_factory=Counter)  # answers that did not validate against their shape
+    unknown: Counter = field(default_factory=Counter)  # calls whose server sent no token counts
     retries: int = 0
 
     def add(self, task: str, completion: Completion) -> None:
         self.calls[task] += 1
-        self.prompt_tokens[task] += completion.prompt_tokens
-        self.completion_tokens[task] += completion.completion_tokens
+        if completion.prompt_tokens is None or completion.completion_tokens is None:
+            self.unknown[task] += 1
+        self.prompt_tokens[task] += completion.prompt_tokens or 0
+        self.completion_tokens[task] += completion.completion_tokens or 0
         if completion.prompt_evaluated is not None:
             self.prompt_evaluated[task] += completion.prompt_evaluated
 
@@ -119,7 +132,13 @@ class Usage:
         }
         if self.prompt_evaluated:
             out["prompt_tokens_evaluated"] = sum(self.prompt_evaluated.values())
+        if self.unknown:
+            out["calls_without_token_counts"] = sum(self.unknown.values())
         return out
+
+
+# The longest wait a server's `Retry-After` gets per retry: with 4 attempts a request waits at most 3 minutes.
+MAX_RETRY_AFTER_S = 60.0
 
 
 class Model:
@@ -139,7 +158,7 @@ class Model:
         params = params or GenerationParams()
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._max_attempts),
-            wait=wait_exponential(multiplier=self._backoff_s, max=30),
+            wait=self._wait,
             retry=retry_if_exception_type(self.backend.transient_errors),
             before_sleep=self._count_retry,
             reraise=True,
@@ -178,6 +197,14 @@ class Model:
             return list(await asyncio.gather(*(self.achat(c, task=task, params=params) for c in conversations)))
 
         return asyncio.run(run())
+
+    def _wait(self, state) -> float:
+        """Seconds before the next attempt: what the server asked for (`Retry-After`, read by the backend's
+        `retry_after`), at most MAX_RETRY_AFTER_S, else exponential backoff (at most 30 s)."""
+        asked = getattr(self.backend, "retry_after", lambda exc: None)(state.outcome.exception())
+        if asked is not None:
+            return min(max(asked, 0.0), MAX_RETRY_AFTER_S)
+        return wait_exponential(multiplier=self._backoff_s, max=30)(state)
 
     def _count_retry(self, state) -> None:
         self.usage.retries += 1

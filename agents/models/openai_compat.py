@@ -18,17 +18,28 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime
+import email.utils
 import json
 import os
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Sequence
 
 from agents.models.base import (
-    Completion, GenerationParams, Message, ModelSpecError, banned_token_ids, refuse_credentials,
+    Completion,
+    GenerationParams,
+    MalformedReply,
+    Message,
+    ModelSpecError,
+    PermanentModelError,
+    banned_token_ids,
+    refuse_credentials,
 )
 
 ENV_TIMEOUT = "CLCA_REQUEST_TIMEOUT_S"
 SELF_TEST_VALUE = "teal-walrus-42"  # no model says this unless the decoder makes it
+SELF_TEST_REASONING_TOKENS = 2048  # the self-test's budget for a model that answers only after reasoning
 SELF_TEST_SCHEMA = {"type": "object", "properties": {"answer": {"enum": [SELF_TEST_VALUE]}},
                     "required": ["answer"], "additionalProperties": False}
 
@@ -65,7 +76,7 @@ class OpenAIBackend:
         self.extra_body = dict(extra_body or {})
         self.transient_errors = (
             openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
-            openai.InternalServerError, openai.APIResponseValidationError, httpx.TransportError,
+            openai.InternalServerError, openai.APIResponseValidationError, httpx.TransportError, MalformedReply,
         )
         self._clients: dict[int, tuple] = {}  # event loop id -> (client, semaphore)
         self._banned_ids: dict[str, list[int]] = {}
@@ -115,12 +126,19 @@ class OpenAIBackend:
             await self._tokenize_banned(client, params.banned)
         async with gate:
             reply = await client.chat.completions.create(**self.request(messages, params))
-        text = valid_unicode(reply.choices[0].message.content or "")
+        text = valid_unicode(reply_text(reply, params))
         usage = reply.usage
         timings = (reply.model_extra or {}).get("timings") or {}
         evaluated = timings.get("prompt_n")  # llama-server: prompt tokens processed, the cached rest not counted
-        return Completion(text.strip(), usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0,
+        return Completion(text.strip(), _count(usage, "prompt_tokens"), _count(usage, "completion_tokens"),
                           int(evaluated) if evaluated is not None else None)
+
+    @staticmethod
+    def retry_after(exc: BaseException | None) -> float | None:
+        """Seconds a refusal asks the client to wait (HTTP `Retry-After`, seconds or an HTTP date), or None."""
+        response = getattr(exc, "response", None)
+        header = response.headers.get("retry-after") if response is not None else None
+        return retry_after_seconds(header)
 
     def self_test(self) -> None:
         """Raise ModelSpecError unless the endpoint obeys a `json_schema` response format."""
@@ -128,7 +146,13 @@ class OpenAIBackend:
         async def probe() -> str:
             params = GenerationParams(max_new_tokens=32, temperature=0.0, schema=json.dumps(SELF_TEST_SCHEMA))
             try:
-                reply = await self.agenerate([{"role": "user", "content": "Say hello."}], params, "self-test")
+                try:
+                    reply = await self.agenerate([{"role": "user", "content": "Say hello."}], params, "self-test")
+                except PermanentModelError:  # a reasoning model thinks first: give it room, once
+                    params = replace(params, max_new_tokens=SELF_TEST_REASONING_TOKENS)
+                    reply = await self.agenerate([{"role": "user", "content": "Say hello."}], params, "self-test")
+            except PermanentModelError as exc:
+                raise ModelSpecError(f"{self.base_url}: structured-output self-test: {exc}") from None
             except self.transient_errors as exc:
                 raise ModelSpecError(f"{self.base_url}: endpoint not reachable ({type(exc).__name__}: "
                                      f"{str(exc).splitlines()[0][:200]})") from None
@@ -185,6 +209,62 @@ class OpenAIBackend:
 
     def _ban(self, banned: tuple[str, ...]) -> list[int]:
         return sorted({i for text in banned for i in self._banned_ids.get(text, [])})
+
+
+def reply_text(reply, params: GenerationParams) -> str:
+    """The answer in a chat completion, as servers send it.
+
+    No choices, or a choice without a message: `MalformedReply` (retried). A null `content` beside a reasoning
+    model's `reasoning_content` (vLLM's and llama-server's reasoning parsers): the answer is read there when it is
+    the JSON object the schema asked for (some servers put a schema-constrained answer in the reasoning field);
+    otherwise the model spent its budget thinking, and `PermanentModelError` says so and how to fix it."""
+    choices = getattr(reply, "choices", None) or []
+    message = getattr(choices[0], "message", None) if choices else None
+    if message is None:
+        raise MalformedReply("the server's reply has no choices" if not choices else
+                             "the server's reply has a choice without a message")
+    if message.content is not None:
+        return message.content
+    reasoning = getattr(message, "reasoning_content", None) or (message.model_extra or {}).get("reasoning_content")
+    if not reasoning:
+        return ""  # an empty answer: invalid against its shape, kept as such
+    if params.schema and _is_json_object(reasoning):
+        return reasoning
+    finish = getattr(choices[0], "finish_reason", None)
+    raise PermanentModelError(
+        f"the model answered only in reasoning_content (finish_reason {finish}, content null): it spent its token "
+        f"budget ({params.max_new_tokens}) reasoning; raise --max-new-tokens, or turn reasoning off on the server "
+        "(vLLM: chat_template_kwargs enable_thinking=false; llama-server: --reasoning-budget 0)")
+
+
+def _is_json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text.strip()), dict)
+    except ValueError:
+        return False
+
+
+def _count(usage, key: str) -> int | None:
+    value = getattr(usage, key, None) if usage is not None else None
+    return int(value) if isinstance(value, int | float) else None
+
+
+def retry_after_seconds(header: str | None) -> float | None:
+    """An HTTP `Retry-After` value (RFC 9110 10.2.3: delay-seconds or an HTTP date) as seconds from now, or None."""
+    if not header:
+        return None
+    text = header.strip()
+    try:
+        return max(float(text), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max((when - datetime.datetime.now(datetime.timezone.utc)).total_seconds(), 0.0)
 
 
 def request_timeout() -> float:

@@ -59,13 +59,16 @@ class DeviceDefaults:
 
     TRL defaults to bf16 and gradient checkpointing, which fail (bf16) or only cost time (checkpointing)
     on a CPU. Unset values become: bf16 on a GPU that supports it, fp16 on an older GPU, fp32 on CPU;
-    gradient checkpointing on a GPU, off on CPU.
+    gradient checkpointing on a GPU, off on CPU. Without CUDA (or Apple's MPS) `use_cpu` is set: under
+    `accelerate launch` the processes otherwise train independently instead of as one DDP run (gloo).
     """
 
     def __post_init__(self):
         import torch
 
         cuda = torch.cuda.is_available()
+        if not cuda and not torch.backends.mps.is_available():
+            self.use_cpu = True
         if self.bf16 is None and not self.fp16:
             self.bf16 = cuda and torch.cuda.is_bf16_supported()
             self.fp16 = cuda and not self.bf16
@@ -413,3 +416,25 @@ def adapter_base_spec(adapter_dir: Path) -> str:
     if not config.is_file():
         raise TrainingSetupError(f"--adapter {adapter_dir}: not an adapter folder (no adapter_config.json)")
     return json.loads(config.read_text())["base_model_name_or_path"]
+
+
+def load_tokenizer(model_args: ModelConfig):
+    """The tokenizer `load_base` gives the trainer, loaded alone (no weights read) so that rows can be measured
+    against `max_length` before the model loads. Same source resolution as `load_base`: a model spec's folder or
+    hub id, or the GGUF file `smollm2` names. Raises TrainingSetupError (one line) when it cannot be loaded."""
+    from transformers import AutoTokenizer
+
+    spec = model_args.model_name_or_path
+    if not spec:
+        raise TrainingSetupError("--model_name_or_path is required (smollm2, a local folder or a hub id)")
+    try:
+        path, gguf_file = hf_source(spec)
+        tokenizer = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
+    except ModelSpecError as exc:
+        raise TrainingSetupError(str(exc)) from exc
+    except OSError as exc:
+        raise TrainingSetupError(f"--model_name_or_path {spec!r}: cannot load its tokenizer ({_first_line(exc)})") \
+            from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -35,10 +35,12 @@ from training.common import (
     filter_column,
     load_base,
     load_splits,
+    load_tokenizer,
     parse,
     pick_splits,
     row_label,
 )
+from training.lengths import ROW, announce, check_prediction, measure_dpo, report, rows_used
 from training.run import train_and_save
 
 log = logging.getLogger(__name__)
@@ -80,9 +82,10 @@ def build_trainer(script_args: DPOScriptArguments, training_args: DPOConfig, mod
             _check_pair(row, row_label(source, split_name, i))
         where = f"{script_args.dataset_name} {split_name}"
         rows = filter_column(
-            split, "kind", script_args.pair_kinds, "pair_kinds", where, require_all=split is raw_train
+            split.add_column(ROW, list(range(split.num_rows))), "kind", script_args.pair_kinds, "pair_kinds", where,
+            require_all=split is raw_train,
         )
-        checked[split_name] = rows.select_columns(["prompt", "chosen", "rejected"])
+        checked[split_name] = rows
     train, evaluation = checked[script_args.dataset_train_split], checked.get(script_args.dataset_test_split)
     if train.num_rows == 0:
         raise TrainingSetupError(f"--pair_kinds {script_args.pair_kinds}: no pairs left in {script_args.dataset_name}")
@@ -98,6 +101,20 @@ def build_trainer(script_args: DPOScriptArguments, training_args: DPOConfig, mod
             "path": str(adapter_dir),
             "sha256": hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None,
         }
+    tokenizer = load_tokenizer(model_args)
+    truncation = {}
+    for key, split_name, rows in (("train", script_args.dataset_train_split, train),
+                                  ("eval", script_args.dataset_test_split, evaluation)):
+        if rows is None:
+            continue
+        labels = [row_label(source, split_name, line) for line in rows[ROW]]
+        measured = measure_dpo(tokenizer, list(rows.select_columns(["prompt", "chosen", "rejected"])), training_args)
+        truncation[key] = report(measured, labels, split_name, training_args.max_length)
+    if training_args.process_index == 0:
+        announce(truncation, log)
+    train = train.select_columns(["prompt", "chosen", "rejected"])
+    evaluation = evaluation.select_columns(["prompt", "chosen", "rejected"]) if evaluation is not None else None
+
     model, tokenizer, model_notes = load_base(model_args)
     peft_config = None
     if start_adapter:
@@ -109,6 +126,7 @@ def build_trainer(script_args: DPOScriptArguments, training_args: DPOConfig, mod
         model=model, ref_model=None, args=training_args, train_dataset=train, eval_dataset=evaluation,
         processing_class=tokenizer, peft_config=peft_config,
     )
+    check_prediction(truncation, trainer, log)
     own = tokenizer.chat_template or ""
     record = {
         "kind": "dpo",
@@ -117,7 +135,8 @@ def build_trainer(script_args: DPOScriptArguments, training_args: DPOConfig, mod
         "cultures": sorted(set(raw_train["culture"])) if "culture" in raw_train.column_names else [],
         "dataset": {
             "source": source, "filter": f"pair_kinds={script_args.pair_kinds}",
-            "rows_used": {"train": train.num_rows, "eval": evaluation.num_rows if evaluation is not None else None},
+            "rows_used": rows_used(truncation),
+            "truncation": truncation,
         },
         "chat_template": {"source": "model", "sha256": hashlib.sha256(own.encode()).hexdigest()},
         "parameters": {

@@ -44,6 +44,7 @@ def train_and_save(trainer, record: dict, script_args, training_args, model_args
     if trainer.is_world_process_zero():
         record.update(
             resumed_from=str(resume) if resume else None,
+            batch=batch_record(training_args),
             metrics=metrics,
             config={
                 "script": dataclasses.asdict(script_args),
@@ -56,6 +57,15 @@ def train_and_save(trainer, record: dict, script_args, training_args, model_args
             merge_adapter(record["model"]["spec"], out, out / "merged")
     trainer.accelerator.wait_for_everyone()
     return metrics
+
+
+def batch_record(training_args) -> dict:
+    """Processes (`accelerate launch`/`torchrun` ranks), per-device and effective batch size (per device x gradient
+    accumulation x processes: the rows behind one optimizer step)."""
+    processes = training_args.world_size
+    per_device, accumulation = training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps
+    return {"processes": processes, "per_device": per_device, "gradient_accumulation_steps": accumulation,
+            "effective": per_device * accumulation * processes, "use_cpu": training_args.use_cpu}
 
 
 def last_checkpoint(out: Path) -> str | None:

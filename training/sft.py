@@ -34,10 +34,12 @@ from training.common import (
     filter_column,
     load_base,
     load_splits,
+    load_tokenizer,
     parse,
     pick_splits,
     row_label,
 )
+from training.lengths import ROW, announce, check_prediction, measure_sft, report, rows_used
 from training.run import train_and_save
 
 log = logging.getLogger(__name__)
@@ -74,19 +76,36 @@ def build_trainer(script_args: SFTScriptArguments, training_args: SFTConfig, mod
             check_messages(messages, row_label(source, split_name, i))
         where = f"{script_args.dataset_name} {split_name}"
         rows = filter_column(
-            split, "view", script_args.views, "views", where, require_all=split is raw_train
+            split.add_column(ROW, list(range(split.num_rows))), "view", script_args.views, "views", where,
+            require_all=split is raw_train,
         )
-        checked[split_name] = rows.select_columns(["messages"])
+        checked[split_name] = rows
     train, evaluation = checked[script_args.dataset_train_split], checked.get(script_args.dataset_test_split)
     if train.num_rows == 0:
         raise TrainingSetupError(f"--views {script_args.views}: no training rows left in {script_args.dataset_name}")
 
-    model, tokenizer, model_notes = load_base(model_args)
+    tokenizer = load_tokenizer(model_args)
     template = choose_chat_template(tokenizer, raw_train, training_args, source, script_args.dataset_train_split)
+    truncation = {}
+    for key, split_name, rows in (("train", script_args.dataset_train_split, train),
+                                  ("eval", script_args.dataset_test_split, evaluation)):
+        if rows is None:
+            continue
+        labels = [row_label(source, split_name, line) for line in rows[ROW]]
+        measured = measure_sft(tokenizer, rows["messages"], training_args, labels.__getitem__)
+        truncation[key] = report(measured, labels, split_name, training_args.max_length)
+    if training_args.process_index == 0:
+        announce(truncation, log)
+    train = train.select_columns(["messages"])
+    evaluation = evaluation.select_columns(["messages"]) if evaluation is not None else None
+
+    model, tokenizer, model_notes = load_base(model_args)
     trainer = SFTTrainer(
         model=model, args=training_args, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer,
         peft_config=get_peft_config(model_args) if model_args.use_peft else None,
     )
+    if not training_args.packing:
+        check_prediction(truncation, trainer, log)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     record = {
         "kind": "sft",
@@ -95,7 +114,8 @@ def build_trainer(script_args: SFTScriptArguments, training_args: SFTConfig, mod
         "cultures": sorted(set(raw_train["culture"])) if "culture" in raw_train.column_names else [],
         "dataset": {
             "source": source, "filter": f"views={script_args.views}",
-            "rows_used": {"train": train.num_rows, "eval": evaluation.num_rows if evaluation is not None else None},
+            "rows_used": rows_used(truncation),
+            "truncation": truncation,
         },
         "chat_template": template,
         "parameters": {"trainable": trainable, "total": sum(p.numel() for p in trainer.model.parameters())},

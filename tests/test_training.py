@@ -104,6 +104,10 @@ class TestSFT:
         adapter_config = json.loads((sft_adapter / "adapter_config.json").read_text())
         assert adapter_config["base_model_name_or_path"] == tiny_model_dir
         assert files["sft_train.jsonl"]["sha256"] in (sft_adapter / "README.md").read_text()
+        assert provenance["batch"] == {"processes": 1, "per_device": 2, "gradient_accumulation_steps": 1,
+                                       "effective": 2, "use_cpu": not torch.cuda.is_available()}
+        assert provenance["dataset"]["truncation"]["train"]["dropped"] == 0
+        assert "| 2 x 1 x 1 = 2 (effective) |" in (sft_adapter / "README.md").read_text()
 
     def test_adapter_loads_and_generates(self, sft_adapter, tiny_model_dir):
         from agents.models import GenerationParams, load_model
@@ -157,6 +161,81 @@ class TestDPO:
         assert (out / "adapter_model.safetensors").is_file()
 
 
+def tokenizer_only(model_dir: str, folder: Path) -> str:
+    """A folder holding the model's tokenizer and nothing else: loading the model from it fails."""
+    folder.mkdir()
+    for file in Path(model_dir).iterdir():
+        if file.name.startswith("tokenizer") or file.name == "chat_template.jinja":
+            shutil.copy(file, folder)
+    return str(folder)
+
+
+class TestTruncation:
+    """Rows left with no trainable token at max_length are counted before the model loads, as TRL drops them."""
+
+    MAX = "140"  # the tiny tokenizer puts the first assistant token of 5 of 8 train and 1 of 2 validation rows later
+
+    def test_sft_rows_without_a_trainable_token_are_named_and_not_counted(self, tiny_model_dir, tmp_path, caplog):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+        expected = {}
+        for split, name in (("train", "sft_train.jsonl"), ("eval", "sft_validation.jsonl")):
+            expected[split] = {"kept": [], "dropped": []}
+            for line, row in enumerate(read_rows(name), 1):
+                out = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True,
+                                                    return_assistant_tokens_mask=True)
+                first = out["assistant_masks"].index(1)
+                kind = "kept" if first < int(self.MAX) else "dropped"
+                expected[split][kind].append((f"{EXPORT / name} line {line}", out["input_ids"][: int(self.MAX)]))
+        assert expected["train"]["kept"] and expected["train"]["dropped"] and expected["eval"]["dropped"]
+
+        args = parse(sft.make_parser(), tiny_args(tiny_model_dir, tmp_path / "out", "--max_length", self.MAX))
+        trainer, record = sft.build_trainer(*args)
+        for split, prepared in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset)):
+            # TRL's prepared rows are exactly the ones measured as kept, and the record counts only those.
+            assert sorted(prepared["input_ids"]) == sorted(ids for _, ids in expected[split]["kept"])
+            truncation = record["dataset"]["truncation"][split]
+            assert record["dataset"]["rows_used"][split] == truncation["kept"] == len(expected[split]["kept"])
+            assert [d["row"] for d in truncation["dropped_rows"]] == [label for label, _ in expected[split]["dropped"]]
+            assert all(f"none in the first {self.MAX}" in d["reason"] for d in truncation["dropped_rows"])
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "max_length" in r.getMessage()]
+        n_train = len(expected["train"]["dropped"])
+        assert any(f"{n_train} of 8 train rows" in w and expected["train"]["dropped"][0][0] in w for w in warnings)
+
+        train_and_save(trainer, record, *args)
+        out = tmp_path / "out"
+        provenance = json.loads((out / "provenance.json").read_text())
+        assert provenance["dataset"]["rows_used"] == {"train": 8 - n_train, "eval": 1}
+        card = (out / "README.md").read_text()
+        assert f"rows used: {8 - n_train} train" in card and f"**{n_train} of 8 train rows left out**" in card
+        assert all(label in card for label, _ in expected["train"]["dropped"])
+
+    def test_dpo_pairs_whose_prompt_fills_max_length_are_named_and_not_counted(self, tiny_model_dir, tmp_path):
+        args = parse(dpo.make_parser(), tiny_args(tiny_model_dir, tmp_path / "out", "--max_length", self.MAX))
+        trainer, record = dpo.build_trainer(*args)
+        truncation = record["dataset"]["truncation"]["train"]
+        assert trainer.train_dataset.num_rows == record["dataset"]["rows_used"]["train"] == truncation["kept"]
+        assert 0 < truncation["kept"] < truncation["rows"] == len(read_rows("dpo_train.jsonl"))
+        assert all(len(row["prompt_ids"]) < int(self.MAX) for row in trainer.train_dataset)
+        for drop in truncation["dropped_rows"]:
+            assert drop["row"].startswith(f"{EXPORT / 'dpo_train.jsonl'} line ")
+            assert int(drop["reason"].split()[2]) >= int(self.MAX), drop
+
+    @pytest.mark.parametrize(("main", "max_length", "kind"), [(sft.main, "100", "sft"), (dpo.main, "120", "dpo")])
+    def test_nothing_left_is_one_line_before_the_model_loads(self, main, max_length, kind, tiny_model_dir,
+                                                              tmp_path):
+        # The folder has the tokenizer but no weights: had the model been loaded, the error would say so.
+        spec = tokenizer_only(tiny_model_dir, tmp_path / "tokenizer-only")
+        with pytest.raises(SystemExit) as exit_info:
+            main(tiny_args(spec, tmp_path / "out", "--max_length", max_length))
+        message = exit_info.value.code
+        assert isinstance(message, str) and "\n" not in message, message
+        assert message.startswith(f"error: max_length {max_length}: none of the ")
+        assert f"{kind}_train.jsonl line 1" in message and "raise --max_length" in message
+        assert not (tmp_path / "out").exists()
+
+
 class TestConfig:
     def test_yaml_drives_the_run_and_flags_override_it(self, tmp_path):
         config = tmp_path / "run.yaml"
@@ -187,6 +266,8 @@ class TestConfig:
     def test_cpu_gets_fp32_without_checkpointing(self, tmp_path):
         config = SFTConfig(output_dir=str(tmp_path))
         assert (config.bf16, config.fp16, config.gradient_checkpointing) == (False, False, False)
+        # Without CUDA, use_cpu is set whatever was given: accelerate's processes then join one gloo DDP run.
+        assert SFTConfig(output_dir=str(tmp_path), use_cpu=False).use_cpu is True
 
 
 class TestErrors:

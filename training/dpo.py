@@ -12,8 +12,9 @@ From a base model, with a fresh LoRA adapter:
 
     python -m training.dpo --config configs/dpo_demo.yaml --model_name_or_path smollm2 --output_dir runs/demo-dpo
 
-Several GPUs: `accelerate launch -m training.dpo ...` with the same flags. Every YAML field is also a flag;
-rerunning a command resumes from the last checkpoint in output_dir.
+Several GPUs or nodes: `accelerate launch --multi_gpu --num_processes N -m training.dpo ...` with the same flags
+(training/README.md). Every YAML field is also a flag; rerunning a command resumes from the last checkpoint in
+output_dir.
 """
 
 from __future__ import annotations

@@ -8,9 +8,11 @@ The paper's QLoRA recipe on one GPU (pick the model with --model_name_or_path, s
 
     python -m training.sft --config configs/sft_paper.yaml --dataset_name runs/CHN-data --output_dir runs/CHN-sft
 
-Several GPUs, one process each (divide gradient_accumulation_steps by the GPU count to keep the effective batch):
+Several GPUs, one process each (effective batch = per device x gradient accumulation x processes; more in
+training/README.md, nodes and torchrun included):
 
-    accelerate launch -m training.sft --config configs/sft_paper.yaml --gradient_accumulation_steps 2 ...
+    accelerate launch --multi_gpu --num_processes 4 -m training.sft --config configs/sft_paper.yaml \
+        --gradient_accumulation_steps 1 ...
 
 Every field of the YAML is also a flag (TRL's names) and the command line wins. Rerunning a command resumes
 from the last checkpoint in output_dir; use a new output_dir to start over.

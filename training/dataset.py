@@ -43,7 +43,8 @@ from agents.cultures import CultureError, load_culture
 from agents.models import UNSTRUCTURED_HELP, Message, Model, ModelSpecError, load_model
 from agents.prompts import PromptError, Prompts, Rendered
 from agents.records import Action, Culture, Intent, Scenario, Turn
-from graphs.episode import EpisodeContext, make_turn, speaker_view, turn_seed
+from agents.seeding import call_seed
+from graphs.episode import EpisodeContext, make_turn, speaker_view
 from graphs.judge import (
     FilterRule,
     JudgeError,
@@ -228,7 +229,7 @@ async def contrastive_pairs(prompts: Prompts, episodes: list[Episode], culture: 
             return None
         config = json.loads(ep.row.get("config") or "{}")
         params = replace(
-            EpisodeContext.speaker_params, seed=turn_seed(seed, i, f"contrastive:{ep.id}"),
+            EpisodeContext.speaker_params, seed=call_seed(seed, i, f"contrastive:{ep.id}"),
             **{k: config[k] for k in ("temperature", "top_p", "max_new_tokens") if config.get(k) is not None},
         )
         ctx = EpisodeContext(scenario=ep.scenario, culture=culture, model=model, prompts=prompts,

@@ -52,8 +52,9 @@ def with_suggestion(parser: argparse.ArgumentParser, message: str) -> str:
     words = message[len(prefix):].split()
     flag = next((w for w in words if w.startswith("-")), words[0] if words else "")
     name = flag.split("=", 1)[0]
-    known = [o for o in parser._option_string_actions if o.startswith("--")]  # argparse keeps no public table of its flags
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]}?" if close else f"see {parser.prog} --help"
+    # argparse keeps no public table of its flags; compare names without their dashes ("--bogus" is not "--out")
+    known = {o.lstrip("-"): o for o in parser._option_string_actions if o.startswith("--")}
+    close = difflib.get_close_matches(name.lstrip("-"), known, n=1, cutoff=0.6)
+    hint = f"did you mean {known[close[0]]}?" if close else f"see {parser.prog} --help"
     return f"unrecognized argument {name} ({hint})"
 

@@ -9,10 +9,11 @@ map positions, the table ends with them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+
+from agents import cli
 
 METRICS = ["paper_kl", "js", "kl", "emd", "map_distance", "accuracy", "invalid_rate"]
 LOWER_IS_BETTER = {"paper_kl", "js", "kl", "emd", "map_distance", "invalid_rate"}
@@ -98,7 +99,7 @@ def _cell(v: float | None, signed: bool = False) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("base", help="results JSON of the base model")
     parser.add_argument("adapted", help="results JSON of the adapted model")
     args = parser.parse_args(argv)

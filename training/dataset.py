@@ -38,6 +38,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from agents import cli
 from agents.answers import TurnAnswer
 from agents.cultures import CultureError, load_culture
 from agents.models import UNSTRUCTURED_HELP, Message, Model, ModelSpecError, load_model
@@ -431,7 +432,7 @@ def default_judge(store: Store, culture: str) -> str:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.dataset", description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(prog="python -m training.dataset", description=__doc__.split("\n\n")[0])
     p.add_argument("--culture", required=True, help="ISO-3 code of the culture to export, e.g. CHN")
     p.add_argument("--out", required=True, help="folder to write (sft_*.jsonl, dpo_*.jsonl, stats.json, README.md)")
     p.add_argument("--db", default=DEFAULT_DB, help="SQLite store with simulated and judged episodes")

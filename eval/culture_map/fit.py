@@ -11,7 +11,6 @@ fit country's projected and leave-one-out position and the validation figures.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import hashlib
 import json
@@ -19,6 +18,7 @@ import sys
 
 import numpy as np
 
+from agents import cli
 from eval.culture_map.indicators import DATA_DIR, MapError, indicator_values, keys, map_items
 from eval.culture_map.projection import PROJECTION_FILE, agreement, fit, leave_one_out
 
@@ -105,7 +105,7 @@ def build() -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(PROJECTION_FILE), help="where to write the projection JSON")
     parser.add_argument("--check", action="store_true", help="refit and compare with the stored file, write nothing")
     args = parser.parse_args(argv)

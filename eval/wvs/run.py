@@ -224,11 +224,10 @@ def _answer_records(alpha3: str, unit_ids: list[str], items: list[Item], answers
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
+    from agents.cli import DataclassParser
     from eval.wvs.report import write_outputs
 
-    (cfg,) = HfArgumentParser(EvalConfig).parse_args_into_dataclasses(argv)
+    (cfg,) = DataclassParser(EvalConfig, prog="python -m eval.wvs").parse_args_into_dataclasses(argv)
     try:
         results = evaluate(cfg)
         paths = write_outputs(results, cfg.out, plots=cfg.plots)

@@ -245,10 +245,10 @@ def build_batch_graph(stage: Stage, served: bool = False):
         progress, write, results = _Progress(len(values["todo"])), get_stream_writer(), []
         todo = [{"item": item, "run_id": values["run_id"]} for item in values["todo"]]
         config = {"max_concurrency": batch.request.concurrency}
-        async for update in fan_out.astream({"todo": todo}, config, context=batch, stream_mode="updates"):
-            for row in (update.get(stage.name) or {}).get("results", []):
-                results.append(row)
-                write({"event": stage.name, **progress.add(row)})
+        # Only the custom stream: asking for "updates" would make every node of every item's graph report one.
+        async for row in fan_out.astream({"todo": todo}, config, context=batch, stream_mode="custom"):
+            results.append(row)
+            write({"event": stage.name, **progress.add(row)})
         return {"results": results}
 
     async def summarize(values: dict, runtime) -> dict:
@@ -274,7 +274,9 @@ def _fan_out_graph(stage: Stage):
     graph = StateGraph(_FanOut)
 
     async def item(payload: dict, runtime) -> dict:
-        return {"results": [await stage.work(runtime.context, payload["item"], payload["run_id"], stage.subgraph)]}
+        row = await stage.work(runtime.context, payload["item"], payload["run_id"], stage.subgraph)
+        get_stream_writer()(row)  # to the item node of the batch graph, as each item ends
+        return {"results": [row]}
 
     item.__name__ = stage.name
     graph.add_node(stage.name, item)

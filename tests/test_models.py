@@ -151,7 +151,9 @@ def test_an_unknown_model_spec_lists_every_kind_of_spec():
 
 @pytest.mark.parametrize("command", ["graphs.simulate", "graphs.adapt", "graphs.judge"])
 def test_every_option_of_the_batch_commands_has_help_and_model_lists_the_specs(command):
-    parser = importlib.import_module(command).make_parser()
+    from graphs.batch import make_parser
+
+    parser = make_parser(importlib.import_module(command).STAGE)  # read off the stage's request dataclass
     assert [a.dest for a in parser._actions if not a.help] == []
     assert "puppet" in parser._option_string_actions["--model"].help
     assert "gguf:PATH" in parser._option_string_actions["--model"].help

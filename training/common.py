@@ -20,6 +20,7 @@ from typing import Iterable
 
 import trl
 
+from agents.cli import OneLineErrors, with_suggestion
 from agents.models import ModelSpecError, hf_source
 
 log = logging.getLogger(__name__)
@@ -117,12 +118,12 @@ SECRET_OPTIONS = ("hub_token",)
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
 
 
-class OneLineParser(trl.TrlParser):
+class OneLineParser(OneLineErrors, trl.TrlParser):
     """`TrlParser` whose argument errors are one line (`error: ...`) instead of a usage dump, and whose config
     file values are read as the command line would read them (type and choices checked), not taken as they are."""
 
     def error(self, message):
-        sys.exit(f"error: {message}")
+        sys.exit(f"error: {with_suggestion(self, message)}")
 
     def set_defaults_with_config(self, **kwargs) -> list[str]:
         actions = {action.dest: action for action in self._actions}

@@ -280,9 +280,9 @@ def _answer_records(alpha3: str, fmt: str, method: str, unit_ids: list[str], ite
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser  # here, not at the top: transformers takes seconds to import
+    from agents.cli import DataclassParser  # here, not at the top: it imports transformers, which takes seconds
 
-    (cfg,) = HfArgumentParser(EvalConfig).parse_args_into_dataclasses(argv)
+    (cfg,) = DataclassParser(EvalConfig, prog="python -m eval.wvs").parse_args_into_dataclasses(argv)
     try:
         results = evaluate(cfg)
         paths = write_outputs(results, cfg.out, plots=cfg.plots)

@@ -222,3 +222,24 @@ def test_banned_names_are_banned_by_their_only_or_last_token():
 
     vocab = {"Mia": [1], " Mia": [2], "Finnegan": [3, 4, 5], " Finnegan": [6, 4, 5], "Al": [7, 8], " Al": [9]}
     assert banned_token_ids(["Mia", "Finnegan", "Al"], vocab.__getitem__) == [1, 2, 5, 9]  # "Al": too short
+
+
+def test_one_loader_serves_inference_and_training(tiny_model_dir):
+    """`load_causal_lm` decides dtype, pad token and placement once; inference and training differ only where
+    their use does: left padding and eval mode, and what happens to quantisation this machine cannot do."""
+    import torch
+
+    from agents.models import load_causal_lm
+
+    served = load_causal_lm(tiny_model_dir)
+    trained = load_causal_lm(tiny_model_dir, training=True)
+    assert served.tokenizer.padding_side == "left" and not served.model.training
+    assert served.tokenizer.pad_token is not None and trained.tokenizer.pad_token == served.tokenizer.pad_token
+    assert served.notes["dtype"] == trained.notes["dtype"] == "float32"  # no CUDA here
+    for a, b in zip(served.model.state_dict().values(), trained.model.state_dict().values()):
+        assert torch.equal(a, b)
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelSpecError, match="4bit loading is not possible here: no CUDA GPU"):
+            load_causal_lm(tiny_model_dir, quantization="4bit")
+        fallback = load_causal_lm(tiny_model_dir, training=True, quantization="4bit")
+        assert fallback.notes["quantization"] == "requested but not used: no CUDA GPU"

@@ -10,6 +10,8 @@ Specs:
   vllm:<hub id or dir>         the vLLM offline engine (optional `vllm` extra, GPU; `vllm_offline.py`)
   puppet[:<seconds>]           a fake that returns well-formed canned answers per task, optionally slow (`fake.py`)
 
+In-process weights, for inference and training alike, come from one loader: `loading.load_causal_lm`.
+
 Every backend enforces each request's answer schema (structured outputs) unless the model is loaded
 with `structured=False` (`--unstructured`). An OpenAI-compatible endpoint is self-tested first: one
 that ignores `response_format` stops the command with a one-line error.
@@ -34,7 +36,17 @@ from agents.models.base import (
 )
 from agents.models.batching import batch_seed
 from agents.models.fake import PUPPET_REPLIES, PuppetBackend, ScriptedBackend
-from agents.models.hf import SMOLLM2, SMOLLM2_GGUF, base_config, hf_source, load_hf, smollm2_dir
+from agents.models.hf import load_hf
+from agents.models.loading import (
+    SMOLLM2,
+    SMOLLM2_GGUF,
+    LoadedLM,
+    base_config,
+    hf_source,
+    load_causal_lm,
+    plain_copy,
+    smollm2_dir,
+)
 
 DEFAULT_LOG_DIR = "runs"
 UNSTRUCTURED_HELP = ("ask for free-text answers and read them with the labelled-line parsers, for endpoints that "
@@ -108,6 +120,6 @@ __all__ = [
     "UNSTRUCTURED_HELP", "Asked", "ChatBackend", "Completion", "GenerationParams",
     "Message", "MODEL_SPECS", "Model", "ModelSpecError",
     "PUPPET_REPLIES",
-    "PuppetBackend", "SMOLLM2", "SMOLLM2_GGUF", "ScriptedBackend", "Usage", "base_config", "batch_seed",
-    "cut_at_stop", "hf_source", "load_hf", "load_model", "smollm2_dir",
+    "PuppetBackend", "SMOLLM2", "SMOLLM2_GGUF", "LoadedLM", "ScriptedBackend", "Usage", "base_config", "batch_seed",
+    "cut_at_stop", "hf_source", "load_causal_lm", "load_hf", "load_model", "plain_copy", "smollm2_dir",
 ]

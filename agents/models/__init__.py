@@ -49,12 +49,14 @@ from agents.models.loading import (
 )
 
 DEFAULT_LOG_DIR = "runs"
+# Spec kinds (before any ':') whose backends cannot score options.
+NON_SCORING = ("puppet", "vllm", "openai", "gguf", SMOLLM2)
 UNSTRUCTURED_HELP = ("ask for free-text answers and read them with the labelled-line parsers, for endpoints that "
                      "cannot constrain decoding (default: every answer is decoded under its JSON schema)")
 
 
 def load_model(spec: str, *, adapter: str | None = None, load_in_4bit: bool = False, max_batch: int = 8,
-               structured: bool = True, log_dir: str | Path = DEFAULT_LOG_DIR) -> Model:
+               structured: bool = True, log_dir: str | Path = DEFAULT_LOG_DIR, scoring: bool = False) -> Model:
     """Turn a model spec from the command line into a ready `Model`.
 
     `max_batch` is the requests in flight (in-process batch size, server slots, HTTP connections).
@@ -62,8 +64,13 @@ def load_model(spec: str, *, adapter: str | None = None, load_in_4bit: bool = Fa
     A managed llama-server writes its log to `log_dir`. Raises ModelSpecError (one line) for a spec
     that names nothing loadable, an adapter on a backend that cannot take one, or an endpoint that
     fails the structured-output self-test, or a spec that holds a credential (keys come from the environment).
+    With `scoring`, the model must score options (`Model.ascore_options`): a spec whose backend cannot is
+    refused before anything loads.
     """
     refuse_credentials(spec)
+    if scoring and spec.split(":", 1)[0] in NON_SCORING:
+        raise ModelSpecError(f"model spec {spec!r}: cannot score options (its backend gives no token "
+                             "log-probabilities); the in-process specs (smollm2-inprocess, a folder, a hub id) can")
     if adapter and spec.split(":", 1)[0] in ("gguf", "openai", "vllm", "puppet"):
         raise ModelSpecError(f"model spec {spec!r}: LoRA adapters load in process only "
                              "(use smollm2, a hub id or a folder)")

@@ -1,5 +1,7 @@
 """In-process transformers backend: hub ids, local folders, LoRA adapters, `smollm2-inprocess`.
 
+Option scoring (`ascore_options`) reads next-token log-probabilities from forward passes; prompts scored
+together run the prefix they share once (a persona's system turn, not once per question).
 Concurrent requests share one batched `generate` call. Each row keeps its own temperature/top-p, token
 limit, stop strings and answer schema: xgrammar compiles the schema to a grammar (cached per schema)
 and masks every row's next-token scores with its own grammar, so the answer's shape is certain
@@ -8,12 +10,16 @@ whatever the model. Prompts are prefilled from the longest cached prefix (`prefi
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+from collections.abc import Sequence
 
-from agents.models.base import Completion, GenerationParams, Message, banned_token_ids, cut_at_stop
+from agents.models.base import Completion, GenerationParams, Message, ScoreRequest, banned_token_ids, cut_at_stop
 from agents.models.batching import BatchingBackend, batch_seed
 from agents.models.loading import base_config, load_causal_lm
+from agents.models.scoring import common_prefix_len, option_logprobs, prefixes_to_read
+
 
 @functools.lru_cache(maxsize=4)
 def load_hf(spec: str, adapter: str | None = None, load_in_4bit: bool = False):
@@ -32,6 +38,7 @@ class HFBackend(BatchingBackend):
     """
 
     cache_bytes = 2 * 2**30  # keys/values kept for reuse
+    share_prefix = True  # option scoring: run the prefix a call's prompts share once (off: every prompt whole)
 
     def __init__(self, spec: str, adapter: str | None = None, load_in_4bit: bool = False, max_batch: int = 8):
         super().__init__(max_batch)
@@ -94,6 +101,81 @@ class HFBackend(BatchingBackend):
         texts = [p.prefix + cut_at_stop(tok.decode(g, skip_special_tokens=True).replace("\ufffd", ""), p.stop)
                  for g, p in zip(replies, params)]
         return [Completion(t.strip(), len(r), len(g)) for t, r, g in zip(texts, rows, replies)]
+
+    async def ascore_options(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+        """Scores as `Model.ascore_options` defines them; forward passes in batches of `max_batch` prompts."""
+        return await asyncio.to_thread(self._score, requests)
+
+    def _score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+        import torch
+
+        tok = self.tokenizer
+        ids = [list(tok.apply_chat_template(list(m), add_generation_prompt=True, tokenize=True)["input_ids"])
+               for m, _ in requests]
+        options = [[tok.encode(o, add_special_tokens=False) for o in opts] for _, opts in requests]
+        with torch.inference_mode():
+            roots = self._next_token_logprobs(ids)
+            inner = [(i, path) for i in range(len(requests)) for path in prefixes_to_read(options[i])]
+            extra = self._plain_logprobs([ids[i] + list(path) for i, path in inner]) if inner else []
+        after = [{(): roots[i]} for i in range(len(requests))]
+        for (i, path), row in zip(inner, extra):
+            after[i][path] = row
+        return [option_logprobs(after[i], options[i]) for i in range(len(requests))]
+
+    def _next_token_logprobs(self, ids: list[list[int]]):
+        """Log-probabilities of the next token after each sequence, as a [n, vocab] tensor."""
+        prefix_len = common_prefix_len(ids) if self.share_prefix and len(ids) > 1 else 0
+        prefix_len = min(prefix_len, min(len(x) for x in ids) - 1)  # every suffix keeps a token
+        if prefix_len < 1:
+            return self._plain_logprobs(ids)
+        return self._shared_prefix_logprobs(ids[0][:prefix_len], [x[prefix_len:] for x in ids])
+
+    def _plain_logprobs(self, ids: list[list[int]]):
+        """Next-token log-probabilities after each whole sequence ([n, vocab]), left-padded batches."""
+        import torch
+
+        rows = []
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(ids), self.max_batch):
+            chunk = ids[start:start + self.max_batch]
+            width = max(len(x) for x in chunk)
+            input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in chunk], device=self.device)
+            mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in chunk], device=self.device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
+            logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                                logits_to_keep=1).logits[:, -1]
+            rows.append(torch.log_softmax(logits.float(), dim=-1).cpu())
+        return torch.cat(rows)
+
+    def _shared_prefix_logprobs(self, prefix: list[int], suffixes: list[list[int]]):
+        """Next-token log-probabilities after prefix + each suffix ([n, vocab]): the prefix runs once and
+        its keys/values are shared by every row."""
+        import torch
+        from transformers import DynamicCache
+
+        prefix_out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
+        layers = prefix_out.cache.layers
+        rows = []
+        pad, p = self.tokenizer.pad_token_id, len(prefix)
+        for start in range(0, len(suffixes), self.max_batch):
+            chunk = suffixes[start:start + self.max_batch]
+            b, width = len(chunk), max(len(x) for x in chunk)
+            cache = DynamicCache(config=base_config(self.model))
+            for li, layer in enumerate(layers):
+                cache.update(layer.keys.expand(b, -1, -1, -1), layer.values.expand(b, -1, -1, -1), li)
+            # suffixes are right-padded: real tokens sit right after the prefix, pads come last
+            input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in chunk], device=self.device)
+            suffix_mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in chunk], device=self.device)
+            mask = torch.cat([torch.ones(b, p, dtype=suffix_mask.dtype, device=self.device), suffix_mask], dim=1)
+            positions = torch.arange(p, p + width, device=self.device).expand(b, width)
+            # the vocabulary projection only at each row's last real token, not at every position
+            last = [len(x) - 1 for x in chunk]
+            keep = sorted(set(last))
+            logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                                logits_to_keep=torch.tensor(keep, device=self.device)).logits
+            picked = logits[torch.arange(b, device=self.device), torch.tensor([keep.index(j) for j in last])]
+            rows.append(torch.log_softmax(picked.float(), dim=-1).cpu())
+        return torch.cat(rows)
 
     def _grammar(self, schema: str):
         """The compiled grammar of a JSON schema, compiled once per backend and schema.

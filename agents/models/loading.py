@@ -68,7 +68,8 @@ def load_causal_lm(spec: str, *, training: bool = False, adapter: str | None = N
     names a torch dtype ("float32", "bfloat16", ...). A GGUF file is dequantised to float32 whatever is asked.
     quantization: None, "4bit" (NF4, double quantisation, bf16 compute over float32 weights) or "8bit";
     needs CUDA and bitsandbytes; `quantization_options` are further `BitsAndBytesConfig` keyword arguments
-    over those defaults (training passes TRL's `--bnb_4bit_quant_type`, `--use_bnb_nested_quant`, ...). The pad token is the eos token when the tokenizer has none (the CLCA release added a
+    over those defaults (training passes TRL's `--bnb_4bit_quant_type`, `--use_bnb_nested_quant`, ...).
+    The pad token is the eos token when the tokenizer has none (the CLCA release added a
     [PAD] token and trained its embedding; reusing eos keeps the vocabulary unchanged).
     Raises ModelSpecError (one line) for a spec that names nothing loadable or weights that fail to load,
     and, for inference, for quantisation this machine cannot do. See the module docstring for `training`.

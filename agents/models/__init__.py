@@ -50,7 +50,7 @@ from agents.models.loading import (
 
 DEFAULT_LOG_DIR = "runs"
 # Spec kinds (before any ':') whose backends cannot score options.
-NON_SCORING = ("puppet", "vllm", "openai", "gguf", SMOLLM2)
+NON_SCORING = ("puppet", "vllm")
 UNSTRUCTURED_HELP = ("ask for free-text answers and read them with the labelled-line parsers, for endpoints that "
                      "cannot constrain decoding (default: every answer is decoded under its JSON schema)")
 
@@ -70,7 +70,7 @@ def load_model(spec: str, *, adapter: str | None = None, load_in_4bit: bool = Fa
     refuse_credentials(spec)
     if scoring and spec.split(":", 1)[0] in NON_SCORING:
         raise ModelSpecError(f"model spec {spec!r}: cannot score options (its backend gives no token "
-                             "log-probabilities); the in-process specs (smollm2-inprocess, a folder, a hub id) can")
+                             "log-probabilities); in-process models and llama-server (smollm2, gguf:PATH) can")
     if adapter and spec.split(":", 1)[0] in ("gguf", "openai", "vllm", "puppet"):
         raise ModelSpecError(f"model spec {spec!r}: LoRA adapters load in process only "
                              "(use smollm2, a hub id or a folder)")

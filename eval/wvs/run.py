@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from agents.answers import answer_format, wvs_schema
-from agents.models import SMOLLM2, UNSTRUCTURED_HELP, GenerationParams, Model, ModelSpecError, load_model
+from agents.models import UNSTRUCTURED_HELP, GenerationParams, Model, ModelSpecError, load_model
 from agents.prompts import PromptError, Prompts
 from agents.provenance import git_state
 from eval.culture_map.indicators import map_items, missing_items
@@ -46,8 +46,8 @@ class EvalConfig:
     items: str = field(default="clca44", metadata={"help": "clca44 (the paper's 44 items), iw10 (the Inglehart-Welzel map's items), all, or ids "
                                   "such as Q1,Q27"})
     method: str = field(default="logprob", metadata={
-        "help": "logprob: option-label probabilities (models that score options: in process); generate: generate "
-                "and parse",
+        "help": "logprob: option-label probabilities (in-process models, llama-server); generate: generate and "
+                "parse",
         "choices": ["logprob", "generate"]})
     prompt: str = field(default="auto", metadata={
         "help": "system prompt: persona (needs --wvs-file), country, cultural, none; auto = persona with a "
@@ -170,9 +170,8 @@ def _map_notes(items: list[Item], countries, counts: dict, positions: dict) -> l
 def _reader(cfg: EvalConfig, model: Model | None):
     in_process = not cfg.model.startswith(("openai:", "vllm:", "puppet"))
     if cfg.method == "logprob":  # option scores come through the model seam (`Model.ascore_options`)
-        spec = f"{SMOLLM2}-inprocess" if cfg.model == SMOLLM2 else cfg.model  # llama-server does not score yet
         if model is None:
-            model = load_model(spec, adapter=cfg.adapter, max_batch=cfg.batch_size, structured=False,
+            model = load_model(cfg.model, adapter=cfg.adapter, max_batch=cfg.batch_size, structured=False,
                                log_dir=Path(cfg.out).parent, scoring=True)
         return LogprobReader(model)
     if cfg.adapter and not in_process:

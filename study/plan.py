@@ -133,9 +133,9 @@ def totals(planned: list[Planned]) -> dict[str, Counter]:
 
 def describe(study: Study, planned: list[Planned], b: Builder) -> str:
     """The plan as text: one line per stage, then totals per kind and the arms' evaluations."""
-    lines = [f"study {study.name}: {len(study.cultures)} culture(s) {', '.join(study.cultures)}; "
+    lines = [(f"study {study.name}: {len(study.cultures)} culture(s) {', '.join(study.cultures)}; "
              f"{len(study.students)} student(s); arms {', '.join(study.arms)}; training seeds "
-             f"{', '.join(map(str, study.seeds))}; {len(planned)} stages", ""]
+             f"{', '.join(map(str, study.seeds))}; {len(planned)} stages"), ""]
     for p in planned:
         what = ", ".join(f"{k} {v}" for k, v in p.counts.items())
         lines.append(f"{p.node.id:28} {_label(p.node):58} {what}")

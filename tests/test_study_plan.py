@@ -62,7 +62,7 @@ def test_missing_preset_is_named(tmp_path):
 
 def test_shared_stages_are_planned_once_with_their_counts(tmp_path):
     study = load_study(write(tmp_path, GOOD))
-    built, planned = plan(study)
+    _, planned = plan(study)
     kinds = totals(planned)
     # one adaptation, two role-play pipelines (adapted + ungrounded seeds), each judged once
     assert kinds["adapt"]["stages"] == 1 and kinds["simulate"]["stages"] == 2 and kinds["judge"]["stages"] == 2
@@ -87,11 +87,10 @@ def test_shared_stages_are_planned_once_with_their_counts(tmp_path):
 
 def test_plan_on_the_shipped_configs_loads_no_model():
     for name, stages in (("demo", 14), ("clca_paper", None)):
-        out = subprocess.run([sys.executable, "-c", (
-            "import sys; from study.__main__ import main; main(['plan', 'configs/studies/%s.yaml']); "
-            "assert not any(m in sys.modules for m in ('torch', 'vllm')), "
-            "[m for m in ('torch', 'vllm') if m in sys.modules]") % name],
-            cwd=ROOT, capture_output=True, text=True, timeout=120)
+        code = (f"import sys; from study.__main__ import main; main(['plan', 'configs/studies/{name}.yaml']); "
+                "assert not any(m in sys.modules for m in ('torch', 'vllm'))")
+        out = subprocess.run([sys.executable, "-c", code],
+            cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
         assert out.returncode == 0, out.stderr
         assert "model calls in all: at most" in out.stdout
         if stages:

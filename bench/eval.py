@@ -54,19 +54,19 @@ def main() -> None:
     n = len(systems) * len(questions)
 
     t0 = time.perf_counter()
-    reader = LogprobReader("smollm2", batch_size=args.batch_size)
+    reader = LogprobReader(load_model("smollm2-inprocess", max_batch=args.batch_size, structured=False))
     print(f"model load {time.perf_counter() - t0:.1f} s; {n} prompts per method "
           f"({len(systems)} personas x {len(items)} items, {c.alpha3})")
     reader.read(systems[:1], items[:2], questions[:2])  # warm-up
 
     rates = {}
     for label, reuse in (("logprob (prefix reuse)", True), ("logprob (no reuse)", False)):
-        reader.reuse_prefix = reuse
+        reader.model.backend.share_prefix = reuse
         t0 = time.perf_counter()
         reader.read(systems, items, questions)
         rates[label] = n / (time.perf_counter() - t0)
 
-    model = load_model("smollm2", max_batch=args.batch_size)  # shares the loaded weights
+    model = load_model("smollm2-inprocess", max_batch=args.batch_size)  # shares the loaded weights
     params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=0.0)
     t0 = time.perf_counter()
     GenerateReader(model, params).read(systems, items, questions)

@@ -28,7 +28,6 @@ the checkpointer and the SQLite writes; best of `--repeat` runs. The target is a
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import platform
 import sys
@@ -46,24 +45,23 @@ from agents.models import GenerationParams, load_model  # noqa: E402
 from agents.prompts import Prompts  # noqa: E402
 from agents.seeds import sotopia_seeds  # noqa: E402
 from graphs.episode import EpisodeContext, speaker_view  # noqa: E402
-from graphs.simulate import plan_episodes, simulate  # noqa: E402
+from graphs import simulate  # noqa: E402
+from graphs.batch import run as run_stage  # noqa: E402
+from graphs.simulate import SimulateRequest  # noqa: E402
 from graphs.store import Store  # noqa: E402
 
 
 def run(model, *, episodes: int, max_turns: int, concurrency: int, seed: int, max_new_tokens: int = 160,
         first: int | None = None) -> dict:
     """Simulate into a fresh store; returns turns, valid turns, model calls, tokens and wall seconds."""
-    culture, prompts = load_culture("CHN"), Prompts()
-    plan = plan_episodes(sotopia_seeds(), culture.code, model.spec, seed, episodes, 1)[:first]
     before = model.usage.totals()
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "bench.db")
+        request = SimulateRequest(culture="CHN", episodes=first or episodes, model=model.spec, db=str(store.path),
+                                  max_turns=max_turns, concurrency=concurrency, seed=seed, use_seeds=True,
+                                  max_new_tokens=max_new_tokens)
         started, cpu_started = time.perf_counter(), time.process_time()
-        asyncio.run(simulate(
-            store, plan, culture=culture, model=model, prompts=prompts, max_turns=max_turns,
-            concurrency=concurrency, seed=seed, run_id="bench", config={}, progress=False,
-            speaker_params=replace(EpisodeContext.speaker_params, max_new_tokens=max_new_tokens),
-        ))
+        run_stage(simulate.STAGE, request, model=model, command="bench/simulate.py")
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         turns, valid = store.db.execute("select count(*), coalesce(sum(valid), 0) from turns").fetchone()
         intents, valid_intents = store.db.execute("select count(*), coalesce(sum(valid), 0) from intents").fetchone()

@@ -129,8 +129,7 @@ def build_plain(args):
     from trl import SFTConfig, SFTTrainer
     from trl.chat_template_utils import has_generation_markers
 
-    from agents.models import hf_source
-    from training.common import plain_copy
+    from agents.models import hf_source, plain_copy
     from training.sft import CHATML_TRAINING_TEMPLATE
 
     path, gguf_file = hf_source(args.model)

@@ -14,11 +14,11 @@ the header says what was resampled (personas and items, or items).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from agents import cli
 from eval.wvs.paired import HIGHER_IS_BETTER, Paired, PairedError, load_answers
 from eval.wvs.paired import compare as paired_compare
 
@@ -121,7 +121,7 @@ def _cell(v: float | None, signed: bool = False) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("base", help="results JSON of the base model")
     parser.add_argument("adapted", help="results JSON of the adapted model")
     parser.add_argument("--bootstrap", type=int, default=2000, help="paired bootstrap replicates (default 2000)")

@@ -5,7 +5,7 @@
     python -m graphs.adapt --culture JPN --seeds my_seeds.jsonl --model puppet
 
 One graph per seed, fanned out by the batch graph that `langgraph dev` serves as `adapt_batch`
-(`graphs/concurrent.py`: plan -> Send(adapt_seed) x N -> summarize; each result stored as it ends):
+(`graphs/batch.py`: plan -> Send(adapt_seed) x N -> summarize; each result stored as it ends):
 
     START -> adapt -> validate -> (adapt | END)
 
@@ -24,20 +24,16 @@ different names for the two people, and the tokens that spell the seed's names a
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import math
 import operator
 import random
 import re
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
@@ -63,31 +59,28 @@ from agents.models import (
     Message,
     Model,
     ModelSpecError,
-    load_model,
 )
 from agents.prompts import PromptError, Prompts
 from agents.records import Attribute, Culture, Persona, Scenario, first_error
+from agents.seeding import call_seed
 from agents.seeds import sotopia_seeds
-from graphs.concurrent import (
+from graphs.batch import (
     BatchInputError,
-    BatchState,
     Stage,
-    build_batch_graph,
+    command_line,
     counted,
     failure_text,
-    input_schema,
-    on_store,
-    parse_request,
-    request_json,
-    run_batch,
-    run_from_command_line,
-    shared_model,
-    shared_prompts,
+    graph_of,
+    option,
+    provenance,
+    required,
+    stage_model,
     store_file,
-    under_root,
 )
 from graphs.scenarios import ScenarioFileError, read_scenarios
+from graphs.serving import shared_prompts, under_root
 from graphs.store import DEFAULT_DB, Store, git_commit
+from graphs.store_io import on_store
 
 PROMPT_NAMES = ["adapt_system", "adapt_user", "adapt_retry"]
 # Recorded only for seeds with attributes to adapt, so the other seeds' versions stay as they were.
@@ -342,15 +335,10 @@ def adapt_messages(ctx: AdaptContext, attempts: list[dict]) -> list[Message]:
     return messages
 
 
-def sample_seed(base: int, seed_id: str, attempt: int) -> int:
-    """A per-call sampling seed, fixed by the run seed, the seed scenario and the attempt."""
-    return int(hashlib.sha256(f"{base}:{seed_id}:{attempt}".encode()).hexdigest()[:8], 16)
-
-
 async def adapt(state: AdaptState, runtime: Runtime[AdaptContext]) -> dict:
     ctx = runtime.context
     attempts = state.get("attempts", [])
-    params = replace(ctx.params, seed=sample_seed(ctx.sample_seed, ctx.seed.id, len(attempts)))
+    params = replace(ctx.params, seed=call_seed(ctx.sample_seed, ctx.seed.id, len(attempts)))
     if ctx.model.structured:
         params = params.constrained(answer_schema(ctx))
         if ctx.name_pool:
@@ -395,30 +383,29 @@ def build_adapt_graph(route=should_retry):
 
 @dataclass(frozen=True)
 class AdaptRequest:
-    """A batch of seeds to adapt, as plain JSON: the fields are `python -m graphs.adapt`'s options."""
+    """A batch of seeds to adapt: `python -m graphs.adapt`'s flags and the served `adapt_batch` graph's input."""
 
-    culture: str
-    n: int | None = None  # seeds to adapt, a seeded choice (None: all)
-    seeds: str | None = None  # JSON Lines file of seed scenarios (served: under the serving root); None: SOTOPIA
-    model: str = "smollm2"
-    db: str = DEFAULT_DB  # served: under the serving root
-    max_attempts: int = 3
-    concurrency: int = 8
-    seed: int = 0
-    prompts: str | None = None  # served: under the serving root
-    cultures_dir: str | None = None  # served: under the serving root
-    temperature: float = 0.7
-    top_p: float = 0.7
-    max_new_tokens: int = AdaptContext.params.max_new_tokens
-    name_pool: str = "auto"  # auto | on | off
-    unstructured: bool = False
-
-
-AdaptInput = input_schema(AdaptRequest)
-
-
-class AdaptBatchState(AdaptInput, BatchState, total=False):
-    pass
+    culture: str = required("ISO-3 code of a culture with a YAML file, e.g. JPN")
+    n: int | None = option(None, "seeds to adapt, a seeded choice (default: all)")
+    seeds: str | None = option(None, "JSON Lines file of your own seed scenarios (default: SOTOPIA; served: under the "
+                                     "serving root)")
+    model: str = option("smollm2", f"model spec: {MODEL_SPECS}")
+    db: str = option(DEFAULT_DB, "SQLite store (served: under the serving root)")
+    max_attempts: int = option(3, "answers per seed, the first included")
+    concurrency: int = option(8, "seeds in flight (and in-process batch size)")
+    seed: int = option(0, "seeds the choice of seeds (--n) and the sampling", aliases=["--sample_seed",
+                                                                                        "--sample-seed"])
+    prompts: str | None = option(None, "directory whose templates override the built-in ones (served: under the "
+                                       "serving root)", aliases=["--prompts_dir", "--prompts-dir"])
+    cultures_dir: str | None = option(None, "directory of extra culture YAML files (served: under the serving root)")
+    temperature: float = option(0.7, "sampling temperature")
+    top_p: float = option(0.7, "nucleus sampling: keep the top tokens whose probabilities sum to this")
+    max_new_tokens: int = option(AdaptContext.params.max_new_tokens, "free text only (--unstructured); a structured "
+                                 "answer's limit comes from its shape")
+    name_pool: Literal["auto", "on", "off"] = option(
+        "auto", "names only from the culture's pool of common names, the seed's names banned while decoding (auto: "
+        "on for the embedded model, which otherwise keeps the seed's names)")
+    unstructured: bool = option(False, UNSTRUCTURED_HELP)
 
 
 @dataclass(frozen=True)
@@ -435,19 +422,17 @@ class Adaptation:
     name_pool: bool
     config: dict
     command: str
-    run_id: str | None = None  # a run the caller recorded; else the graph records one
     git: str | None = None  # the commit the run's code came from
 
 
-def resolve(request: AdaptRequest, served: bool = False, origin: dict | None = None, *,
-            load: Callable[[AdaptRequest, Path], Model] | None = None) -> Adaptation:
-    """Check a request and load what it names, the model last; one-line errors (BatchInputError,
-    CultureError, PromptError, ModelSpecError, ScenarioFileError). Served: paths under the serving root."""
+def resolve(request: AdaptRequest, *, served: bool = False, origin: dict | None = None,
+            model: Model | None = None) -> Adaptation:
+    """Check a request and load what it names, the model last (`model` if given); one-line errors
+    (BatchInputError, CultureError, PromptError, ModelSpecError, ScenarioFileError). Served: paths under the
+    serving root."""
     r = request
     if (r.n is not None and r.n < 1) or r.max_attempts < 1 or r.concurrency < 1:
         raise BatchInputError("n, max_attempts and concurrency must be at least 1")
-    if r.name_pool not in ("auto", "on", "off"):
-        raise BatchInputError(f"name_pool: {r.name_pool!r} is not one of auto, on, off")
     path = (lambda p, field: under_root(p, field)) if served else (lambda p, field: p and Path(p))
     db, prompts_dir = store_file(path(r.db, "db")), path(r.prompts, "prompts")
     cultures_dir, seeds_file = path(r.cultures_dir, "cultures_dir"), path(r.seeds, "seeds")
@@ -461,21 +446,18 @@ def resolve(request: AdaptRequest, served: bool = False, origin: dict | None = N
     chosen = choose_seeds(seeds, r.n, r.seed)
     name_pool = use_name_pool(r.name_pool, r.model, culture, structured=not r.unstructured)
     check_templates(prompts, culture, chosen[0])
-    model = load(r, db) if load else shared_model(r.model, structured=not r.unstructured, max_batch=r.concurrency,
-                                                  log_dir=db.parent)
-    origin = origin or {}
-    command = origin.get("command") or "served adapt: " + json.dumps(origin.get("served", {}), sort_keys=True)
+    model = stage_model(r, db, served=served, model=model)
+    config, command = provenance(r, origin, "adapt")
     params = GenerationParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
                               prefix=AdaptContext.params.prefix)
     return Adaptation(request=r, culture=culture, prompts=prompts, model=model, db=db, chosen=tuple(chosen),
-                      params=params, name_pool=name_pool, config={**request_json(r), **origin}, command=command,
-                      git=git_commit())
+                      params=params, name_pool=name_pool, config=config, command=command, git=git_commit())
 
 
 async def _plan(a: Adaptation) -> dict:
     def record(store: Store) -> tuple[str, list[Scenario]]:
         todo = [s for s in a.chosen if store.scenario_status(adapted_id(a.culture.code, s.id)) != "ok"]
-        return a.run_id or store.start_run(a.command, a.config), todo
+        return store.start_run(a.command, a.config), todo
 
     run_id, todo = await on_store(a.db, record)
     return {"run_id": run_id, "planned": len(a.chosen), "skipped": len(a.chosen) - len(todo),
@@ -526,39 +508,34 @@ async def _summarize(a: Adaptation, state: dict) -> dict:
                "attempts": sum(r["attempts"] for r in results),
                "first_try": sum(r["status"] == "adapted" and r["attempts"] == 1 for r in results),
                "name_pool": a.name_pool, "usage": dict(usage), "wall_s": round(time.time() - state["started"], 1)}
-    if a.run_id is None:
-        await on_store(a.db, Store.finish_run, state["run_id"], summary)
+    await on_store(a.db, Store.finish_run, state["run_id"], summary)
     return summary
 
 
+def report(a: Adaptation, counts: dict) -> tuple[str, int]:
+    """The command's closing lines; exit status 1 when a seed failed on a model error (a rerun retries it;
+    answers that never validated are results, not errors)."""
+    chosen = a.chosen
+    tried = counts["adapted"] + counts["failed"]
+    rate = f"{counts['adapted']}/{tried} valid ({counts['first_try']} on the first attempt)" if tried else "none tried"
+    u = counts["usage"]
+    errors = f", {counts['errors']} on a model error" if counts["errors"] else ""
+    text = (
+        f"\n{len(chosen)} seed{'' if len(chosen) == 1 else 's'} for {a.culture.name}: {counts['adapted']} adapted, "
+        f"{counts['failed']} failed (never validated{errors}), {counts['skipped']} already adapted; {rate}; "
+        f"{counts['attempts']} answers, {u.get('prompt_tokens', 0)} prompt + {u.get('completion_tokens', 0)} "
+        f"completion tokens; {counts['wall_s']} s\n"
+        f"Look at them:  python -m graphs.scenarios list --culture {a.culture.code} --db {a.request.db}"
+    )
+    return text, 1 if counts["errors"] else 0
+
+
 ADAPT = build_adapt_graph()  # run as a subgraph, once per seed
-STAGE = Stage(name="adapt_seed", request=lambda values: parse_request(AdaptRequest, values),
-              resolve=resolve, plan=_plan, work=_adapt_one,
-              summarize=_summarize,
-              errors=(BatchInputError, CultureError, PromptError, ModelSpecError, ScenarioFileError), subgraph=ADAPT)
-
-
-def build_adapt_batch_graph(served: bool = False):
-    """plan -> one adaptation subgraph per seed not yet adapted (Send) -> summarize."""
-    return build_batch_graph(STAGE, AdaptBatchState, AdaptInput, None if served else Adaptation)
-
-
-BATCH = build_adapt_batch_graph()
-
-
-async def adapt_seeds(store: Store, seeds: list[Scenario], *, culture: Culture, model: Model, prompts: Prompts,
-                      max_attempts: int, params: GenerationParams, concurrency: int, seed: int, run_id: str,
-                      progress: bool = True, name_pool: bool = False) -> dict:
-    """Adapt every seed not yet adapted for the culture, `concurrency` at a time, through the batch graph,
-    storing each result as it ends; returns counts (skipped, adapted, failed, errors, attempts, first_try)."""
-    request = AdaptRequest(culture=culture.code, model=model.spec, db=str(store.path), max_attempts=max_attempts,
-                           concurrency=concurrency, seed=seed)
-    a = Adaptation(request=request, culture=culture, prompts=prompts, model=model, db=store.path, chosen=tuple(seeds),
-                   params=params, name_pool=name_pool, config={}, command="graphs.adapt.adapt_seeds", run_id=run_id,
-                   git=git_commit())
-    final = await run_batch(BATCH, request_json(request), context=a, desc=f"adapt {culture.code}", unit="scenario",
-                            progress=progress)
-    return {k: final["summary"][k] for k in ("skipped", "adapted", "failed", "errors", "attempts", "first_try")}
+STAGE = Stage(name="adapt_seed", module="graphs.adapt", request=AdaptRequest, context=Adaptation, resolve=resolve,
+              plan=_plan, work=_adapt_one, summarize=_summarize, report=report,
+              errors=(BatchInputError, CultureError, PromptError, ModelSpecError, ScenarioFileError), subgraph=ADAPT,
+              unit="scenario")
+BATCH = graph_of(STAGE)
 
 
 def check_templates(prompts: Prompts, culture: Culture, seed: Scenario) -> None:
@@ -591,58 +568,9 @@ def is_embedded(spec: str) -> bool:
     return spec in (SMOLLM2, f"{SMOLLM2}-inprocess") or spec.startswith("gguf:")
 
 
-def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m graphs.adapt", description=__doc__.split("\n\n")[0])
-    p.add_argument("--culture", required=True, help="ISO-3 code of a culture with a YAML file, e.g. JPN")
-    p.add_argument("--n", type=int, default=None, help="seeds to adapt, a seeded choice (default: all)")
-    p.add_argument("--seeds", default=None, help="JSON Lines file of your own seed scenarios (default: SOTOPIA)")
-    p.add_argument("--model", default="smollm2", help=f"model spec: {MODEL_SPECS}")
-    p.add_argument("--db", default=DEFAULT_DB, help="SQLite store")
-    p.add_argument("--max-attempts", type=int, default=3, help="answers per seed, the first included")
-    p.add_argument("--concurrency", type=int, default=8, help="seeds in flight (and in-process batch size)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the choice of seeds (--n) and the sampling")
-    p.add_argument("--prompts", default=None, help="directory whose templates override the built-in ones")
-    p.add_argument("--cultures-dir", default=None, help="directory of extra culture YAML files")
-    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
-    p.add_argument("--top-p", type=float, default=0.7, help="nucleus sampling: keep the top tokens whose "
-                   "probabilities sum to this")
-    p.add_argument("--max-new-tokens", type=int, default=AdaptContext.params.max_new_tokens,
-                   help="free text only (--unstructured); a structured answer's limit comes from its shape")
-    p.add_argument("--name-pool", choices=["auto", "on", "off"], default="auto",
-                   help="names only from the culture's pool of common names, the seed's names banned while "
-                        "decoding (auto: on for the embedded model, which otherwise keeps the seed's names)")
-    p.add_argument("--unstructured", action="store_true", help=UNSTRUCTURED_HELP)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, scripts)")
-    return p
-
-
 def main(argv: list[str] | None = None) -> None:
-    args = make_parser().parse_args(argv)
-    request = AdaptRequest(**{k: v for k, v in vars(args).items() if k != "no_progress"})
-    command = "graphs.adapt " + " ".join(argv if argv is not None else sys.argv[1:])
-    try:
-        a = resolve(request, origin={"command": command}, load=lambda r, db: load_model(
-            r.model, max_batch=r.concurrency, structured=not r.unstructured, log_dir=db.parent))
-        final = run_from_command_line(run_batch(BATCH, request_json(request), context=a, desc=f"adapt {a.culture.code}",
-                                      unit="scenario", progress=not args.no_progress))
-    except (BatchInputError, CultureError, PromptError, ModelSpecError, ScenarioFileError) as exc:
-        sys.exit(f"error: {exc}")  # e.g. a user template that fails only on some seed's data
-    if final.get("error"):
-        sys.exit(f"error: {final['error']}")
-    counts, chosen = final["summary"], a.chosen
-    tried = counts["adapted"] + counts["failed"]
-    rate = f"{counts['adapted']}/{tried} valid ({counts['first_try']} on the first attempt)" if tried else "none tried"
-    u = counts["usage"]
-    errors = f", {counts['errors']} on a model error" if counts["errors"] else ""
-    print(
-        f"\n{len(chosen)} seed{'' if len(chosen) == 1 else 's'} for {a.culture.name}: {counts['adapted']} adapted, "
-        f"{counts['failed']} failed (never validated{errors}), {counts['skipped']} already adapted; {rate}; "
-        f"{counts['attempts']} answers, {u.get('prompt_tokens', 0)} prompt + {u.get('completion_tokens', 0)} "
-        f"completion tokens; {counts['wall_s']} s"
-    )
-    print(f"Look at them:  python -m graphs.scenarios list --culture {a.culture.code} --db {args.db}")
-    if counts["errors"]:  # a rerun retries them; answers that never validated are results, not errors
-        sys.exit(1)
+    """`python -m graphs.adapt` (the module docstring has examples; `--help` lists the flags)."""
+    command_line(STAGE, argv)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ holds only what the episode has produced, so a checkpoint is small and resumable
 
 from __future__ import annotations
 
-import hashlib
 import json
 import operator
 from dataclasses import dataclass, replace
@@ -22,6 +21,7 @@ from agents.answers import Answer, IntentAnswer, TurnAnswer, answer_format, json
 from agents.models import Asked, GenerationParams, Message, Model
 from agents.prompts import Prompts
 from agents.records import Action, Culture, Intent, Scenario, Turn
+from agents.seeding import call_seed
 
 SPEAKERS = ("inquirer", "responder")
 PROMPT_NAMES = ["roleplay_system", "roleplay_turn", "observer_system", "observer_turn"]
@@ -129,11 +129,6 @@ def observer_view(ctx: EpisodeContext, turns: list[Turn]) -> list[Message]:
     return [{"role": "system", "content": system.text}, {"role": "user", "content": user.text}]
 
 
-def turn_seed(base: int, turn: int, role: str) -> int:
-    """A per-call sampling seed, stable across resumes."""
-    return int(hashlib.sha256(f"{base}:{turn}:{role}".encode()).hexdigest()[:8], 16)
-
-
 # ------------------------------------------------------------------ graph
 
 
@@ -142,7 +137,7 @@ def _speaker_node(me: int):
         ctx = runtime.context
         turns = [Turn.model_validate(t) for t in state.get("turns", [])]
         params = ctx.speaker_params
-        params = replace(params, seed=turn_seed(ctx.seed, len(turns), SPEAKERS[me]),
+        params = replace(params, seed=call_seed(ctx.seed, len(turns), SPEAKERS[me]),
                          cache_key=f"{ctx.seed}:{SPEAKERS[me]}")
         asked = await ctx.model.aanswer(speaker_view(ctx, me, turns), TurnAnswer, task="roleplay", params=params)
         turn = make_turn(asked, len(turns), me, ctx.scenario.participants[me].name)

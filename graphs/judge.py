@@ -4,7 +4,7 @@
     python -m graphs.judge --culture JPN --model openai:Qwen2.5-72B@http://127.0.0.1:8000/v1 --concurrency 32
 
 Per episode, a small LangGraph graph, fanned out by the batch graph that `langgraph dev` serves as
-`judge_batch` (`graphs/concurrent.py`), asks the judge model three questions:
+`judge_batch` (`graphs/batch.py`), asks the judge model three questions:
 
     START -> quality --\
     START -> culture ---> meta -> END
@@ -27,15 +27,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import operator
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, TypedDict
+from typing import Annotated, Literal, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
@@ -51,29 +48,26 @@ from agents.models import (
     Message,
     Model,
     ModelSpecError,
-    load_model,
 )
 from agents.prompts import PromptError, Prompts
 from agents.records import Action, Culture, Scenario, Turn
-from graphs.concurrent import (
+from agents.seeding import call_seed
+from graphs.batch import (
     BatchInputError,
-    BatchState,
     Stage,
-    build_batch_graph,
+    command_line,
     counted,
-    input_schema,
-    on_store,
-    parse_request,
-    request_json,
-    run_batch,
-    run_from_command_line,
-    shared_model,
-    shared_prompts,
+    graph_of,
+    option,
+    provenance,
+    required,
+    stage_model,
     store_file,
-    under_root,
 )
-from graphs.episode import answer_format_for, turn_seed
+from graphs.episode import answer_format_for
+from graphs.serving import shared_prompts, under_root
 from graphs.store import DEFAULT_DB, FINAL, Store
+from graphs.store_io import on_store
 
 # aspect -> its answer shape (agents.answers); the shape's first field is the label, checked by the filter.
 SHAPES: dict[str, type[Answer]] = {"quality": QualityAnswer, "culture": AlignmentAnswer, "meta": MetaAnswer}
@@ -301,7 +295,7 @@ async def _ask(ctx: JudgeContext, aspect: str, **variables) -> dict:
     messages, version = judge_messages(ctx, aspect, **variables)
     shape = SHAPES[aspect]
     first = next(iter(shape.model_fields))  # free text: the reply starts with the first label
-    params = replace(ctx.params, seed=turn_seed(ctx.seed, 0, f"judge-{aspect}"),
+    params = replace(ctx.params, seed=call_seed(ctx.seed, 0, f"judge-{aspect}"),
                      prefix=f"{label(shape, first)}:")
     asked = await ctx.model.aanswer(messages, shape, task="judge", params=params)
     return {**judgement_row(aspect, asked), "prompt_version": version}
@@ -333,7 +327,7 @@ async def judge_sotopia(state: JudgeState, runtime: Runtime[JudgeContext]) -> di
 
     async def score(i: int) -> list[dict]:
         messages, version = judge_messages(ctx, "sotopia", person=ctx.scenario.participants[i], dimensions=dimensions)
-        params = replace(ctx.params, seed=turn_seed(ctx.seed, i, "judge-sotopia"), prefix=f"{dimensions[0][0]}:")
+        params = replace(ctx.params, seed=call_seed(ctx.seed, i, "judge-sotopia"), prefix=f"{dimensions[0][0]}:")
         asked = await ctx.model.aanswer(messages, SotopiaAnswer, task="judge", params=params)
         return [{**row, "prompt_version": version} for row in score_rows(i, asked)]
 
@@ -370,28 +364,25 @@ def needs_judging(store: Store, ep_id: str, judge_model: str, sotopia: bool = Fa
 
 @dataclass(frozen=True)
 class JudgeRequest:
-    """A batch of episodes to judge, as plain JSON: the fields are `python -m graphs.judge`'s options."""
+    """A batch of episodes to judge: `python -m graphs.judge`'s flags and the served `judge_batch` graph's input."""
 
-    culture: str
-    model: str = "smollm2"  # the judge model spec
-    db: str = DEFAULT_DB  # served: under the serving root
-    prompts: str | None = None  # served: under the serving root
-    cultures_dir: str | None = None  # served: under the serving root
-    concurrency: int = 8
-    max_new_tokens: int = 200
-    unstructured: bool = False
-    seed: int = 0
-    rejudge: bool = False
-    sotopia: bool = False
-    filter: str = PAPER_RULE_TEXT
-    on_invalid: str = "keep"
-
-
-JudgeInput = input_schema(JudgeRequest)
-
-
-class JudgeBatchState(JudgeInput, BatchState, total=False):
-    pass
+    culture: str = required("ISO-3 code of the culture whose episodes to judge, e.g. CHN")
+    model: str = option("smollm2", f"judge model spec: {MODEL_SPECS}")
+    db: str = option(DEFAULT_DB, "SQLite store written by graphs.simulate (served: under the serving root)")
+    prompts: str | None = option(None, "directory whose templates override the built-in ones (served: under the "
+                                       "serving root)", aliases=["--prompts_dir", "--prompts-dir"])
+    cultures_dir: str | None = option(None, "directory of extra culture YAML files (served: under the serving root)")
+    concurrency: int = option(8, "episodes judged at once (and in-process batch size)")
+    max_new_tokens: int = option(200, "per free-text answer (the paper: 200); a structured answer's limit comes from "
+                                      "its shape")
+    unstructured: bool = option(False, UNSTRUCTURED_HELP)
+    seed: int = option(0, "seeds the judge's sampling")
+    rejudge: bool = option(False, "judge again episodes this model has already judged")
+    sotopia: bool = option(False, "also score both participants on the SOTOPIA dimensions (goal, believability, ...)")
+    filter: str = option(PAPER_RULE_TEXT, "rule for the kept/dropped summary: 'none' (keep everything, the paper's "
+                                          "ablation) or aspect=label[@conf/conf],... (default: the paper's rule)")
+    on_invalid: Literal["keep", "drop"] = option(
+        "keep", "what an invalid judgement of an aspect the rule names does (default: keep, the paper's)")
 
 
 @dataclass(frozen=True)
@@ -407,14 +398,12 @@ class Judging:
     params: GenerationParams
     config: dict
     command: str
-    episodes: tuple[dict, ...] | None = None  # a caller's own choice of episode rows; else the judgeable ones
-    run_id: str | None = None  # a run the caller recorded; else the graph records one
 
 
-def resolve(request: JudgeRequest, served: bool = False, origin: dict | None = None, *,
-            load: Callable[[JudgeRequest, Path], Model] | None = None) -> Judging:
-    """Check a request and load what it names, the model last; one-line errors (JudgeError, CultureError,
-    PromptError, ModelSpecError, BatchInputError). Served: paths under the serving root."""
+def resolve(request: JudgeRequest, *, served: bool = False, origin: dict | None = None,
+            model: Model | None = None) -> Judging:
+    """Check a request and load what it names, the model last (`model` if given); one-line errors (JudgeError,
+    CultureError, PromptError, ModelSpecError, BatchInputError). Served: paths under the serving root."""
     r = request
     if r.concurrency < 1 or r.max_new_tokens < 1:
         raise JudgeError("concurrency and max_new_tokens must be at least 1")
@@ -433,22 +422,19 @@ def resolve(request: JudgeRequest, served: bool = False, origin: dict | None = N
         raise JudgeError(f"{r.db}: no finished {culture.code} episodes with at least {MIN_UTTERANCES} "
                          f"utterances to judge ({sum(left_out.values())} finished with fewer; run "
                          "graphs.simulate first)")
-    model = load(r, db) if load else shared_model(r.model, structured=not r.unstructured, max_batch=r.concurrency,
-                                                  log_dir=db.parent)
-    origin = origin or {}
-    command = origin.get("command") or "served judge: " + json.dumps(origin.get("served", {}), sort_keys=True)
-    return Judging(request=r, culture=culture, prompts=prompts, model=model, db=db, rule=rule,
-                   params=replace(JudgeContext.params, max_new_tokens=r.max_new_tokens),
-                   config={**request_json(r), "prompt_versions": versions, **origin}, command=command)
+    config, command = provenance(r, origin, "judge")
+    return Judging(request=r, culture=culture, prompts=prompts, model=stage_model(r, db, served=served, model=model),
+                   db=db, rule=rule, params=replace(JudgeContext.params, max_new_tokens=r.max_new_tokens),
+                   config={**config, "prompt_versions": versions}, command=command)
 
 
 async def _plan(j: Judging) -> dict:
     r = j.request
 
     def record(store: Store) -> tuple[str, list[dict], list[str]]:
-        episodes = list(j.episodes) if j.episodes is not None else judgeable_episodes(store, j.culture.code)
+        episodes = judgeable_episodes(store, j.culture.code)
         todo = [e for e in episodes if r.rejudge or needs_judging(store, e["id"], j.model.spec, r.sotopia)]
-        return j.run_id or store.start_run(j.command, j.config), todo, [e["id"] for e in episodes]
+        return store.start_run(j.command, j.config), todo, [e["id"] for e in episodes]
 
     run_id, todo, ids = await on_store(j.db, record)
     return {"run_id": run_id, "planned": len(ids), "skipped": len(ids) - len(todo), "ids": ids,
@@ -461,7 +447,7 @@ async def _judge_one(j: Judging, item: dict, run_id: str, graph) -> dict:
                                                           store.turns(item["id"])))
     with counted(j.model) as model:
         ctx = JudgeContext(scenario=scenario, culture=j.culture, turns=tuple(valid_turns(turns)), model=model,
-                           prompts=j.prompts, seed=turn_seed(j.request.seed, 0, item["id"]), params=j.params)
+                           prompts=j.prompts, seed=call_seed(j.request.seed, 0, item["id"]), params=j.params)
         try:
             state = await (JUDGE_SOTOPIA if j.request.sotopia else graph).ainvoke({"judgements": []}, context=ctx)
         except Exception as exc:  # noqa: BLE001 - counted, reported, retried on rerun; nothing is stored
@@ -481,40 +467,39 @@ async def _summarize(j: Judging, state: dict) -> dict:
               "failed": sum(r["status"] == "failed" for r in results)}
     summary = await on_store(j.db, judgement_summary, j.culture.code, j.model.spec, j.rule)
     summary.update(this_run=counts, usage=dict(usage), wall_s=round(time.time() - state["started"], 1))
-    if j.run_id is None:
-        await on_store(j.db, Store.finish_run, state["run_id"], summary)
+    await on_store(j.db, Store.finish_run, state["run_id"], summary)
     return summary
 
 
 JUDGE, JUDGE_SOTOPIA = build_judge_graph(), build_judge_graph(sotopia=True)  # run as subgraphs, once per episode
-STAGE = Stage(name="judge_episode", request=lambda values: parse_request(JudgeRequest, values),
-              resolve=resolve, plan=_plan, work=_judge_one,
-              summarize=_summarize, errors=(JudgeError, BatchInputError, CultureError, PromptError, ModelSpecError),
-              subgraph=JUDGE)
 
 
-def build_judge_batch_graph(served: bool = False):
-    """plan -> one judge subgraph per episode not yet judged by this model (Send) -> summarize."""
-    return build_batch_graph(STAGE, JudgeBatchState, JudgeInput, None if served else Judging)
+def report(j: Judging, summary: dict) -> tuple[str, int]:
+    """The command's closing line; exit status 1 when an episode failed to be judged (a rerun retries it)."""
+    counts = summary["this_run"]
+    valid = ", ".join(f"{a} {s['valid']}/{s['answers']}" for a, s in summary["aspects"].items()
+                      if s.get("answers") and a in ASPECTS)
+    scored = [s for a, s in summary["aspects"].items() if a not in ASPECTS]
+    if scored:
+        valid += f", SOTOPIA scores {sum(s['valid'] for s in scored)}/{sum(s['answers'] for s in scored)}"
+    text = (
+        f"\n{summary['episodes']} {j.culture.code} episodes"
+        + "".join(f" ({n} more left out: {reason})" for reason, n in summary["not_judgeable"].items())
+        + f": {counts['judged']} judged now, {counts['skipped']} "
+        f"already judged by {j.model.spec}, {counts['failed']} failed; valid answers: {valid or 'none'}; "
+        f"rule {j.rule}: {summary['kept']} kept, {summary['dropped']} dropped "
+        f"({summary['kept_despite_invalid']} kept with an invalid judgement)"
+        + "".join(f"; dropped for {reason}: {n}" for reason, n in summary["drop_reasons"].items())
+        + f"; {summary['wall_s']} s"
+    )
+    return text, 1 if counts["failed"] else 0
 
 
-BATCH = build_judge_batch_graph()
-
-
-async def judge_episodes(store: Store, episodes: list[dict], *, culture: Culture, model: Model, prompts: Prompts,
-                         run_id: str, concurrency: int = 8, seed: int = 0, rejudge: bool = False,
-                         sotopia: bool = False, params: GenerationParams = JudgeContext.params,
-                         progress: bool = True) -> dict:
-    """Judge every episode not yet judged by `model` (all of them with `rejudge`) through the batch graph;
-    returns counts (skipped, judged, failed)."""
-    request = JudgeRequest(culture=culture.code, model=model.spec, db=str(store.path), concurrency=concurrency,
-                           seed=seed, rejudge=rejudge, sotopia=sotopia)
-    j = Judging(request=request, culture=culture, prompts=prompts, model=model, db=store.path, rule=PAPER_RULE,
-                params=params, config={}, command="graphs.judge.judge_episodes", episodes=tuple(episodes),
-                run_id=run_id)
-    final = await run_batch(BATCH, request_json(request), context=j, desc=f"judging {culture.code}", unit="ep",
-                            progress=progress)
-    return final["summary"]["this_run"]
+STAGE = Stage(name="judge_episode", module="graphs.judge", request=JudgeRequest, context=Judging, resolve=resolve,
+              plan=_plan, work=_judge_one, summarize=_summarize, report=report,
+              errors=(JudgeError, BatchInputError, CultureError, PromptError, ModelSpecError), subgraph=JUDGE,
+              unit="ep")
+BATCH = graph_of(STAGE)
 
 
 def judgement_summary(store: Store, culture: str, judge_model: str, rule: FilterRule) -> dict:
@@ -548,26 +533,6 @@ def judgement_summary(store: Store, culture: str, judge_model: str, rule: Filter
     }
 
 
-def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m graphs.judge", description=__doc__.split("\n\n")[0])
-    p.add_argument("--culture", required=True, help="ISO-3 code of the culture whose episodes to judge, e.g. CHN")
-    p.add_argument("--model", default="smollm2", help=f"judge model spec: {MODEL_SPECS}")
-    p.add_argument("--db", default=DEFAULT_DB, help="SQLite store written by graphs.simulate")
-    p.add_argument("--prompts", default=None, help="directory whose templates override the built-in ones")
-    p.add_argument("--cultures-dir", default=None, help="directory of extra culture YAML files")
-    p.add_argument("--concurrency", type=int, default=8, help="episodes judged at once (and in-process batch size)")
-    p.add_argument("--max-new-tokens", type=int, default=200,
-                   help="per free-text answer (the paper: 200); a structured answer's limit comes from its shape")
-    p.add_argument("--unstructured", action="store_true", help=UNSTRUCTURED_HELP)
-    p.add_argument("--seed", type=int, default=0, help="seeds the judge's sampling")
-    p.add_argument("--rejudge", action="store_true", help="judge again episodes this model has already judged")
-    p.add_argument("--sotopia", action="store_true",
-                   help="also score both participants on the SOTOPIA dimensions (goal, believability, ...)")
-    add_filter_arguments(p, "rule for the kept/dropped summary")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, scripts)")
-    return p
-
-
 def add_filter_arguments(p: argparse.ArgumentParser, purpose: str) -> None:
     """--filter and --on-invalid, read by `FilterRule.parse` the same way in every command."""
     p.add_argument("--filter", default=PAPER_RULE_TEXT,
@@ -578,37 +543,8 @@ def add_filter_arguments(p: argparse.ArgumentParser, purpose: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = make_parser().parse_args(argv)
-    request = JudgeRequest(**{k: v for k, v in vars(args).items() if k != "no_progress"})
-    command = "graphs.judge " + " ".join(argv if argv is not None else sys.argv[1:])
-    try:
-        j = resolve(request, origin={"command": command}, load=lambda r, db: load_model(
-            r.model, max_batch=r.concurrency, structured=not r.unstructured, log_dir=db.parent))
-    except (JudgeError, BatchInputError, CultureError, PromptError, ModelSpecError) as exc:
-        sys.exit(f"error: {exc}")
-    final = run_from_command_line(run_batch(BATCH, request_json(request), context=j, desc=f"judging {j.culture.code}",
-                                  unit="ep", progress=not args.no_progress))
-    if final.get("error"):
-        sys.exit(f"error: {final['error']}")
-    summary, rule = final["summary"], j.rule
-    counts = summary["this_run"]
-    valid = ", ".join(f"{a} {s['valid']}/{s['answers']}" for a, s in summary["aspects"].items()
-                      if s.get("answers") and a in ASPECTS)
-    scored = [s for a, s in summary["aspects"].items() if a not in ASPECTS]
-    if scored:
-        valid += f", SOTOPIA scores {sum(s['valid'] for s in scored)}/{sum(s['answers'] for s in scored)}"
-    print(
-        f"\n{summary['episodes']} {j.culture.code} episodes"
-        + "".join(f" ({n} more left out: {reason})" for reason, n in summary["not_judgeable"].items())
-        + f": {counts['judged']} judged now, {counts['skipped']} "
-        f"already judged by {j.model.spec}, {counts['failed']} failed; valid answers: {valid or 'none'}; "
-        f"rule {rule}: {summary['kept']} kept, {summary['dropped']} dropped "
-        f"({summary['kept_despite_invalid']} kept with an invalid judgement)"
-        + "".join(f"; dropped for {reason}: {n}" for reason, n in summary["drop_reasons"].items())
-        + f"; {summary['wall_s']} s"
-    )
-    if counts["failed"]:
-        sys.exit(1)
+    """`python -m graphs.judge` (the module docstring has examples; `--help` lists the flags)."""
+    command_line(STAGE, argv)
 
 
 if __name__ == "__main__":

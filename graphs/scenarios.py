@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from agents import cli
 from agents.records import Scenario, first_error
 from graphs.store import DEFAULT_DB, Store, git_commit
 
@@ -101,7 +102,7 @@ def list_scenarios(store: Store, culture: str | None, out) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m graphs.scenarios", description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(prog="python -m graphs.scenarios", description=__doc__.split("\n\n")[0])
     commands = p.add_subparsers(dest="command", required=True)
     export = commands.add_parser("export", help="write a culture's scenarios as JSON Lines")
     export.add_argument("--culture", required=True, help="ISO-3 code, e.g. JPN")

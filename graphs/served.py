@@ -46,10 +46,9 @@ from agents.seeds import sotopia_seeds
 from graphs import adapt as adapt_graph
 from graphs import episode as episode_graph
 from graphs import judge as judge_graph
-from graphs.adapt import build_adapt_batch_graph
-from graphs.concurrent import BatchInputError, shared_model, shared_prompts, strict, under_root, unknown_keys
-from graphs.judge import build_judge_batch_graph
-from graphs.simulate import build_simulate_graph
+from graphs import simulate as simulate_stage
+from graphs.batch import BatchInputError, build_batch_graph
+from graphs.serving import shared_model, shared_prompts, strict, under_root, unknown_keys
 from graphs.store import Store
 
 
@@ -180,9 +179,9 @@ adapt = served("adapt", adapt_graph.build_adapt_graph(), adapt_graph.AdaptState,
                lambda ctx: adapt_graph.recursion_limit(ctx.max_attempts))
 
 # The batch graphs, built for serving: JSON input only, paths under the serving root, shared models.
-simulate = build_simulate_graph(served=True)
-adapt_batch = build_adapt_batch_graph(served=True)
-judge_batch = build_judge_batch_graph(served=True)
+simulate = build_batch_graph(simulate_stage.STAGE, served=True)
+adapt_batch = build_batch_graph(adapt_graph.STAGE, served=True)
+judge_batch = build_batch_graph(judge_graph.STAGE, served=True)
 
 
 # ------------------------------------------------------------------ private

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from agents import cli
 from agents.records import Intent, Scenario, Turn
 from graphs.adapt import build_adapt_graph
 from graphs.episode import build_episode_graph
@@ -214,7 +215,7 @@ def serve(out: str | Path, port: int = 8000, host: str = "127.0.0.1") -> http.se
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m graphs.view", description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(prog="python -m graphs.view", description=__doc__.split("\n\n")[0])
     p.add_argument("--db", default="runs/clca.db", help="SQLite store written by graphs.simulate")
     p.add_argument("--out", default="site", help="folder to write the site into")
     p.add_argument("--serve", action="store_true", help="after writing, serve the site on localhost")

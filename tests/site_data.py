@@ -1,6 +1,7 @@
 """A small store with every kind of episode the site must show, written through the Store API."""
 
 import json
+from pathlib import Path
 
 from agents.records import Action, Intent, Persona, Scenario, Turn
 from graphs.store import Store
@@ -84,3 +85,10 @@ def make_store(path) -> Store:
     for ep_id, rows in JUDGEMENTS.items():
         store.put_judgements(ep_id, "judge-model", rows)
     return store
+
+
+def seeds_file(folder, seeds) -> Path:
+    """`seeds` as a JSON Lines seeds file (what `graphs.adapt --seeds` reads) in `folder`."""
+    path = Path(folder) / "seeds.jsonl"
+    path.write_text("".join(seed.to_json() + "\n" for seed in seeds), encoding="utf-8")
+    return path

@@ -12,13 +12,15 @@ from graphs import adapt, scenarios, simulate
 from graphs.adapt import (
     AdaptationError,
     AdaptContext,
-    adapt_seeds,
+    AdaptRequest,
     adapted_id,
     build_adapt_graph,
     extract_json,
     validate_adaptation,
 )
+from graphs.batch import make_parser, run
 from graphs.store import DEFAULT_DB, Store
+from tests.site_data import seeds_file
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "adapt_graph.mmd"
 
@@ -37,10 +39,12 @@ def adapted_answer(scenario, **changes) -> str:
     return json.dumps(data, ensure_ascii=False)
 
 
-def run_seeds(store, seeds, culture, model, max_attempts=3, prompts=None):
-    return asyncio.run(adapt_seeds(
-        store, seeds, culture=culture, model=model, prompts=prompts or Prompts(), max_attempts=max_attempts,
-        params=AdaptContext.params, concurrency=2, seed=0, run_id="test", progress=False))
+def run_seeds(store, seeds, culture, model, max_attempts=3, concurrency=2):
+    """Adapt `seeds` (written to a seeds file next to the store) through the stage's own entry point."""
+    request = AdaptRequest(culture=culture.code, seeds=str(seeds_file(store.path.parent, seeds)), model=model.spec,
+                           db=str(store.path), max_attempts=max_attempts, concurrency=concurrency)
+    summary = run(adapt.STAGE, request, model=model)["summary"]
+    return {k: summary[k] for k in ("skipped", "adapted", "failed", "errors", "attempts", "first_try")}
 
 
 @pytest.mark.parametrize("raw", [
@@ -147,7 +151,8 @@ def test_malformed_then_wrapped_then_valid_answer_is_retried_with_the_error(tmp_
     row = store.scenario_row(adapted_id("CHN", scenario.id))
     assert (row["status"], row["attempts"], row["model"], row["seed_id"]) == ("ok", 3, "scripted", scenario.id)
     assert json.loads(row["prompt_version"]) == Prompts().versions(adapt.PROMPT_NAMES)
-    assert row["error"] is None and row["run_id"] == "test"
+    [(run_id, command)] = store.db.execute("select id, command from runs").fetchall()
+    assert row["error"] is None and row["run_id"] == run_id and command == "graphs.adapt (Python)"
     assert store.scenarios(culture="CHN")[0].participants[1].name == "Tanaka Yumi"
 
     # each retry shows the model its previous answer and what was wrong with it
@@ -246,7 +251,7 @@ def test_user_seed_file_is_adapted(tmp_path, scenario):
 
 
 def test_store_clis_share_db_and_prompts_defaults():
-    for parser in (adapt.make_parser(), simulate.make_parser()):
+    for parser in (make_parser(adapt.STAGE), make_parser(simulate.STAGE)):
         args = parser.parse_args(["--culture", "JPN"])
         assert (args.db, args.prompts) == (DEFAULT_DB, None)
     for command in (["export", "--culture", "JPN", "--out", "f"], ["import", "f"], ["list"]):
@@ -259,9 +264,7 @@ def test_smollm2_adapts_one_scenario_or_records_why_not(tmp_path, culture):
     seed = sotopia_seeds()[0]
     store = Store(tmp_path / "s.db")
     model = load_model("smollm2", max_batch=1, log_dir=tmp_path)
-    counts = asyncio.run(adapt_seeds(
-        store, [seed], culture=culture, model=model, prompts=Prompts(), max_attempts=2,
-        params=AdaptContext.params, concurrency=1, seed=0, run_id="it", progress=False))
+    counts = run_seeds(store, [seed], culture, model, max_attempts=2, concurrency=1)
     assert counts["adapted"] + counts["failed"] == 1
     row = store.scenario_row(adapted_id("CHN", seed.id))
     assert row["model"] == "smollm2" and row["seed_id"] == seed.id

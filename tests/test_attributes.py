@@ -16,19 +16,22 @@ from agents.models.fake import PuppetBackend
 from agents.prompts import Prompts
 from agents.records import Attribute, Persona, Scenario, Visibility
 from agents.seeds import SeedError, _env_texts, sotopia_seeds, split_viewers
+from graphs import adapt
 from graphs.adapt import (
     AdaptationError,
     AdaptContext,
+    AdaptRequest,
     adapt_messages,
-    adapt_seeds,
     adapted_id,
     answer_schema,
     validate_adaptation,
 )
+from graphs.batch import run
 from graphs.episode import EpisodeContext, speaker_view
 from graphs.scenarios import ScenarioFileError, read_scenarios
 from graphs.store import Store
 from tests import prompt_corpus
+from tests.site_data import seeds_file
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "docs" / "examples" / "jpn_scenarios.jsonl"
@@ -216,8 +219,8 @@ def test_adaptation_asks_for_the_attributes_and_keeps_fixed_ones(tmp_path, marke
     assert adapted.participants[1].attributes["savings"] == marked.participants[1].attributes["savings"]
 
     store = Store(tmp_path / "s.db")
-    asyncio.run(adapt_seeds(store, [marked], culture=culture, model=ctx.model, prompts=Prompts(), max_attempts=1,
-                            params=AdaptContext.params, concurrency=1, seed=0, run_id="t", progress=False))
+    run(adapt.STAGE, AdaptRequest(culture="CHN", seeds=str(seeds_file(tmp_path, [marked])), model=ctx.model.spec,
+                                  db=str(store.path), max_attempts=1, concurrency=1), model=ctx.model)
     row = store.scenario_row(adapted_id("CHN", marked.id))
     assert json.loads(row["prompt_version"])["adapt_attributes"] == Prompts().version("adapt_attributes")
     kept = store.scenario(adapted_id("CHN", marked.id))

@@ -46,6 +46,7 @@ def survey_reader(alpha3: str, shift: dict | None = None):
 
 def run_with(monkeypatch, tmp_path, name, alpha3="CHN", shift=None, items="iw10", **cfg):
     monkeypatch.setattr(run, "LogprobReader", survey_reader(alpha3, shift))
+    monkeypatch.setattr(run, "load_model", lambda spec, **kwargs: None)  # the oracle reader needs no model
     config = EvalConfig(model="survey-oracle", countries=alpha3, items=items, bootstrap=50,
                         out=str(tmp_path / f"{name}.json"), **cfg)
     results = evaluate(config)
@@ -101,6 +102,7 @@ def test_persona_units_give_a_bootstrap_region(monkeypatch, tmp_path):
             return out
 
     monkeypatch.setattr(run, "LogprobReader", Varied)
+    monkeypatch.setattr(run, "load_model", lambda spec, **kwargs: None)  # the oracle reader needs no model
     cfg = EvalConfig(model="varied", countries="CHN", items="iw10", wvs_file=str(wvs_file), personas=40,
                      bootstrap=200)
     results = evaluate(cfg)

@@ -198,8 +198,10 @@ def test_split_is_seeded_and_holds_out_at_least_one_scenario():
 def judged_store(tmp_path, culture):
     """Four scripted episodes (two scenarios x two samples), judged; the very first episode is judged bad."""
     from agents.seeds import sotopia_seeds
-    from graphs.judge import judge_episodes, judgeable_episodes
-    from graphs.simulate import plan_episodes, simulate
+    from graphs import judge as judge_stage
+    from graphs import simulate
+    from graphs.batch import run
+    from graphs.simulate import plan_episodes
     from graphs.store import Store
 
     store = Store(tmp_path / "s.db")
@@ -213,9 +215,9 @@ def judged_store(tmp_path, culture):
             return f"ACTION: speak\nOUTPUT: Line {next(line)} of this talk."
         return "INTENT: Keeping face.\nREASON: Harmony matters.\nCULTURAL: yes"
 
-    asyncio.run(simulate(store, plan, culture=culture, model=Model(ScriptedBackend(actor), "scripted", structured=False),
-                         prompts=Prompts(), max_turns=2, concurrency=1, seed=0, run_id="sim", config={},
-                         progress=False))
+    run(simulate.STAGE, simulate.SimulateRequest(culture="CHN", episodes=4, samples=2, model="scripted",
+                                                 db=str(store.path), max_turns=2, concurrency=1, use_seeds=True),
+        model=Model(ScriptedBackend(actor), "scripted", structured=False))
 
     def judge(messages, task):
         bad = "Line 0 of this talk" in messages[0]["content"]
@@ -226,10 +228,8 @@ def judged_store(tmp_path, culture):
             return "CRITIQUE: ok\nLABEL: good\nCONFIDENCE: confident"
         return f"QUALITY: {'bad' if bad else 'good'}\nCONFIDENCE: very confident"
 
-    asyncio.run(judge_episodes(store, judgeable_episodes(store, "CHN"), culture=culture,
-                               model=Model(ScriptedBackend(judge), "judge-m", structured=False), prompts=Prompts(),
-                               run_id="j",
-                               progress=False))
+    run(judge_stage.STAGE, judge_stage.JudgeRequest(culture="CHN", model="judge-m", db=str(store.path)),
+        model=Model(ScriptedBackend(judge), "judge-m", structured=False))
     return store, plan
 
 

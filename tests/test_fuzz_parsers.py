@@ -241,21 +241,22 @@ NEAR_VALID = st.sampled_from(['{"action": "speak", "text": "Hello there."}', '{"
                                                                   HealthCheck.function_scoped_fixture])
 @given(replies=st.lists(REPLY_TEXT | NEAR_VALID, min_size=1, max_size=8))
 def test_an_episode_on_arbitrary_replies_is_stored_with_its_invalid_turns_marked(tmp_path_factory, culture, replies):
-    import asyncio
     import itertools
 
     from agents.models import Model, ScriptedBackend
-    from agents.prompts import Prompts
     from agents.seeds import sotopia_seeds
-    from graphs.simulate import plan_episodes, simulate
+    from graphs import simulate
+    from graphs.batch import run
+    from graphs.simulate import plan_episodes
     from graphs.store import Store
 
     store = Store(tmp_path_factory.mktemp("ep") / "s.db")
     cycle = itertools.cycle(replies)
     model = Model(ScriptedBackend(lambda messages, task: next(cycle)), "scripted")
     plan = plan_episodes(list(sotopia_seeds())[:1], culture.code, "scripted", 0, 1, 1)
-    counts = asyncio.run(simulate(store, plan, culture=culture, model=model, prompts=Prompts(), max_turns=3,
-                                  concurrency=1, seed=0, run_id="fuzz", config={}, progress=False))
+    request = simulate.SimulateRequest(culture=culture.code, episodes=1, model="scripted", db=str(store.path),
+                                       max_turns=3, concurrency=1, use_seeds=True, scenario_ids=[plan[0].scenario.id])
+    counts = run(simulate.STAGE, request, model=model)["summary"]["this_run"]
     assert counts["failed"] == 0 and counts["done"] + counts["invalid"] == 1
     for turn in store.turns(plan[0].id):
         assert turn.valid == (parse_answer(turn.raw, TurnAnswer)[0] is not None)
@@ -283,13 +284,10 @@ def test_wvs_generate_reader_rows_are_distributions_over_options_and_invalid(rep
 @pytest.fixture(scope="module")
 def simulated_store(tmp_path_factory):
     """Two puppet episodes (CHN seeds), to judge; copied per example."""
-    import asyncio
 
-    from agents.cultures import load_culture
-    from agents.models import load_model
-    from agents.prompts import Prompts
     from agents.seeds import sotopia_seeds
-    from graphs.simulate import plan_episodes, simulate
+    from graphs import simulate
+    from graphs.batch import run
     from graphs.store import Store
 
     path = tmp_path_factory.mktemp("judged") / "s.db"
@@ -297,9 +295,8 @@ def simulated_store(tmp_path_factory):
     seeds = list(sotopia_seeds())[:2]
     for seed in seeds:
         store.put_scenario(seed, seed_id=seed.id)
-    plan = plan_episodes(seeds, "CHN", "puppet", 0, 2, 1)
-    asyncio.run(simulate(store, plan, culture=load_culture("CHN"), model=load_model("puppet"), prompts=Prompts(),
-                         max_turns=2, concurrency=1, seed=0, run_id="s", config={}, progress=False))
+    run(simulate.STAGE, simulate.SimulateRequest(culture="CHN", episodes=2, model="puppet", db=str(path), max_turns=2,
+                                                 concurrency=1, use_seeds=True, scenario_ids=[s.id for s in seeds]))
     return path
 
 
@@ -312,14 +309,13 @@ def simulated_store(tmp_path_factory):
                         min_size=1, max_size=6), structured=st.booleans())
 def test_judging_arbitrary_replies_stores_every_judgement_with_invalid_ones_marked(tmp_path_factory, simulated_store,
                                                                                   replies, structured):
-    import asyncio
     import itertools
     import sqlite3
 
-    from agents.cultures import load_culture
     from agents.models import Model, ScriptedBackend
-    from agents.prompts import Prompts
-    from graphs.judge import judge_episodes, judgeable_episodes
+    from graphs import judge
+    from graphs.batch import run
+    from graphs.judge import judgeable_episodes
     from graphs.store import Store
 
     path = tmp_path_factory.mktemp("judge") / "s.db"
@@ -330,8 +326,8 @@ def test_judging_arbitrary_replies_stores_every_judgement_with_invalid_ones_mark
     model = Model(ScriptedBackend(lambda messages, task: next(cycle)), "judge-fuzz", structured=structured)
     episodes = judgeable_episodes(store, "CHN")
     assert len(episodes) == 2
-    counts = asyncio.run(judge_episodes(store, episodes, culture=load_culture("CHN"), model=model, prompts=Prompts(),
-                                        run_id="j", concurrency=1, sotopia=True, progress=False))
+    request = judge.JudgeRequest(culture="CHN", model="judge-fuzz", db=str(path), concurrency=1, sotopia=True)
+    counts = run(judge.STAGE, request, model=model)["summary"]["this_run"]
     assert counts == {"skipped": 0, "judged": len(episodes), "failed": 0}
     for episode in episodes:
         rows = store.judgements(episode["id"], "judge-fuzz")

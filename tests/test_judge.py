@@ -1,6 +1,5 @@
 """graphs.judge: answer parsing, the filter rule, the per-episode graph, resuming, and the CLI (scripted models)."""
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -9,16 +8,16 @@ import pytest
 from agents.answers import SotopiaAnswer, parse_answer
 from agents.freetext import parse_labelled
 from agents.models import Asked, Model, ScriptedBackend
-from agents.prompts import Prompts
 from agents.records import Action, Turn
+from graphs import judge
+from graphs.batch import run
 from graphs.judge import (
     PAPER_RULE,
     SHAPES,
     FilterRule,
     FilterRuleError,
+    JudgeRequest,
     build_judge_graph,
-    judge_episodes,
-    judgeable_episodes,
     judgement_row,
     main,
     score_rows,
@@ -183,9 +182,9 @@ def answering(replies_by_question):
 
 
 def run_judge(store, culture, backend, structured=False, **kw):
-    return asyncio.run(judge_episodes(store, judgeable_episodes(store, "CHN"), culture=culture,
-                                      model=Model(backend, "judge-m", structured=structured), prompts=Prompts(),
-                                      run_id="r", progress=False, **kw))
+    """Judge the store's CHN episodes through the stage's own entry point; this run's counts."""
+    request = JudgeRequest(culture=culture.code, model="judge-m", db=str(store.path), **kw)
+    return run(judge.STAGE, request, model=Model(backend, "judge-m", structured=structured))["summary"]["this_run"]
 
 
 def test_graph_judges_stores_and_resumes(tmp_path, culture, scenario):
@@ -336,8 +335,8 @@ def test_smollm2_on_llama_server_gives_valid_judgements(tmp_path, culture, scena
     stored_episode(store, scenario, "ep-a", [turn(0, "Good evening, Xiao Chen. May I borrow your ladder?"),
                                              turn(1, "Of course, uncle Li. I will bring it over.")])
     model = load_model("smollm2", max_batch=2, log_dir=tmp_path)
-    counts = asyncio.run(judge_episodes(store, judgeable_episodes(store, "CHN"), culture=culture, model=model,
-                                        prompts=Prompts(), run_id="r", progress=False))
+    counts = run(judge.STAGE, JudgeRequest(culture=culture.code, model="smollm2", db=str(store.path)),
+                 model=model)["summary"]["this_run"]
     assert counts["judged"] == 1 and model.usage.calls["judge"] == 3
     for row in store.judgements("ep-a", "smollm2"):
         assert row["valid"] and row["label"] in LABELS[row["aspect"]][1], row["raw"]

@@ -99,3 +99,31 @@ def test_sigkill_of_graphs_simulate_leaves_no_llama_server(gguf, tmp_path):
     while any(map(process_alive, servers)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(map(process_alive, servers)), "a llama-server outlived graphs.simulate"
+
+
+# Per prompt, the JS distance between the server's and the in-process option distributions on SmolLM2 (Q4_1 GGUF,
+# identical prompt tokens: llama.cpp computes on the quantised weights, transformers on their float32
+# dequantisation). Measured at most 0.065 over clca44 for CHN (docs/benchmarks.md); this bound leaves a margin.
+SERVER_AGREEMENT_JS = 0.08
+
+
+def test_option_scores_on_llama_server_agree_with_in_process(server):
+    """The same GGUF scored on llama-server and in process: per prompt, the distributions over the options
+    ("10" a two-token label that needs the second step) agree within the measured tolerance."""
+    import numpy as np
+
+    from eval.wvs.metrics import js_distance
+
+    served = load_model(f"openai:smollm2@{server.base_url}", structured=False, scoring=True)
+    local = load_model("smollm2-inprocess", max_batch=4, structured=False, scoring=True)
+    options = [str(k) for k in range(1, 11)]
+    requests = [([{"role": "system", "content": f"You live in {place}."},
+                  {"role": "user", "content": f"How important is {topic} in your life? Answer 1 (not at all) to 10 "
+                                              "(very). ANSWER:"}], options)
+                for place in ("China", "Mexico") for topic in ("family", "work")]
+    got = asyncio.run(served.ascore_options(requests, task="wvs"))
+    want = asyncio.run(local.ascore_options(requests, task="wvs"))
+    for a, b in zip(got, want):
+        pa, pb = np.exp(a), np.exp(b)
+        assert 0 < pa.sum() <= 1 + 1e-6 and 0 < pb.sum() <= 1 + 1e-6
+        assert float(js_distance((pa / pa.sum())[None], (pb / pb.sum())[None])[0]) < SERVER_AGREEMENT_JS

@@ -1,6 +1,7 @@
 import asyncio
 import importlib
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -151,7 +152,9 @@ def test_an_unknown_model_spec_lists_every_kind_of_spec():
 
 @pytest.mark.parametrize("command", ["graphs.simulate", "graphs.adapt", "graphs.judge"])
 def test_every_option_of_the_batch_commands_has_help_and_model_lists_the_specs(command):
-    parser = importlib.import_module(command).make_parser()
+    from graphs.batch import make_parser
+
+    parser = make_parser(importlib.import_module(command).STAGE)  # read off the stage's request dataclass
     assert [a.dest for a in parser._actions if not a.help] == []
     assert "puppet" in parser._option_string_actions["--model"].help
     assert "gguf:PATH" in parser._option_string_actions["--model"].help
@@ -222,3 +225,72 @@ def test_banned_names_are_banned_by_their_only_or_last_token():
 
     vocab = {"Mia": [1], " Mia": [2], "Finnegan": [3, 4, 5], " Finnegan": [6, 4, 5], "Al": [7, 8], " Al": [9]}
     assert banned_token_ids(["Mia", "Finnegan", "Al"], vocab.__getitem__) == [1, 2, 5, 9]  # "Al": too short
+
+
+def test_one_loader_serves_inference_and_training(tiny_model_dir):
+    """`load_causal_lm` decides dtype, pad token and placement once; inference and training differ only where
+    their use does: left padding and eval mode, and what happens to quantisation this machine cannot do."""
+    import torch
+
+    from agents.models import load_causal_lm
+
+    served = load_causal_lm(tiny_model_dir)
+    trained = load_causal_lm(tiny_model_dir, training=True)
+    assert served.tokenizer.padding_side == "left" and not served.model.training
+    assert served.tokenizer.pad_token is not None and trained.tokenizer.pad_token == served.tokenizer.pad_token
+    assert served.notes["dtype"] == trained.notes["dtype"] == "float32"  # no CUDA here
+    for a, b in zip(served.model.state_dict().values(), trained.model.state_dict().values()):
+        assert torch.equal(a, b)
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelSpecError, match="4bit loading is not possible here: no CUDA GPU"):
+            load_causal_lm(tiny_model_dir, quantization="4bit")
+        fallback = load_causal_lm(tiny_model_dir, training=True, quantization="4bit")
+        assert fallback.notes["quantization"] == "requested but not used: no CUDA GPU"
+
+
+def test_option_scores_equal_a_direct_forward(tiny_model_dir):
+    """The seam's option scores are the sums of token log-probabilities a plain forward pass gives, with the
+    shorter of two options that share a first token ("1" of "10") required to stop there."""
+    import math
+
+    import torch
+
+    model = load_model(tiny_model_dir, max_batch=2, structured=False)
+    tok, lm = model.backend.tokenizer, model.backend.model
+    conversations = [[{"role": "system", "content": "You live in Japan."}, {"role": "user", "content": q}]
+                     for q in ("Pick one. ANSWER:", "Pick a number from 1 to 10. ANSWER:", "Anything? ANSWER:")]
+    options = ["1", "2", "10", "yes"]
+    enc = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
+    assert len(enc("10")) == 2 and enc("10")[0] == enc("1")[0]
+    scores = asyncio.run(model.ascore_options([(c, options) for c in conversations], task="score"))
+    model.backend.share_prefix = False
+    try:
+        plain = asyncio.run(model.ascore_options([(c, options) for c in conversations], task="score"))
+    finally:
+        model.backend.share_prefix = True
+    assert model.usage.calls["score"] == 6
+    for messages, got, unshared in zip(conversations, scores, plain):
+        ids = list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"])
+
+        def direct(continuation: list[int]) -> torch.Tensor:
+            with torch.inference_mode():
+                logits = lm(input_ids=torch.tensor([ids + continuation])).logits[0].float()
+            return torch.log_softmax(logits, dim=-1)[len(ids) - 1:]  # row k: the next token after k of them
+
+        rows = {text: direct(enc(text)) for text in ("10", "2", "yes")}
+        want = {"2": float(rows["2"][0, enc("2")[0]]),
+                "10": float(rows["10"][0, enc("1")[0]] + rows["10"][1, enc("0")[0]]),
+                "yes": sum(float(rows["yes"][k, t]) for k, t in enumerate(enc("yes")))}
+        p_one, p_zero_after = math.exp(rows["10"][0, enc("1")[0]]), math.exp(rows["10"][1, enc("0")[0]])
+        want["1"] = math.log(p_one * (1 - p_zero_after))
+        assert got == pytest.approx([want[o] for o in options], abs=1e-4)
+        assert unshared == pytest.approx(got, abs=1e-4)
+        assert sum(math.exp(s) for s in got[:3]) <= 1 + 1e-6  # "1", "2", "10" are disjoint answers
+
+
+def test_a_backend_that_cannot_score_says_so_naming_the_spec():
+    with pytest.raises(ModelSpecError, match="model spec 'scripted-x': cannot score options"):
+        Model(ScriptedBackend(["x"]), "scripted-x").score_options([{"role": "user", "content": "hi"}], ["1"])
+    for spec in ("puppet", "puppet:0.1", "vllm:org/m"):
+        with pytest.raises(ModelSpecError, match=f"model spec '{re.escape(spec)}': cannot score options"):
+            load_model(spec, scoring=True)

@@ -23,6 +23,9 @@ class FakeServer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 - http.server's name
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if not self.path.startswith("/v1/"):  # llama-server's own routes are not here
+                    self.send_error(404)
+                    return
                 outer.bodies.append(body)
                 status, content = reply(body)
                 payload = json.dumps({
@@ -134,3 +137,9 @@ def test_server_errors_are_retried_then_answered(obeying):
         assert model.usage.retries == 2
     finally:
         server.close()
+
+
+def test_option_scoring_on_an_endpoint_without_llama_servers_routes_is_one_clear_line(obeying):
+    model = load_model(f"openai:m@{obeying.url}", structured=False, scoring=True)
+    with pytest.raises(ModelSpecError, match=r"cannot score options: no llama-server /tokenize .*needs llama-server"):
+        model.score_options([{"role": "user", "content": "Pick 1 or 2."}], ["1", "2"])

@@ -1,4 +1,3 @@
-import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -8,9 +7,11 @@ import pytest
 from agents.models import Model, ScriptedBackend, load_model
 from agents.prompts import BUILTIN_DIR, PromptError, Prompts
 from graphs import adapt, scenarios, simulate
-from graphs.adapt import AdaptContext, adapt_seeds, adapted_id
+from graphs.adapt import AdaptRequest, adapted_id
+from graphs.batch import run
 from graphs.episode import EpisodeContext, speaker_view
 from graphs.store import Store
+from tests.site_data import seeds_file
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
 
@@ -32,9 +33,9 @@ def test_override_changes_what_the_model_receives_and_the_stored_version(tmp_pat
 
     backend = ScriptedBackend(["no JSON here"])
     store = Store(tmp_path / "s.db")
-    asyncio.run(adapt_seeds(store, [scenario], culture=culture, model=Model(backend, "m"), prompts=prompts,
-                            max_attempts=1, params=AdaptContext.params, concurrency=1, seed=0, run_id="t",
-                            progress=False))
+    run(adapt.STAGE, AdaptRequest(culture="CHN", seeds=str(seeds_file(tmp_path, [scenario])), model="m",
+                                  db=str(store.path), prompts=str(folder), max_attempts=1, concurrency=1),
+        model=Model(backend, "m"))
     [(_, messages)] = backend.requests
     assert messages[1]["content"].endswith("Set the scenario in China's countryside, far from any city.")
     row = store.scenario_row(adapted_id("CHN", scenario.id))

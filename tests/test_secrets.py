@@ -14,7 +14,7 @@ import pytest
 
 from agents.models import ModelSpecError, load_model
 from agents.models.fake import PUPPET_REPLIES
-from agents.models.hf import hf_source
+from agents.models.loading import hf_source
 from agents.prompts import PromptError, Prompts
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 
 from agents.models import Completion, Model
-from agents.prompts import Prompts
 from agents.seeds import sotopia_seeds
 from graphs import served as served_module
 from graphs import simulate as simulate_module
-from graphs.concurrent import SERVE_ROOT_ENV, BatchInputError, under_root
+from graphs.batch import run
 from graphs.served import (
     AdaptRunConfig,
     EpisodeRunConfig,
@@ -33,6 +32,7 @@ from graphs.served import (
     judge,
     judge_context,
 )
+from graphs.serving import SERVE_ROOT_ENV, ServedInputError, under_root
 from tests.site_data import make_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +98,7 @@ def test_paths_resolve_under_the_serving_root(tmp_path, monkeypatch):
     assert under_root(str(tmp_path / "root" / "b.db"), "db") == tmp_path / "root" / "b.db"
     assert under_root(None, "prompts") is None
     for outside in ("../a.db", str(tmp_path / "a.db"), "/etc/passwd", "out/a.db", "runs/../../a.db"):
-        with pytest.raises(BatchInputError, match=f"^db: {outside} is outside the serving root {tmp_path}/root "):
+        with pytest.raises(ServedInputError, match=f"^db: {outside} is outside the serving root {tmp_path}/root "):
             under_root(outside, "db")
     monkeypatch.delenv(SERVE_ROOT_ENV)
     monkeypatch.chdir(tmp_path)  # default: the server's working directory
@@ -139,12 +139,11 @@ def test_batch_graph_keeps_concurrency_episodes_in_flight_and_counts_their_token
     from graphs.store import Store
 
     store = Store(tmp_path / "s.db")
-    plan = simulate_module.plan_episodes(list(sotopia_seeds()), "CHN", "counting", 0, 7, 1)
     backend = CountingBackend()
     model = Model(backend, "counting")
-    counts = asyncio.run(simulate_module.simulate(store, plan, culture=culture, model=model, prompts=Prompts(),
-                                                  max_turns=2, concurrency=3, seed=0, run_id="r", config={},
-                                                  progress=False))
+    request = simulate_module.SimulateRequest(culture=culture.code, episodes=7, model="counting", db=str(store.path),
+                                              max_turns=2, concurrency=3, use_seeds=True)
+    counts = run(simulate_module.STAGE, request, model=model)["summary"]["this_run"]
     assert counts == {"skipped": 0, "done": 7, "invalid": 0, "failed": 0, "elsewhere": 0}
     assert backend.most == 3
     # 4 turns and 4 labels an episode, 10 prompt + 3 reply tokens a call, stored with each episode
@@ -292,9 +291,11 @@ def test_langgraph_dev_batch_streams_progress_and_stores_each_episode(server):
     assert provenance["thread_id"] == thread["thread_id"]
     command, summary = db.execute("select command, summary from runs where id = ?", [state["run_id"]]).fetchone()
     assert command.startswith("served simulate") and json.loads(summary)["turns"] == 36
-    # Studio draws the episode graph inside the batch graph's episode node.
+    # Studio draws the episode graph inside the batch graph's episode node (which fans the episodes out with Send,
+    # at most `concurrency` at a time, in a run of its own: episode -> Send(episode) x N -> the episode graph).
     drawn = client.assistants.get_graph(client.assistants.search(graph_id="simulate")[0]["assistant_id"], xray=True)
-    assert {"plan", "episode:inquirer", "episode:observer", "summarize"} <= {n["id"] for n in drawn["nodes"]}
+    assert {"plan", "episode:episode:inquirer", "episode:episode:observer", "summarize"} <= {n["id"] for n in
+                                                                                          drawn["nodes"]}
 
     # The viewer shows them, and its index filters by that run.
     from graphs import view

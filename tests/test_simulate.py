@@ -1,4 +1,3 @@
-import asyncio
 import os
 import signal
 import sqlite3
@@ -9,15 +8,18 @@ import time
 import pytest
 
 from agents.models import Model, ScriptedBackend, load_model
-from agents.prompts import Prompts
 from agents.seeds import sotopia_seeds
-from graphs.simulate import plan_episodes, simulate
+from graphs import simulate
+from graphs.batch import run
+from graphs.simulate import SimulateRequest, plan_episodes
 from graphs.store import Store
 
 
 def run_sim(store, plan, culture, model, max_turns=3, concurrency=2):
-    return asyncio.run(simulate(store, plan, culture=culture, model=model, prompts=Prompts(), max_turns=max_turns,
-                                concurrency=concurrency, seed=0, run_id="test", config={}, progress=False))
+    """The episodes of `plan` (planned on the SOTOPIA seeds, seed 0), through the stage's own entry point."""
+    request = SimulateRequest(culture=culture.code, episodes=len(plan), model=model.spec, db=str(store.path),
+                              max_turns=max_turns, concurrency=concurrency, use_seeds=True)
+    return run(simulate.STAGE, request, model=model)["summary"]["this_run"]
 
 
 def test_plan_is_seeded_and_ids_are_stable():

@@ -1,14 +1,14 @@
 """Two short episodes on the real SmolLM2: the whole engine, with a model that does not follow orders."""
 
-import asyncio
 import json
 
 import pytest
 
 from agents.models import load_model
-from agents.prompts import Prompts
 from agents.seeds import sotopia_seeds
-from graphs.simulate import plan_episodes, simulate
+from graphs import simulate
+from graphs.batch import run
+from graphs.simulate import SimulateRequest, plan_episodes
 from graphs.store import Store
 
 
@@ -16,8 +16,9 @@ from graphs.store import Store
 def test_two_smollm2_episodes_are_stored_with_intents(tmp_path, culture):
     store, model = Store(tmp_path / "s.db"), load_model("smollm2")
     plan = plan_episodes(list(sotopia_seeds()), culture.code, "smollm2", seed=0, episodes=2, samples=1)
-    counts = asyncio.run(simulate(store, plan, culture=culture, model=model, prompts=Prompts(), max_turns=2,
-                                  concurrency=2, seed=0, run_id="it", config={"model": "smollm2"}, progress=False))
+    request = SimulateRequest(culture=culture.code, episodes=2, model="smollm2", db=str(store.path), max_turns=2,
+                              concurrency=2, use_seeds=True)
+    counts = run(simulate.STAGE, request, model=model)["summary"]["this_run"]
 
     assert counts["done"] + counts["invalid"] == 2 and counts["failed"] == 0
     for p in plan:

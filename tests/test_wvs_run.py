@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.models import Model, ScriptedBackend
+from agents.models import Model, ScriptedBackend, load_model
 from eval.compare import main as compare_main
 from eval.wvs.items import all_items, select_items
 from eval.wvs.readers import LogprobReader
@@ -101,19 +101,21 @@ def test_country_prompt_without_file_records_why(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_reader(tiny_model_dir):
-    return LogprobReader(tiny_model_dir, batch_size=3)
+def tiny_model(tiny_model_dir):
+    return load_model(tiny_model_dir, max_batch=3, structured=False)
 
 
-def test_logprob_prefix_reuse_matches_plain_batches(tiny_reader):
+def test_logprob_prefix_reuse_matches_plain_batches(tiny_model):
     items = select_items("Q1,Q7,Q48,Q241")  # 10- and 11-point scales have the multi-token label "10"
     questions = [f"QUESTION: {it.text} ANSWER:" for it in items]
     systems = ["You live in Japan.", None]
-    tiny_reader.reuse_prefix = True
-    shared = tiny_reader.read(systems, items, questions)
-    tiny_reader.reuse_prefix = False
-    plain = tiny_reader.read(systems, items, questions)
-    tiny_reader.reuse_prefix = True
+    reader = LogprobReader(tiny_model)
+    shared = reader.read(systems, items, questions)
+    tiny_model.backend.share_prefix = False
+    try:
+        plain = reader.read(systems, items, questions)
+    finally:
+        tiny_model.backend.share_prefix = True
     for a, b, item in zip(shared, plain, items):
         assert np.allclose(a.rows, b.rows, atol=1e-5) and np.allclose(a.off_option_mass, b.off_option_mass, atol=1e-5)
         assert np.allclose(a.rows.sum(axis=1), 1.0) and (a.rows[:, -1] == 0).all()
@@ -121,18 +123,18 @@ def test_logprob_prefix_reuse_matches_plain_batches(tiny_reader):
         assert set(a.codes) <= set(item.codes)
 
 
-def test_multi_token_labels_split_their_shared_first_token(tiny_reader):
+def test_multi_token_labels_split_their_shared_first_token(tiny_model):
     item = select_items("Q48")[0]
-    tok = tiny_reader.tokenizer
+    tok, lm = tiny_model.backend.tokenizer, tiny_model.backend.model
     assert len(tok.encode("10", add_special_tokens=False)) == 2  # "1" then "0" in the tiny tokenizer
-    ids = tiny_reader._ids([{"role": "user", "content": "QUESTION: scale ANSWER:"}])
-    with torch.inference_mode():
-        root = tiny_reader._plain_logprobs([ids])[0]
-        after_one = tiny_reader._plain_logprobs([ids + tok.encode("1", add_special_tokens=False)])[0]
-    ans = tiny_reader.read([None], [item], ["QUESTION: scale ANSWER:"])[0]
+    messages = [{"role": "user", "content": "QUESTION: scale ANSWER:"}]
+    ids = list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"])
     one, zero = tok.encode("1", add_special_tokens=False)[0], tok.encode("0", add_special_tokens=False)[0]
-    p_first_one = float(np.exp(root[one]))
-    p_ten = p_first_one * float(np.exp(after_one[zero]))
+    with torch.inference_mode():  # a direct forward over prompt + "1": the next-token distributions at both ends
+        logprobs = torch.log_softmax(lm(input_ids=torch.tensor([ids + [one]])).logits[0].float(), dim=-1)
+    ans = LogprobReader(tiny_model).read([None], [item], ["QUESTION: scale ANSWER:"])[0]
+    p_first_one = float(np.exp(logprobs[-2, one]))
+    p_ten = p_first_one * float(np.exp(logprobs[-1, zero]))
     valid = 1 - ans.off_option_mass[0]
     assert ans.rows[0, 9] * valid == pytest.approx(p_ten, rel=1e-4)
     assert (ans.rows[0, 0] + ans.rows[0, 9]) * valid == pytest.approx(p_first_one, rel=1e-4)
@@ -154,7 +156,7 @@ def test_logprob_end_to_end_on_tiny_model(tiny_model_dir, tmp_path):
     (["--items", "Q1,Q999"], "unknown item 'Q999'"),
     (["--prompt", "persona"], "needs --wvs-file"),
     (["--wvs-file", "/nonexistent.csv"], "no such file"),
-    (["--method", "logprob"], "needs an in-process transformers model"),
+    (["--method", "logprob"], "model spec 'puppet': cannot score options"),
 ])
 def test_cli_errors_are_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:

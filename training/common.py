@@ -20,7 +20,8 @@ from typing import Iterable
 
 import trl
 
-from agents.models import ModelSpecError, hf_source
+from agents.cli import OneLineErrors, with_suggestion
+from agents.models import ModelSpecError, load_causal_lm
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +121,12 @@ SECRET_OPTIONS = ("hub_token",)
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
 
 
-class OneLineParser(trl.TrlParser):
+class OneLineParser(OneLineErrors, trl.TrlParser):
     """`TrlParser` whose argument errors are one line (`error: ...`) instead of a usage dump, and whose config
     file values are read as the command line would read them (type and choices checked), not taken as they are."""
 
     def error(self, message):
-        sys.exit(f"error: {message}")
+        sys.exit(f"error: {with_suggestion(self, message)}")
 
     def set_defaults_with_config(self, **kwargs) -> list[str]:
         actions = {action.dest: action for action in self._actions}
@@ -322,89 +323,24 @@ def _first_line(exc: BaseException) -> str:
 def load_base(model_args: ModelConfig):
     """(model, tokenizer, notes) for the spec in `--model_name_or_path`, ready for a trainer.
 
-    The model is left on the CPU for the Trainer (and accelerate) to place, so nothing assumes one device.
-    4-bit QLoRA needs bitsandbytes and a CUDA GPU; without them the run falls back to full-precision LoRA and
-    says so in the notes (recorded in provenance.json).
+    Loaded by the shared loader (`agents.models.load_causal_lm`, training=True): left on the CPU for the
+    Trainer (and accelerate) to place. 4/8-bit QLoRA needs bitsandbytes and a CUDA GPU; without them the run
+    falls back to full-precision LoRA and says so in the notes (recorded in provenance.json).
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     spec = model_args.model_name_or_path
     if not spec:
         raise TrainingSetupError("--model_name_or_path is required (smollm2, a local folder or a hub id)")
+    quantization = "4bit" if model_args.load_in_4bit else "8bit" if model_args.load_in_8bit else None
+    options = {"bnb_4bit_quant_type": model_args.bnb_4bit_quant_type,
+               "bnb_4bit_use_double_quant": model_args.use_bnb_nested_quant,
+               "bnb_4bit_quant_storage": model_args.bnb_4bit_quant_storage} if quantization == "4bit" else {}
     try:
-        path, gguf_file = hf_source(spec)
+        loaded = load_causal_lm(spec, training=True, dtype=model_args.dtype, quantization=quantization,
+                                quantization_options=options, revision=model_args.model_revision,
+                                attn_implementation=model_args.attn_implementation)
     except ModelSpecError as exc:
-        raise TrainingSetupError(str(exc)) from exc
-    cuda = torch.cuda.is_available()
-    notes: dict = {"spec": spec, "path": path, "gguf_file": gguf_file, "quantization": None}
-    if model_args.dtype in (None, "auto") and not gguf_file:
-        dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
-    else:
-        dtype = getattr(torch, model_args.dtype or "float32")
-    if gguf_file:
-        dtype = torch.float32  # the GGUF is dequantised on load; mixed precision still applies on a GPU
-    kwargs: dict = {"dtype": dtype, "revision": model_args.model_revision}
-    if model_args.attn_implementation:
-        kwargs["attn_implementation"] = model_args.attn_implementation
-    if gguf_file:
-        kwargs = {"dtype": dtype, "gguf_file": gguf_file}
-    if model_args.load_in_4bit or model_args.load_in_8bit:
-        missing = _quantization_blocker(cuda, gguf_file)
-        if missing:
-            notes["quantization"] = f"requested but not used: {missing}"
-            log.warning("4/8-bit loading requested but %s: training LoRA on unquantised weights", missing)
-        else:
-            kwargs["quantization_config"] = trl.get_quantization_config(model_args)
-            if model_args.load_in_4bit:
-                kwargs["quantization_config"].bnb_4bit_compute_dtype = torch.bfloat16 if dtype == torch.float32 \
-                    else dtype
-            from accelerate import PartialState
-
-            kwargs["device_map"] = {"": PartialState().local_process_index}  # one copy per process (DDP)
-            notes["quantization"] = "4-bit NF4" if model_args.load_in_4bit else "8-bit"
-    notes["dtype"] = str(dtype).removeprefix("torch.")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as exc:
-        raise TrainingSetupError(f"--model_name_or_path {spec!r}: cannot load ({_first_line(exc)})") from exc
-    if gguf_file:
-        model = plain_copy(model)
-    if tokenizer.pad_token is None:
-        # The CLCA release added a [PAD] token and trained the embeddings; reusing eos keeps the vocab unchanged.
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer, notes
-
-
-def plain_copy(model):
-    """The same weights in a model built from its config alone.
-
-    transformers marks a GGUF-loaded model as quantised (although its weights are dequantised) and then refuses
-    to train or `save_pretrained` it; a copy without the GGUF marker does both.
-    """
-    from transformers import AutoModelForCausalLM
-
-    config = model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
-    plain.load_state_dict(model.state_dict())
-    plain.tie_weights()
-    plain.generation_config = model.generation_config
-    return plain
-
-
-def _quantization_blocker(cuda: bool, gguf_file: str | None) -> str | None:
-    import importlib.util
-
-    if not cuda:
-        return "no CUDA GPU"
-    if importlib.util.find_spec("bitsandbytes") is None:
-        return "bitsandbytes is not installed (pip install 'clca[gpu]')"
-    if gguf_file:
-        return "the model is a GGUF file"
-    return None
+        raise TrainingSetupError(str(exc).replace("model spec ", "--model_name_or_path ", 1)) from exc
+    return loaded.model, loaded.tokenizer, loaded.notes
 
 
 def adapter_base_spec(adapter_dir: Path) -> str:

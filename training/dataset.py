@@ -38,12 +38,14 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from agents import cli
 from agents.answers import TurnAnswer
 from agents.cultures import CultureError, load_culture
 from agents.models import UNSTRUCTURED_HELP, Message, Model, ModelSpecError, load_model
 from agents.prompts import PromptError, Prompts, Rendered
 from agents.records import Action, Culture, Intent, Scenario, Turn
-from graphs.episode import EpisodeContext, make_turn, speaker_view, turn_seed
+from agents.seeding import call_seed
+from graphs.episode import EpisodeContext, make_turn, speaker_view
 from graphs.judge import (
     FilterRule,
     JudgeError,
@@ -228,7 +230,7 @@ async def contrastive_pairs(prompts: Prompts, episodes: list[Episode], culture: 
             return None
         config = json.loads(ep.row.get("config") or "{}")
         params = replace(
-            EpisodeContext.speaker_params, seed=turn_seed(seed, i, f"contrastive:{ep.id}"),
+            EpisodeContext.speaker_params, seed=call_seed(seed, i, f"contrastive:{ep.id}"),
             **{k: config[k] for k in ("temperature", "top_p", "max_new_tokens") if config.get(k) is not None},
         )
         ctx = EpisodeContext(scenario=ep.scenario, culture=culture, model=model, prompts=prompts,
@@ -430,7 +432,7 @@ def default_judge(store: Store, culture: str) -> str:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.dataset", description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(prog="python -m training.dataset", description=__doc__.split("\n\n")[0])
     p.add_argument("--culture", required=True, help="ISO-3 code of the culture to export, e.g. CHN")
     p.add_argument("--out", required=True, help="folder to write (sft_*.jsonl, dpo_*.jsonl, stats.json, README.md)")
     p.add_argument("--db", default=DEFAULT_DB, help="SQLite store with simulated and judged episodes")

@@ -10,6 +10,8 @@ Specs:
   vllm:<hub id or dir>         the vLLM offline engine (optional `vllm` extra, GPU; `vllm_offline.py`)
   puppet[:<seconds>]           a fake that returns well-formed canned answers per task, optionally slow (`fake.py`)
 
+In-process weights, for inference and training alike, come from one loader: `loading.load_causal_lm`.
+
 Every backend enforces each request's answer schema (structured outputs) unless the model is loaded
 with `structured=False` (`--unstructured`). An OpenAI-compatible endpoint is self-tested first: one
 that ignores `response_format` stops the command with a one-line error.
@@ -34,15 +36,27 @@ from agents.models.base import (
 )
 from agents.models.batching import batch_seed
 from agents.models.fake import PUPPET_REPLIES, PuppetBackend, ScriptedBackend
-from agents.models.hf import SMOLLM2, SMOLLM2_GGUF, base_config, hf_source, load_hf, smollm2_dir
+from agents.models.hf import load_hf
+from agents.models.loading import (
+    SMOLLM2,
+    SMOLLM2_GGUF,
+    LoadedLM,
+    base_config,
+    hf_source,
+    load_causal_lm,
+    plain_copy,
+    smollm2_dir,
+)
 
 DEFAULT_LOG_DIR = "runs"
+# Spec kinds (before any ':') whose backends cannot score options.
+NON_SCORING = ("puppet", "vllm")
 UNSTRUCTURED_HELP = ("ask for free-text answers and read them with the labelled-line parsers, for endpoints that "
                      "cannot constrain decoding (default: every answer is decoded under its JSON schema)")
 
 
 def load_model(spec: str, *, adapter: str | None = None, load_in_4bit: bool = False, max_batch: int = 8,
-               structured: bool = True, log_dir: str | Path = DEFAULT_LOG_DIR) -> Model:
+               structured: bool = True, log_dir: str | Path = DEFAULT_LOG_DIR, scoring: bool = False) -> Model:
     """Turn a model spec from the command line into a ready `Model`.
 
     `max_batch` is the requests in flight (in-process batch size, server slots, HTTP connections).
@@ -50,8 +64,13 @@ def load_model(spec: str, *, adapter: str | None = None, load_in_4bit: bool = Fa
     A managed llama-server writes its log to `log_dir`. Raises ModelSpecError (one line) for a spec
     that names nothing loadable, an adapter on a backend that cannot take one, or an endpoint that
     fails the structured-output self-test, or a spec that holds a credential (keys come from the environment).
+    With `scoring`, the model must score options (`Model.ascore_options`): a spec whose backend cannot is
+    refused before anything loads.
     """
     refuse_credentials(spec)
+    if scoring and spec.split(":", 1)[0] in NON_SCORING:
+        raise ModelSpecError(f"model spec {spec!r}: cannot score options (its backend gives no token "
+                             "log-probabilities); in-process models and llama-server (smollm2, gguf:PATH) can")
     if adapter and spec.split(":", 1)[0] in ("gguf", "openai", "vllm", "puppet"):
         raise ModelSpecError(f"model spec {spec!r}: LoRA adapters load in process only "
                              "(use smollm2, a hub id or a folder)")
@@ -108,6 +127,6 @@ __all__ = [
     "UNSTRUCTURED_HELP", "Asked", "ChatBackend", "Completion", "GenerationParams",
     "Message", "MODEL_SPECS", "Model", "ModelSpecError",
     "PUPPET_REPLIES",
-    "PuppetBackend", "SMOLLM2", "SMOLLM2_GGUF", "ScriptedBackend", "Usage", "base_config", "batch_seed",
-    "cut_at_stop", "hf_source", "load_hf", "load_model", "smollm2_dir",
+    "PuppetBackend", "SMOLLM2", "SMOLLM2_GGUF", "LoadedLM", "ScriptedBackend", "Usage", "base_config", "batch_seed",
+    "cut_at_stop", "hf_source", "load_causal_lm", "load_hf", "load_model", "plain_copy", "smollm2_dir",
 ]

@@ -1,4 +1,4 @@
-"""The seam every backend sits behind: decoding params, a completion, retries and usage counts.
+"""The seam every backend sits behind: decoding params, a completion, option scores, retries and usage counts.
 
 Graphs talk only to `Model`. With `structured` on (the default), each request carries the JSON
 schema of its answer shape and the backend's decoder enforces it; `Model.aanswer` then validates the
@@ -94,6 +94,16 @@ class ChatBackend(Protocol):
     async def agenerate(self, messages: Sequence[Message], params: GenerationParams, task: str) -> Completion: ...
 
 
+# One option-scoring request: a chat conversation (the reply to come next) and the candidate replies.
+ScoreRequest = tuple[Sequence[Message], Sequence[str]]
+
+
+class ScoringBackend(ChatBackend, Protocol):
+    """A backend that can also score options (`Model.ascore_options` says what a score is)."""
+
+    async def ascore_options(self, requests: Sequence[ScoreRequest]) -> list[list[float]]: ...
+
+
 @dataclass(frozen=True)
 class Asked:
     """One model answer read into its shape: `answer` is None when it did not validate (`error` says why)."""
@@ -156,18 +166,43 @@ class Model:
     async def acomplete(self, messages: Sequence[Message], *, task: str,
                         params: GenerationParams | None = None) -> Completion:
         params = params or GenerationParams()
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._max_attempts),
-            wait=self._wait,
-            retry=retry_if_exception_type(self.backend.transient_errors),
-            before_sleep=self._count_retry,
-            reraise=True,
-        )
-        async for attempt in retrying:
+        async for attempt in self._retrying():
             with attempt:
                 completion = await self.backend.agenerate(list(messages), params, task)
         self.usage.add(task, completion)
         return completion
+
+    @property
+    def scores_options(self) -> bool:
+        """Whether the backend can score options (`ascore_options`)."""
+        return callable(getattr(self.backend, "ascore_options", None))
+
+    async def ascore_options(self, requests: Sequence[ScoreRequest], *, task: str) -> list[list[float]]:
+        """Per request, per option: the natural-log probability that the model's reply begins with the option.
+
+        The analogue of lm-evaluation-harness's loglikelihood and Concordia's `sample_choice`: a score is the sum
+        of the log-probabilities of the option's tokens (tokenised on their own, after the conversation's
+        generation prompt), not normalised by length nor over the options. One rule added for multiple choice:
+        where an option's tokens begin another option's ("1" of "10"), the shorter option's probability also
+        requires the reply to stop there, P("1") * (1 - P("0" | "1")), so the options are disjoint events whose
+        probabilities sum to at most 1 (the rest is the mass the model put elsewhere). A probability of 0 is
+        -inf. Requests sent together may share work (the in-process backend runs their common prefix once).
+        Raises ModelSpecError, naming the spec, when the backend cannot score; ValueError for an empty option.
+        """
+        if not self.scores_options:
+            raise ModelSpecError(f"model spec {self.spec!r}: cannot score options (its backend gives no token "
+                                 "log-probabilities)")
+        if any(not option for _, options in requests for option in options):
+            raise ValueError("an option to score must not be empty")
+        async for attempt in self._retrying():
+            with attempt:
+                scores = await self.backend.ascore_options([(list(m), list(o)) for m, o in requests])
+        self.usage.calls[task] += len(requests)
+        return scores
+
+    def score_options(self, messages: Sequence[Message], options: Sequence[str], *, task: str = "score") -> list[float]:
+        """Synchronous helper for scripts: `ascore_options` of one conversation."""
+        return asyncio.run(self.ascore_options([(messages, options)], task=task))[0]
 
     async def achat(self, messages: Sequence[Message], *, task: str, params: GenerationParams | None = None) -> str:
         return (await self.acomplete(messages, task=task, params=params)).text
@@ -205,6 +240,15 @@ class Model:
         if asked is not None:
             return min(max(asked, 0.0), MAX_RETRY_AFTER_S)
         return wait_exponential(multiplier=self._backoff_s, max=30)(state)
+
+    def _retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
+            stop=stop_after_attempt(self._max_attempts),
+            wait=self._wait,
+            retry=retry_if_exception_type(self.backend.transient_errors),
+            before_sleep=self._count_retry,
+            reraise=True,
+        )
 
     def _count_retry(self, state) -> None:
         self.usage.retries += 1

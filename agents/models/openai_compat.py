@@ -5,6 +5,9 @@ Structured answers go out as `response_format={"type": "json_schema", "json_sche
 ignored by llama-server). Because servers are known to ignore a schema without an error, `self_test`
 sends one request whose only valid answer is a fixed enum value before a run relies on it.
 
+Option scoring (`ascore_options`, for `eval.wvs --method logprob`) uses llama-server's own routes, not the
+OpenAI API: next-token log-probabilities from `/completion` with `n_probs`.
+
 One `AsyncOpenAI` client per event loop (its connection pool belongs to the loop) and a semaphore
 bound the requests in flight. Retries are `Model`'s, so the client's own are off: a refused connection, a
 timeout, an HTTP 5xx or a body cut short is retried with bounded exponential backoff, and a request that fails
@@ -33,13 +36,18 @@ from agents.models.base import (
     Message,
     ModelSpecError,
     PermanentModelError,
+    ScoreRequest,
     banned_token_ids,
     refuse_credentials,
 )
+from agents.models.scoring import option_logprobs, prefixes_to_read
 
 ENV_TIMEOUT = "CLCA_REQUEST_TIMEOUT_S"
 SELF_TEST_VALUE = "teal-walrus-42"  # no model says this unless the decoder makes it
 SELF_TEST_REASONING_TOKENS = 2048  # the self-test's budget for a model that answers only after reasoning
+# Option scoring: the top next tokens asked for first; a needed token outside them is asked again with all of them.
+SCORE_TOP = 50
+SCORE_ALL = 1 << 30  # llama-server clamps n_probs to the vocabulary
 SELF_TEST_SCHEMA = {"type": "object", "properties": {"answer": {"enum": [SELF_TEST_VALUE]}},
                     "required": ["answer"], "additionalProperties": False}
 
@@ -139,6 +147,70 @@ class OpenAIBackend:
         response = getattr(exc, "response", None)
         header = response.headers.get("retry-after") if response is not None else None
         return retry_after_seconds(header)
+
+    async def ascore_options(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+        """Option scores (`Model.ascore_options`) from llama-server's own API, exact to its float32 softmax.
+
+        `/apply-template` renders each conversation with the server's chat template (generation prompt
+        included); `/completion` with `n_predict: 1` and `n_probs` returns the next-token log-probabilities,
+        from a softmax of the raw logits before any sampler, after that prompt and after each proper prefix of
+        an option's tokens (the "1" of "10", sent as token ids after the text). A needed token outside the
+        top `SCORE_TOP` is asked again with the whole vocabulary. Options are tokenised by the server's
+        `/tokenize`. Needs llama-server (managed, or your own behind `openai:`); an endpoint without these
+        routes (vLLM: not implemented) raises ModelSpecError.
+        """
+        import httpx
+
+        root = self.base_url.removesuffix("/v1")
+        gate = asyncio.Semaphore(self.max_in_flight)
+        limits = httpx.Limits(max_connections=self.max_in_flight, max_keepalive_connections=self.max_in_flight)
+        async with httpx.AsyncClient(base_url=root, timeout=self.timeout_s, limits=limits) as http:
+            texts = sorted({o for _, options in requests for o in options})
+            ids = dict(zip(texts, await asyncio.gather(*(self._server_tokens(http, gate, t) for t in texts))))
+            return list(await asyncio.gather(*(
+                self._score_one(http, gate, messages, [ids[o] for o in options]) for messages, options in requests)))
+
+    async def _score_one(self, http, gate, messages: Sequence[Message], options: list[list[int]]) -> list[float]:
+        prompt = (await self._native(http, gate, "/apply-template", {"messages": list(messages)}, "prompt"))["prompt"]
+        paths = [(), *sorted(prefixes_to_read(options))]
+        wanted = [{seq[len(path)] for seq in options if len(seq) > len(path) and tuple(seq[:len(path)]) == path}
+                  for path in paths]
+        found = await asyncio.gather(*(self._next_logprobs(http, gate, prompt, path, need)
+                                       for path, need in zip(paths, wanted)))
+        return option_logprobs(dict(zip(paths, found)), options)
+
+    async def _next_logprobs(self, http, gate, prompt: str, path: tuple[int, ...], need: set[int]) -> dict:
+        """{token id: log-probability} of the next token after prompt + path, holding every token in `need`."""
+        for n_probs in (SCORE_TOP, SCORE_ALL):
+            body = {"prompt": [prompt, *path], "n_predict": 1, "n_probs": n_probs, "temperature": 0.0,
+                    "cache_prompt": True, "post_sampling_probs": False}
+            reply = await self._native(http, gate, "/completion", body, "completion_probabilities")
+            top = reply["completion_probabilities"][0]["top_logprobs"]
+            found = {int(t["id"]): float(t["logprob"]) for t in top}
+            if need <= found.keys() or len(top) < n_probs:
+                return found | {t: -float("inf") for t in need - found.keys()}
+        raise AssertionError("unreachable: the whole vocabulary was asked for")
+
+    async def _server_tokens(self, http, gate, text: str) -> list[int]:
+        body = {"content": text, "add_special": False}
+        return list((await self._native(http, gate, "/tokenize", body, "tokens"))["tokens"])
+
+    async def _native(self, http, gate, route: str, body: dict, key: str) -> dict:
+        """POST to one of llama-server's own routes; ModelSpecError for an endpoint that lacks it (an HTTP 404,
+        405 or 501, or an answer without `key`)."""
+        async with gate:
+            response = await http.post(route, json=body)
+        if response.status_code not in (404, 405, 501):
+            response.raise_for_status()
+            try:
+                reply = response.json()
+            except ValueError:
+                reply = None
+            if isinstance(reply, dict) and key in reply:
+                return reply
+        raise ModelSpecError(f"{self.base_url}: cannot score options: no llama-server {route} (HTTP "
+                             f"{response.status_code}, no {key!r} in the answer); option scoring on servers needs "
+                             "llama-server")
 
     def self_test(self) -> None:
         """Raise ModelSpecError unless the endpoint obeys a `json_schema` response format."""

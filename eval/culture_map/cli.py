@@ -12,16 +12,16 @@ prompt and method are joined by an arrow. A file without the map's items is an e
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from eval.culture_map.draw import draw
+from agents import cli
 from eval.culture_map.indicators import MapError
 from eval.culture_map.results import read_points
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m eval.culture_map", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m eval.culture_map", description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+", help="results JSON files of python -m eval.wvs (with --items iw10)")
     parser.add_argument("--out", default="culture-map.png", help="PNG path; the SVG and CSV go beside it")
     parser.add_argument("--title", default=None, help="figure title (default: says what is drawn)")

@@ -11,7 +11,6 @@ fit country's projected and leave-one-out position and the validation figures.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import hashlib
 import json
@@ -21,6 +20,7 @@ import numpy as np
 
 from agents.cultures import CultureError, load_culture
 from agents.provenance import git_state
+from agents import cli
 from eval.culture_map.indicators import DATA_DIR, MapError, indicator_values, keys, map_items
 from eval.culture_map.projection import PROJECTION_FILE, agreement, fit, leave_one_out
 from eval.wvs.items import all_items
@@ -99,7 +99,7 @@ def build() -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(PROJECTION_FILE), help="where to write the projection JSON")
     parser.add_argument("--check", action="store_true", help="refit and compare with the stored file, write nothing")
     args = parser.parse_args(argv)

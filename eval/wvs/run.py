@@ -54,7 +54,7 @@ class EvalConfig:
     items: str = field(default="clca44", metadata={"help": "clca44 (the paper's 44 items), iw10 (the Inglehart-Welzel map's items), all, or ids "
                                   "such as Q1,Q27"})
     method: str = field(default="logprob", metadata={
-        "help": "logprob: option-label probabilities (in-process models); generate: generate and parse; "
+        "help": "logprob: option-label probabilities (in-process models, llama-server); generate: generate and parse; "
                 "distribution: the model states the share of people choosing each option (JSON, any backend)",
         "choices": ["logprob", "generate", "distribution"]})
     formats: str = field(default="default", metadata={
@@ -203,11 +203,11 @@ def _map_notes(items: list[Item], countries, counts: dict, positions: dict) -> l
 
 def _reader(cfg: EvalConfig, model: Model | None):
     in_process = not cfg.model.startswith(("openai:", "vllm:", "puppet"))
-    if cfg.method == "logprob":
-        if model is not None or not in_process:
-            raise WVSError("--method logprob needs an in-process transformers model (smollm2, a folder or a hub id); "
-                           "use --method generate")
-        return LogprobReader(cfg.model, cfg.adapter, batch_size=cfg.batch_size)
+    if cfg.method == "logprob":  # option scores come through the model seam (`Model.ascore_options`)
+        if model is None:
+            model = load_model(cfg.model, adapter=cfg.adapter, max_batch=cfg.batch_size, structured=False,
+                               log_dir=Path(cfg.out).parent, scoring=True)
+        return LogprobReader(model)
     if cfg.adapter and not in_process:
         raise WVSError(f"--adapter works with in-process models only, not {cfg.model!r}")
     if model is None:
@@ -280,9 +280,9 @@ def _answer_records(alpha3: str, fmt: str, method: str, unit_ids: list[str], ite
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser  # here, not at the top: transformers takes seconds to import
+    from agents.cli import DataclassParser  # here, not at the top: it imports transformers, which takes seconds
 
-    (cfg,) = HfArgumentParser(EvalConfig).parse_args_into_dataclasses(argv)
+    (cfg,) = DataclassParser(EvalConfig, prog="python -m eval.wvs").parse_args_into_dataclasses(argv)
     try:
         results = evaluate(cfg)
         paths = write_outputs(results, cfg.out, plots=cfg.plots)

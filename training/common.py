@@ -21,7 +21,7 @@ from typing import Iterable
 import trl
 
 from agents.cli import OneLineErrors, with_suggestion
-from agents.models import ModelSpecError, load_causal_lm
+from agents.models import ModelSpecError, hf_source, load_causal_lm
 
 log = logging.getLogger(__name__)
 
@@ -356,8 +356,9 @@ def adapter_base_spec(adapter_dir: Path) -> str:
 
 def load_tokenizer(model_args: ModelConfig):
     """The tokenizer `load_base` gives the trainer, loaded alone (no weights read) so that rows can be measured
-    against `max_length` before the model loads. Same source resolution as `load_base`: a model spec's folder or
-    hub id, or the GGUF file `smollm2` names. Raises TrainingSetupError (one line) when it cannot be loaded."""
+    against `max_length` before the model loads. Same source resolution as `agents.models.load_causal_lm`
+    (`hf_source`: a folder or hub id, or the GGUF file `smollm2` names) and the same pad token. Raises
+    TrainingSetupError (one line) when it cannot be loaded."""
     from transformers import AutoTokenizer
 
     spec = model_args.model_name_or_path
@@ -367,7 +368,7 @@ def load_tokenizer(model_args: ModelConfig):
         path, gguf_file = hf_source(spec)
         tokenizer = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
     except ModelSpecError as exc:
-        raise TrainingSetupError(str(exc)) from exc
+        raise TrainingSetupError(str(exc).replace("model spec ", "--model_name_or_path ", 1)) from exc
     except OSError as exc:
         raise TrainingSetupError(f"--model_name_or_path {spec!r}: cannot load its tokenizer ({_first_line(exc)})") \
             from exc

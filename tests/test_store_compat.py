@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from agents.records import Aspect
 from graphs.store import Store
 from tests.store_content import content
 
@@ -23,16 +24,22 @@ def old_store(tmp_path) -> Path:
 
 def test_old_store_reads_every_record(old_store):
     store = Store(old_store)
-    assert [e["id"] for e in store.episodes("JPN", "done")] == FINISHED
-    assert store.episode(IN_FLIGHT)["status"] == "running"
+    assert [e.id for e in store.episodes("JPN", "done")] == FINISHED
+    assert store.episode(IN_FLIGHT).status == "running"
+    assert store.episode(FINISHED[0]).config["culture"] == "JPN" and store.episode(FINISHED[0]).usage["calls"] > 0
+    assert [r.command.split()[0] for r in store.runs()] == ["graphs.adapt"] + ["graphs.simulate"] * 2 + [
+        "graphs.judge", "graphs.simulate"]
+    assert store.runs()[0].summary is not None and store.runs()[-1].finished is None  # the killed run
+    assert {r.status for r in store.scenario_records()} == {"ok"} and store.judge_models("JPN") == ["puppet"]
+    counts = store.counts(culture="JPN")
+    assert counts.statuses == {"done": 4, "running": 1} and counts.turns == counts.valid_turns == 16
     assert len(store.scenarios("JPN")) == 2 and len(store.scenarios(None)) == 4
     for ep in FINISHED:
         assert [t.index for t in store.turns(ep)] == [0, 1, 2, 3]
         assert len(store.intents(ep)) == 4 and all(i.valid for i in store.intents(ep))
         judgements = store.judgements(ep, "puppet")
-        assert {j["aspect"] for j in judgements} >= {"quality", "culture", "meta", "goal:0", "goal:1"}
-        assert len(judgements) == 17
-    assert store.scenario(store.episode(FINISHED[0])["scenario_id"]) is not None
+        assert {j.aspect for j in judgements} == set(Aspect) and all(j.valid for j in judgements)
+    assert store.scenario(store.episode(FINISHED[0]).scenario_id) is not None
 
 
 def test_rerunning_the_old_commands_adds_nothing_and_resumes_the_episode_in_flight(old_store, capsys):
@@ -53,7 +60,7 @@ def test_rerunning_the_old_commands_adds_nothing_and_resumes_the_episode_in_flig
                    "puppet:0.05", "--db", db, "--no-progress"])
     store = Store(old_store)
     row = store.episode(IN_FLIGHT)
-    assert row["status"] == "done" and row["n_turns"] == len(store.turns(IN_FLIGHT)) == 6
+    assert row.status == "done" and row.n_turns == len(store.turns(IN_FLIGHT)) == 6
     checkpoints = sqlite3.connect(f"{old_store}.checkpoints")
     assert checkpoints.execute("select count(*) from checkpoints").fetchone()[0] == 0
     after = content(old_store)

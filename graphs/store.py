@@ -497,13 +497,17 @@ class Store:
             clauses.append("culture = ?")
             args.append(culture)
         chosen = f"select id from episodes where {' and '.join(clauses) or '1'}"
-        q = self._db.execute
+
+        def q(sql: str) -> list[tuple]:
+            # fetchall: a statement stepped only to its first row keeps this connection's read snapshot open
+            return self._db.execute(sql, args).fetchall()
+
         statuses = dict(q(f"select status, count(*) from episodes where id in ({chosen}) group by status "
-                          "order by status", args).fetchall())
-        turns, valid_turns = q(f"select count(*), coalesce(sum(valid), 0) from turns where episode_id in ({chosen})",
-                               args).fetchone()
-        intents, valid_intents = q(f"select count(*), coalesce(sum(valid), 0) from intents where episode_id in "
-                                   f"({chosen})", args).fetchone()
+                          "order by status"))
+        [(turns, valid_turns)] = q(f"select count(*), coalesce(sum(valid), 0) from turns where episode_id in "
+                                   f"({chosen})")
+        [(intents, valid_intents)] = q(f"select count(*), coalesce(sum(valid), 0) from intents where episode_id in "
+                                       f"({chosen})")
         return EpisodeCounts(statuses=statuses, turns=turns, valid_turns=valid_turns, intents=intents,
                              valid_intents=valid_intents)
 

@@ -69,12 +69,12 @@ def import_scenarios(store: Store, path: str | Path, run_id: str | None = None) 
     new, same = [], 0
     commit = git_commit()
     for number, scenario in read_numbered(path):
-        row = store.scenario_row(scenario.id)
-        if row is None or row["status"] != "ok":
+        row = store.scenario_record(scenario.id)
+        if row is None or row.status != "ok":
             adapted_from = scenario.source.removeprefix("adapted:") if scenario.source.startswith("adapted:") else None
             new.append((scenario, {"seed_id": adapted_from, "model": None, "prompt_version": None, "attempts": 0,
                                    "run_id": run_id, "git": commit}))
-        elif Scenario.from_json(row["data"]) == scenario:
+        elif row.scenario == scenario:
             same += 1
         else:
             raise ScenarioFileError(
@@ -95,10 +95,10 @@ def export_scenarios(store: Store, culture: str, out) -> int:
 
 def list_scenarios(store: Store, culture: str | None, out) -> None:
     """One line per stored row, failed adaptations included, with who made it and how."""
-    for row in store.scenario_rows(culture):
-        made_by = f"{row['model']} x{row['attempts']}" if row["model"] else "imported or seed"
-        why = f"  {row['error']}" if row["error"] else ""
-        out.write(f"{row['id']}\t{row['status']}\t{row['culture'] or '-'}\t{row['seed_id'] or '-'}\t{made_by}{why}\n")
+    for row in store.scenario_records(culture):
+        made_by = f"{row.model} x{row.attempts}" if row.model else "imported or seed"
+        why = f"  {row.error}" if row.error else ""
+        out.write(f"{row.id}\t{row.status}\t{row.culture or '-'}\t{row.seed_id or '-'}\t{made_by}{why}\n")
 
 
 def make_parser() -> argparse.ArgumentParser:

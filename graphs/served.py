@@ -132,8 +132,8 @@ def judge_context(config: JudgeRunConfig) -> judge_graph.JudgeContext:
         row = store.episode(config.episode_id)
         if row is None:
             raise ServedConfigError(f"episode_id: {config.episode_id!r} is not in {config.db}")
-        scenario, turns = store.scenario(row["scenario_id"]), store.turns(config.episode_id)
-        culture = config.culture or row["culture"]
+        scenario, turns = store.scenario(row.scenario_id), store.turns(config.episode_id)
+        culture = config.culture or row.culture
     elif config.scenario is not None and config.turns is not None and config.culture:
         scenario, culture = Scenario.model_validate(config.scenario), config.culture
         turns = [Turn.model_validate(t) for t in config.turns]

@@ -53,6 +53,7 @@ from agents.cli import DataclassParser
 from agents.models import Model, Usage, load_model
 from agents.records import first_error
 from graphs.serving import ServedInputError, shared_model, strict, unknown_keys
+from graphs.store import sqlite_problem
 from graphs.store_io import close_checkpointers
 
 USAGE_KEYS = ("calls", "prompt_tokens", "completion_tokens", "invalid_answers", "retries")  # Usage.totals()
@@ -153,10 +154,9 @@ def store_file(db: Path, field: str = "db") -> Path:
     if db.is_dir():
         raise BatchInputError(f"{field}: {db} is a folder, not a SQLite file")
     if db.exists():
-        with open(db, "rb") as f:
-            head = f.read(16)
-        if head and head != b"SQLite format 3\x00":
-            raise BatchInputError(f"{field}: {db} is not a SQLite database")
+        problem = sqlite_problem(db)  # through SQLite: a plain open() would drop this process's locks on it
+        if problem:
+            raise BatchInputError(f"{field}: {db} is not a SQLite database ({problem})")
         if not os.access(db, os.W_OK):
             raise BatchInputError(f"{field}: {db} is not writable")
         return db

@@ -64,6 +64,29 @@ def enable_wal(conn: sqlite3.Connection) -> None:
                 conn.execute("PRAGMA journal_mode = wal")
 
 
+def sqlite_problem(path: str | Path) -> str | None:
+    """Why the existing file at `path` is not a SQLite database ("file is not a database"), or None when it is
+    one (an empty file is an empty database) or cannot be opened to tell (the store's own open reports that).
+
+    Read through SQLite itself, never with a plain `open()`: closing any descriptor of a file drops every POSIX
+    lock this process holds on it, among them the shared lock an open WAL connection keeps on its store for
+    life. Without that lock another process's last connection believes it is alone, checkpoints and deletes the
+    `-wal` and `-shm` files, and this process's connections, fresh ones included (SQLite maps one `-shm` per
+    file and process), read the deleted wal-index: the store as it was. SQLite's own opens share its lock table.
+    """
+    try:
+        conn = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=rw", uri=True)  # never creates the file
+        try:
+            conn.execute("PRAGMA schema_version").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return None
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    return None
+
+
 def _locked(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 

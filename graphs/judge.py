@@ -303,7 +303,8 @@ def resolve(request: JudgeRequest, *, served: bool = False, origin: dict | None 
     prompts = shared_prompts(str(prompts_dir) if prompts_dir else None, (*names, "persona_attributes")) if served \
         else Prompts(prompts_dir)
     versions = prompts.versions(list(names))  # fails before a model loads
-    judgeable, left_out = screen_episodes(Store(db), culture.code)
+    with Store(db) as store:
+        judgeable, left_out = screen_episodes(store, culture.code)
     if not judgeable:
         raise JudgeError(f"{r.db}: no finished {culture.code} episodes with at least {MIN_UTTERANCES} "
                          f"utterances to judge ({sum(left_out.values())} finished with fewer; run "

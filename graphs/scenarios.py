@@ -120,29 +120,29 @@ def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(argv)
     if args.command != "import" and not Path(args.db).exists():
         sys.exit(f"error: {args.db}: no such store")
-    store = Store(args.db)
-    if args.command == "export":
-        culture = args.culture.upper()
-        if args.out == "-":
-            n = export_scenarios(store, culture, sys.stdout)
+    with Store(args.db) as store:  # closed on every exit: no -wal is left beside the store
+        if args.command == "export":
+            culture = args.culture.upper()
+            if args.out == "-":
+                n = export_scenarios(store, culture, sys.stdout)
+            else:
+                out = Path(args.out)
+                partial = out.with_name(out.name + ".partial")  # a crash never leaves half a file under the real name
+                with open(partial, "w", encoding="utf-8") as f:
+                    n = export_scenarios(store, culture, f)
+                partial.replace(out)
+            print(f"exported {n} {culture} scenarios to {args.out}", file=sys.stderr)
+        elif args.command == "import":
+            run_id = store.start_run("graphs.scenarios import " + args.file, {"file": args.file, "db": args.db})
+            try:
+                stored, same = import_scenarios(store, args.file, run_id)
+            except ScenarioFileError as exc:
+                store.finish_run(run_id, {"error": str(exc)})
+                sys.exit(f"error: {exc}")
+            store.finish_run(run_id, {"stored": stored, "unchanged": same})
+            print(f"imported {stored} scenarios from {args.file} ({same} already stored unchanged)")
         else:
-            out = Path(args.out)
-            partial = out.with_name(out.name + ".partial")  # a crash never leaves half a file under the real name
-            with open(partial, "w", encoding="utf-8") as f:
-                n = export_scenarios(store, culture, f)
-            partial.replace(out)
-        print(f"exported {n} {culture} scenarios to {args.out}", file=sys.stderr)
-    elif args.command == "import":
-        run_id = store.start_run("graphs.scenarios import " + args.file, {"file": args.file, "db": args.db})
-        try:
-            stored, same = import_scenarios(store, args.file, run_id)
-        except ScenarioFileError as exc:
-            store.finish_run(run_id, {"error": str(exc)})
-            sys.exit(f"error: {exc}")
-        store.finish_run(run_id, {"stored": stored, "unchanged": same})
-        print(f"imported {stored} scenarios from {args.file} ({same} already stored unchanged)")
-    else:
-        list_scenarios(store, args.culture.upper() if args.culture else None, sys.stdout)
+            list_scenarios(store, args.culture.upper() if args.culture else None, sys.stdout)
 
 
 if __name__ == "__main__":

@@ -159,7 +159,10 @@ def scenarios_for(request: SimulateRequest, db: Path) -> list[Scenario]:
     if request.use_seeds:
         scenarios = list(sotopia_seeds())
     else:
-        scenarios = Store(db).scenarios(culture=request.culture.upper()) if db.exists() else []
+        scenarios = []
+        if db.exists():
+            with Store(db) as store:
+                scenarios = store.scenarios(culture=request.culture.upper())
         if not scenarios:
             unknown = f"scenario_ids: {request.scenario_ids[0]!r} is not there: " if request.scenario_ids else ""
             raise BatchInputError(

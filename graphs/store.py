@@ -1,5 +1,7 @@
 """The SQLite store: one file holds runs, scenarios, episodes, turns, intents and judgements.
 
+    python -m graphs.store backup runs/clca.db backups/clca.db   # a consistent copy, safe while others write
+
 The store is closed: records go in and come out typed (`RunRecord`, `ScenarioRecord`, `EpisodeRecord`,
 `agents.records.Turn` and `Intent`, `Judgement`), every query, counts included, is a `Store` method, and
 the schema is fixed (`SCHEMA`, created when missing): a field the schema lacks is an error, never a new
@@ -14,11 +16,13 @@ would let one block the event loop while the other holds the write lock.
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import hashlib
 import json
 import os
 import sqlite3
+import sys
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -298,7 +302,15 @@ class Store:
         self._create_tables()
 
     def close(self) -> None:
+        """Close the connection. The last connection to a file that closes checkpoints it and removes its
+        `-wal` and `-shm` files, so the `.db` alone then holds everything (a copy of it is complete)."""
         self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -306,14 +318,17 @@ class Store:
 
         A plain (deferred) transaction that reads before it writes gets "database is locked" at once, without
         waiting, when another process wrote in between; BEGIN IMMEDIATE waits up to the busy timeout instead.
+        A write or commit that fails (disk full, read-only file, I/O error) rolls the whole transaction back and
+        raises sqlite3's error; SQLite may have rolled back already, so only an open transaction is.
         """
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.conn.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     def claim(self, key: str):
         """`claim(self.path, key)`."""
@@ -574,3 +589,77 @@ class Store:
 
 def _like_prefix(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+# ------------------------------------------------------------------ copies
+
+
+class BackupError(ValueError):
+    """A backup that cannot be made (no store at the source, a destination that exists); one line."""
+
+
+def backup(src: str | Path, dst: str | Path) -> list[Path]:
+    """Copy the store at `src`, and its checkpoint file when there is one, to `dst` (and `<dst>.checkpoints`)
+    with SQLite's online backup API (`sqlite3.Connection.backup`, https://sqlite.org/backup.html).
+
+    The copy is the store as one transaction saw it, everything committed before it began (what is still only
+    in `-wal` included), and is safe while other processes write: under WAL a reader does not block them, and
+    the pages are copied in one step, so a write during the copy does not restart it. Each copy is written to
+    `<name>.partial` and renamed when complete, and is closed as a single file (no `-wal` beside it). Returns
+    the files written. BackupError (one line) when `src` is not a store or a destination exists already; a
+    plain file copy of a store that is open elsewhere may miss what its `-wal` holds.
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise BackupError(f"{src}: no such store")
+    if problem := sqlite_problem(src):
+        raise BackupError(f"{src}: not a SQLite store ({problem})")
+    pairs = [(src, dst)]
+    checkpoints = src.with_name(src.name + ".checkpoints")
+    if checkpoints.is_file():
+        pairs.append((checkpoints, dst.with_name(dst.name + ".checkpoints")))
+    for _, to in pairs:
+        if to.exists():
+            raise BackupError(f"{to}: exists already; remove it or choose another destination")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    for frm, to in pairs:
+        _backup_file(frm, to)
+    return [to for _, to in pairs]
+
+
+def _backup_file(src: Path, dst: Path) -> None:
+    partial = dst.with_name(dst.name + ".partial")
+    partial.unlink(missing_ok=True)  # left by a backup that was killed
+    source = sqlite3.connect(f"{src.absolute().as_uri()}?mode=rw", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        target = sqlite3.connect(partial)
+        try:
+            source.backup(target)  # pages=-1: every page in one step, from one read snapshot
+            target.execute("PRAGMA journal_mode = delete")  # one self-contained file; a store opens it in WAL again
+        finally:
+            target.close()
+    finally:
+        source.close()
+    partial.replace(dst)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m graphs.store backup SRC DST`."""
+    p = argparse.ArgumentParser(prog="python -m graphs.store", description="Work on a store file.")
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("backup", help="copy a store consistently with SQLite's online backup, safe while other "
+                                      "processes write it (a plain file copy may miss what its -wal holds)")
+    b.add_argument("src", help="the store to copy, e.g. runs/clca.db (its .checkpoints file is copied too)")
+    b.add_argument("dst", help="the copy to write; must not exist")
+    args = p.parse_args(argv)
+    try:
+        written = backup(args.src, args.dst)
+    except BackupError as exc:
+        sys.exit(f"error: {exc}")
+    except sqlite3.Error as exc:
+        sys.exit(f"error: backup of {args.src} to {args.dst}: {exc}")
+    print(f"backed up {args.src} to {', '.join(map(str, written))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -106,7 +106,8 @@ def test_backup_refuses_what_it_cannot_do_in_one_line(tmp_path):
 
 
 # (command, commands that make the store it needs, the Store method that writes its results)
-WRITES = [(ADAPT, [], "put_scenario"), (SEEDS, [], "finish_episode"), ([*JUDGE, "--rejudge"], [SEEDS], "put_judgements")]
+WRITES = [(ADAPT, [], "put_scenario"), (SEEDS, [], "finish_episode"),
+          ([*JUDGE, "--rejudge"], [SEEDS], "put_judgements")]
 
 
 @pytest.mark.parametrize("command, before, method", WRITES, ids=["adapt", "simulate", "judge"])

@@ -38,7 +38,8 @@ def test_records_round_trip_typed(tmp_path):
     assert judgement.aspect is Aspect.GOAL_1 and judgement.score == 7.0 and judgement.created
     store.finish_run(run_id, {"done": 1})
     run = store.run(run_id)
-    assert (run.config, run.summary, run.finished is not None) == ({"culture": "CHN", "served": None}, {"done": 1}, True)
+    assert (run.config, run.summary, run.finished is not None) == \
+        ({"culture": "CHN", "served": None}, {"done": 1}, True)
     assert store.runs("graphs.sim") == [run] and store.runs("graphs.judge") == [] and store.runs() == [run]
     assert store.judge_models("CHN") == ["j"] and store.judge_models("JPN") == []
     counts = store.counts(["ep-1", "ep-none"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -254,6 +254,47 @@ class Turn(Record):
     text: str
     raw: str = ""
     valid: bool = True
+
+
+class Aspect(StrEnum):
+    """What one judgement is about: the judge's three questions (quality, culture, meta), or one SOTOPIA-EVAL
+    dimension of one participant, written "<dimension>:<participant index>" (Zhou et al. 2024, Table 1).
+
+    The SOTOPIA members are `agents.answers.SotopiaAnswer`'s fields, for participants 0 and 1.
+    """
+
+    QUALITY = "quality"
+    CULTURE = "culture"
+    META = "meta"
+    BELIEVABILITY_0 = "believability:0"
+    RELATIONSHIP_0 = "relationship:0"
+    KNOWLEDGE_0 = "knowledge:0"
+    SECRET_0 = "secret:0"
+    SOCIAL_RULES_0 = "social_rules:0"
+    FINANCIAL_AND_MATERIAL_BENEFITS_0 = "financial_and_material_benefits:0"
+    GOAL_0 = "goal:0"
+    BELIEVABILITY_1 = "believability:1"
+    RELATIONSHIP_1 = "relationship:1"
+    KNOWLEDGE_1 = "knowledge:1"
+    SECRET_1 = "secret:1"
+    SOCIAL_RULES_1 = "social_rules:1"
+    FINANCIAL_AND_MATERIAL_BENEFITS_1 = "financial_and_material_benefits:1"
+    GOAL_1 = "goal:1"
+
+    @classmethod
+    def sotopia(cls, dimension: str, participant: int) -> Aspect:
+        """The aspect of one SOTOPIA dimension for participant 0 or 1; ValueError for an unknown one."""
+        return cls(f"{dimension}:{participant}")
+
+    @property
+    def dimension(self) -> str | None:
+        """The SOTOPIA dimension ("goal"), or None for quality, culture and meta."""
+        return self.value.partition(":")[0] if ":" in self.value else None
+
+    @property
+    def participant(self) -> int | None:
+        """The participant a SOTOPIA aspect scores (0 or 1), or None for quality, culture and meta."""
+        return int(self.value.partition(":")[2]) if ":" in self.value else None
 
 
 class Intent(Record):

@@ -63,9 +63,9 @@ def run(model, *, episodes: int, max_turns: int, concurrency: int, seed: int, ma
         started, cpu_started = time.perf_counter(), time.process_time()
         run_stage(simulate.STAGE, request, model=model, command="bench/simulate.py")
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-        turns, valid = store.db.execute("select count(*), coalesce(sum(valid), 0) from turns").fetchone()
-        intents, valid_intents = store.db.execute("select count(*), coalesce(sum(valid), 0) from intents").fetchone()
-        statuses = dict(store.db.execute("select status, count(*) from episodes group by status").fetchall())
+        counts = store.counts()
+        turns, valid, statuses = counts.turns, counts.valid_turns, counts.statuses
+        intents, valid_intents = counts.intents, counts.valid_intents
     after = model.usage.totals()
     return {"turns": turns, "valid": valid, "intents": intents, "valid_intents": valid_intents, "wall": wall, "cpu": cpu,
             "calls": after["calls"] - before["calls"], "statuses": statuses,

@@ -33,6 +33,7 @@ import importlib
 import json
 import operator
 import os
+import sqlite3
 import sys
 import time
 import warnings
@@ -53,7 +54,8 @@ from agents.cli import DataclassParser
 from agents.models import Model, Usage, load_model
 from agents.records import first_error
 from graphs.serving import ServedInputError, shared_model, strict, unknown_keys
-from graphs.store_io import close_checkpointers
+from graphs.store import sqlite_problem
+from graphs.store_io import close_checkpointers, close_store
 
 USAGE_KEYS = ("calls", "prompt_tokens", "completion_tokens", "invalid_answers", "retries")  # Usage.totals()
 
@@ -153,10 +155,9 @@ def store_file(db: Path, field: str = "db") -> Path:
     if db.is_dir():
         raise BatchInputError(f"{field}: {db} is a folder, not a SQLite file")
     if db.exists():
-        with open(db, "rb") as f:
-            head = f.read(16)
-        if head and head != b"SQLite format 3\x00":
-            raise BatchInputError(f"{field}: {db} is not a SQLite database")
+        problem = sqlite_problem(db)  # through SQLite: a plain open() would drop this process's locks on it
+        if problem:
+            raise BatchInputError(f"{field}: {db} is not a SQLite database ({problem})")
         if not os.access(db, os.W_OK):
             raise BatchInputError(f"{field}: {db} is not writable")
         return db
@@ -331,7 +332,8 @@ def graph_of(stage: Stage):
 
 async def run_batch(stage: Stage, batch, *, progress: bool = True) -> dict:
     """Run a stage's batch graph to its end on a resolved run context, with a progress bar fed by its
-    progress events; returns the final state. Closes the checkpoint connections this event loop opened."""
+    progress events; returns the final state. Closes the store and the checkpoint connections this event loop
+    opened, whatever the end (no `-wal` or `-shm` is left once no other process has the store open)."""
     final: dict = {}
     bar = None
     try:
@@ -349,7 +351,10 @@ async def run_batch(stage: Stage, batch, *, progress: bool = True) -> dict:
     finally:
         if bar is not None:
             bar.close()
-        await close_checkpointers()
+        try:
+            await close_checkpointers()
+        finally:
+            await close_store(batch.db)
     return final
 
 
@@ -367,7 +372,8 @@ def run(stage: Stage, request, *, model: Model | None = None, progress: bool = F
 
 def command_line(stage: Stage, argv: list[str] | None = None) -> None:
     """A stage's command line: parse its flags, resolve and run it, print its report and exit with its status
-    (one-line `error:` and status 1 on a bad request; Ctrl-C: one line and status 130, finished work stored)."""
+    (one-line `error:` and status 1 on a bad request or a store that cannot be written, e.g. a full disk; Ctrl-C:
+    one line and status 130, finished work stored)."""
     request, extra = make_parser(stage).parse_args_into_dataclasses(argv)
     command = f"{stage.module} " + " ".join(argv if argv is not None else sys.argv[1:])
     # Items still waiting for LangGraph's max_concurrency gate when Ctrl-C cancels the run never start; their
@@ -382,6 +388,9 @@ def command_line(stage: Stage, argv: list[str] | None = None) -> None:
         raise SystemExit(130) from None
     except (*stage.errors, BatchInputError, ServedInputError) as exc:
         sys.exit(f"error: {exc}")  # e.g. a user template that fails only on some item's data
+    except sqlite3.Error as exc:  # each write is one transaction: the failed one is rolled back, the rest is kept
+        sys.exit(f"error: store {request.db}: {failure_text(exc, with_type=False)} (what was stored before is kept; "
+                 "free disk space or make the store writable, then rerun the same command to resume)")
     if final.get("error"):
         sys.exit(f"error: {final['error']}")
     text, status = stage.report(batch, final["summary"])

@@ -18,14 +18,13 @@ has already judged (`--rejudge` redoes them).
 `--sotopia` adds a fourth node, alongside, that scores both participants on the SOTOPIA-EVAL dimensions
 (aspects "goal:0", "believability:1", ...; the number is in `score`). The filter does not read them.
 
-The filter is separate from judging: `FilterRule` + `verdict()` decide from stored judgements, so the
-dataset exporter and the site viewer apply the same rule. The paper's rule (the default) drops an
+The filter is separate from judging (`graphs.filter`: `FilterRule` + `verdict()` over stored judgements),
+so the dataset exporter and the site viewer apply the same rule. The paper's rule (the default) drops an
 episode when the meta label or the quality label is bad with "very confident".
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import operator
 import time
@@ -37,7 +36,7 @@ from typing import Annotated, Literal, TypedDict
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
-from agents.answers import CONFIDENCES, AlignmentAnswer, Answer, MetaAnswer, QualityAnswer, SotopiaAnswer
+from agents.answers import SotopiaAnswer
 from agents.cultures import CultureError, load_culture
 from agents.freetext import label
 from agents.models import (
@@ -50,7 +49,7 @@ from agents.models import (
     ModelSpecError,
 )
 from agents.prompts import PromptError, Prompts
-from agents.records import Action, Culture, Scenario, Turn
+from agents.records import Aspect, Culture, Scenario, Turn
 from agents.seeding import call_seed
 from graphs.batch import (
     BatchInputError,
@@ -65,32 +64,42 @@ from graphs.batch import (
     store_file,
 )
 from graphs.episode import answer_format_for
+from graphs.filter import (  # noqa: F401 - the filter, re-exported for its users
+    ASPECTS,
+    LABEL_FIELDS,
+    LABELS,
+    MIN_UTTERANCES,
+    PAPER_RULE,
+    PAPER_RULE_TEXT,
+    SHAPES,
+    TOO_FEW_UTTERANCES,
+    Condition,
+    FilterRule,
+    FilterRuleError,
+    Verdict,
+    add_filter_arguments,
+    aspect_summary,
+    screen,
+    utterances,
+    valid_turns,
+    verdict,
+    verdicts,
+)
 from graphs.serving import shared_prompts, under_root
-from graphs.store import DEFAULT_DB, FINAL, Store
+from graphs.store import DEFAULT_DB, FINAL, EpisodeRecord, Judgement, Store
 from graphs.store_io import on_store
 
-# aspect -> its answer shape (agents.answers); the shape's first field is the label, checked by the filter.
-SHAPES: dict[str, type[Answer]] = {"quality": QualityAnswer, "culture": AlignmentAnswer, "meta": MetaAnswer}
-LABEL_FIELDS = {"quality": "quality", "culture": "alignment", "meta": "label"}
-# aspect -> (answer field, label vocabulary), read off the shapes; the confidence vocabulary is shared.
-LABELS: dict[str, tuple[str, tuple[str, ...]]] = {
-    aspect: (field, SHAPES[aspect].model_fields[field].annotation.__args__) for aspect, field in LABEL_FIELDS.items()
-}
-ASPECTS = tuple(LABELS)
 PROMPT_NAMES = ["judge_system", "judge_quality", "judge_culture", "judge_meta"]
 # Optional SOTOPIA-EVAL dimensions, scored per participant, read off SotopiaAnswer:
 # dimension -> (free-text label, low, high, what it measures). Stored as aspect "<dimension>:<participant
-# index>", e.g. "goal:0", with the number in `score`.
+# index>", e.g. "goal:0" (`agents.records.Aspect`), with the number in `score`.
 SOTOPIA_DIMENSIONS: dict[str, tuple[str, int, int, str]] = {
     name: (label(SotopiaAnswer, name),
            *(next(getattr(m, bound) for m in info.metadata if hasattr(m, bound)) for bound in ("ge", "le")),
            info.description)
     for name, info in SotopiaAnswer.model_fields.items()
 }
-SOTOPIA_ASPECTS = tuple(f"{d}:{i}" for i in (0, 1) for d in SOTOPIA_DIMENSIONS)
-# Episodes with fewer utterances than this (`utterances`) give nothing to judge or to train on.
-MIN_UTTERANCES = 2
-TOO_FEW_UTTERANCES = f"fewer than {MIN_UTTERANCES} utterances (silent or one-sided)"
+SOTOPIA_ASPECTS = tuple(Aspect.sotopia(d, i) for i in (0, 1) for d in SOTOPIA_DIMENSIONS)
 
 
 # ------------------------------------------------------------------ answers
@@ -116,148 +125,22 @@ def score_rows(participant: int, asked: Asked) -> list[dict]:
             for dimension in SOTOPIA_DIMENSIONS]
 
 
-# ------------------------------------------------------------------ filter
-
-
-@dataclass(frozen=True)
-class Condition:
-    """Drop when `aspect` has `label` with one of `confidences` (any confidence when empty)."""
-
-    aspect: str
-    label: str
-    confidences: tuple[str, ...] = ()
-
-    def matches(self, row: dict) -> bool:
-        return row["label"] == self.label and (not self.confidences or row["confidence"] in self.confidences)
-
-    def __str__(self) -> str:
-        return f"{self.aspect}={self.label}" + (f"@{'/'.join(self.confidences)}" if self.confidences else "")
+# ------------------------------------------------------------------ which episodes (read from the store)
 
 
 class JudgeError(ValueError):
     """Bad input to the judge command, reported as one line."""
 
 
-class FilterRuleError(JudgeError):
-    """A filter rule that names an unknown aspect, label or confidence."""
+def screen_episodes(store: Store, culture: str) -> tuple[list[EpisodeRecord], Counter]:
+    """`graphs.filter.screen` over a culture's stored episodes: (finished episodes fit to judge, in id order;
+    why each other finished episode is left out)."""
+    return screen((e, store.turns(e.id)) for e in store.episodes(culture) if e.status in FINAL)
 
 
-@dataclass(frozen=True)
-class FilterRule:
-    """Which judged episodes to drop. `on_invalid` says what an invalid or missing judgement of an aspect
-    the rule names does: "keep" (no evidence against the episode, the paper's literal rule) or "drop".
-    `keep_all` keeps every episode, judged or not (the paper's no-filtering ablation)."""
-
-    drop_if: tuple[Condition, ...] = ()
-    on_invalid: str = "keep"
-    keep_all: bool = False
-
-    @classmethod
-    def parse(cls, text: str, on_invalid: str = "keep") -> FilterRule:
-        """'none', or comma-separated conditions 'aspect=label[@confidence[/confidence...]]'."""
-        if on_invalid not in ("keep", "drop"):
-            raise FilterRuleError(f"on-invalid {on_invalid!r}: expected keep or drop")
-        if text.strip().lower() == "none":
-            return cls(keep_all=True, on_invalid=on_invalid)
-        conditions = []
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            aspect, sep, rest = part.partition("=")
-            label, _, confs = rest.partition("@")
-            aspect, label = aspect.strip(), label.strip()
-            confidences = tuple(c.strip() for c in confs.split("/") if c.strip())
-            if not sep or aspect not in LABELS:
-                raise FilterRuleError(f"filter rule {part!r}: expected aspect=label[@confidence] with aspect one of "
-                                      f"{', '.join(ASPECTS)}")
-            if label not in LABELS[aspect][1]:
-                raise FilterRuleError(f"filter rule {part!r}: label must be one of {', '.join(LABELS[aspect][1])}")
-            if any(c not in CONFIDENCES for c in confidences):
-                raise FilterRuleError(f"filter rule {part!r}: confidence must be one of {', '.join(CONFIDENCES)}")
-            conditions.append(Condition(aspect, label, confidences))
-        if not conditions:
-            raise FilterRuleError("filter rule: empty (use 'none' to keep every episode)")
-        return cls(drop_if=tuple(conditions), on_invalid=on_invalid)
-
-    def __str__(self) -> str:
-        body = "none" if self.keep_all else ",".join(map(str, self.drop_if))
-        return f"{body} (on invalid: {self.on_invalid})"
-
-
-PAPER_RULE_TEXT = "meta=bad@very confident,quality=bad@very confident"
-PAPER_RULE = FilterRule.parse(PAPER_RULE_TEXT)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    kept: bool
-    judged: bool
-    reasons: tuple[str, ...] = ()  # the conditions that dropped it, or why it was not judged
-    invalid: tuple[str, ...] = ()  # aspects the rule names whose judgement is invalid or missing
-
-
-def verdict(judgements: list[dict], rule: FilterRule = PAPER_RULE) -> Verdict:
-    """Keep or drop one episode from one judge model's stored judgements (`Store.judgements(ep, model)`)."""
-    by_aspect = {row["aspect"]: row for row in judgements}
-    if rule.keep_all:
-        return Verdict(kept=True, judged=bool(by_aspect))
-    if not by_aspect:
-        return Verdict(kept=False, judged=False, reasons=("not judged",))
-    reasons, invalid = [], []
-    for condition in rule.drop_if:
-        row = by_aspect.get(condition.aspect)
-        if row is None or not row["valid"]:
-            invalid.append(condition.aspect)
-        elif condition.matches(row):
-            reasons.append(str(condition))
-    invalid = list(dict.fromkeys(invalid))
-    if invalid and rule.on_invalid == "drop":
-        reasons.extend(f"{aspect} invalid" for aspect in invalid)
-    return Verdict(kept=not reasons, judged=True, reasons=tuple(reasons), invalid=tuple(invalid))
-
-
-def episode_verdicts(store: Store, culture: str, judge_model: str | None, rule: FilterRule = PAPER_RULE
-                     ) -> list[tuple[dict, Verdict]]:
-    """(episode row, verdict) for every judgeable episode of a culture, in id order."""
-    return [
-        (row, verdict(store.judgements(row["id"], judge_model) if judge_model else [], rule))
-        for row in judgeable_episodes(store, culture)
-    ]
-
-
-def judgeable_episodes(store: Store, culture: str) -> list[dict]:
-    """Finished episodes with at least MIN_UTTERANCES utterances (see `screen_episodes`)."""
+def judgeable_episodes(store: Store, culture: str) -> list[EpisodeRecord]:
+    """Finished episodes with at least MIN_UTTERANCES utterances (see `graphs.filter.screen`)."""
     return screen_episodes(store, culture)[0]
-
-
-def screen_episodes(store: Store, culture: str) -> tuple[list[dict], Counter]:
-    """(finished episodes fit to judge, in id order; why each other finished episode is left out).
-
-    An episode needs MIN_UTTERANCES utterances among its valid turns: two personas who only choose the
-    action `none` have turns but no conversation. An episode that ended on an unparseable turn counts
-    with the turns before it, as the paper kept truncated dialogues."""
-    judgeable, left_out = [], Counter()
-    for row in store.episodes(culture):
-        if row["status"] not in FINAL:
-            continue
-        if utterances(valid_turns(store.turns(row["id"]))) >= MIN_UTTERANCES:
-            judgeable.append(row)
-        else:
-            left_out[TOO_FEW_UTTERANCES] += 1
-    return judgeable, left_out
-
-
-def utterances(turns: list[Turn]) -> int:
-    """Turns that say something: speak, or a non-verbal act, with text (not `none`, not a bare leave)."""
-    return sum(t.valid and t.action in (Action.SPEAK, Action.NON_VERBAL) and bool(t.text.strip()) for t in turns)
-
-
-def valid_turns(turns: list[Turn]) -> list[Turn]:
-    """The turns before the first invalid one (an episode ends at its first unparseable turn)."""
-    out = []
-    for t in turns:
-        if not t.valid:
-            break
-        out.append(t)
-    return out
 
 
 # ------------------------------------------------------------------ graph
@@ -359,7 +242,7 @@ def build_judge_graph(sotopia: bool = False):
 def needs_judging(store: Store, ep_id: str, judge_model: str, sotopia: bool = False) -> bool:
     """True unless this judge model has stored an answer (valid or not) for every aspect asked for."""
     wanted = set(ASPECTS) | (set(SOTOPIA_ASPECTS) if sotopia else set())
-    return not wanted <= {r["aspect"] for r in store.judgements(ep_id, judge_model)}
+    return not wanted <= {j.aspect for j in store.judgements(ep_id, judge_model)}
 
 
 @dataclass(frozen=True)
@@ -407,7 +290,10 @@ def resolve(request: JudgeRequest, *, served: bool = False, origin: dict | None 
     r = request
     if r.concurrency < 1 or r.max_new_tokens < 1:
         raise JudgeError("concurrency and max_new_tokens must be at least 1")
-    rule = FilterRule.parse(r.filter, r.on_invalid)
+    try:
+        rule = FilterRule.parse(r.filter, r.on_invalid)
+    except FilterRuleError as exc:
+        raise JudgeError(str(exc)) from None
     path = (lambda p, field: under_root(p, field)) if served else (lambda p, field: p and Path(p))
     db, prompts_dir, cultures_dir = path(r.db, "db"), path(r.prompts, "prompts"), path(r.cultures_dir, "cultures_dir")
     db = store_file(db)
@@ -417,7 +303,8 @@ def resolve(request: JudgeRequest, *, served: bool = False, origin: dict | None 
     prompts = shared_prompts(str(prompts_dir) if prompts_dir else None, (*names, "persona_attributes")) if served \
         else Prompts(prompts_dir)
     versions = prompts.versions(list(names))  # fails before a model loads
-    judgeable, left_out = screen_episodes(Store(db), culture.code)
+    with Store(db) as store:
+        judgeable, left_out = screen_episodes(store, culture.code)
     if not judgeable:
         raise JudgeError(f"{r.db}: no finished {culture.code} episodes with at least {MIN_UTTERANCES} "
                          f"utterances to judge ({sum(left_out.values())} finished with fewer; run "
@@ -431,14 +318,14 @@ def resolve(request: JudgeRequest, *, served: bool = False, origin: dict | None 
 async def _plan(j: Judging) -> dict:
     r = j.request
 
-    def record(store: Store) -> tuple[str, list[dict], list[str]]:
+    def record(store: Store) -> tuple[str, list[EpisodeRecord], list[str]]:
         episodes = judgeable_episodes(store, j.culture.code)
-        todo = [e for e in episodes if r.rejudge or needs_judging(store, e["id"], j.model.spec, r.sotopia)]
-        return store.start_run(j.command, j.config), todo, [e["id"] for e in episodes]
+        todo = [e for e in episodes if r.rejudge or needs_judging(store, e.id, j.model.spec, r.sotopia)]
+        return store.start_run(j.command, j.config), todo, [e.id for e in episodes]
 
     run_id, todo, ids = await on_store(j.db, record)
     return {"run_id": run_id, "planned": len(ids), "skipped": len(ids) - len(todo), "ids": ids,
-            "todo": [{"id": e["id"], "scenario_id": e["scenario_id"]} for e in todo]}
+            "todo": [{"id": e.id, "scenario_id": e.scenario_id} for e in todo]}
 
 
 async def _judge_one(j: Judging, item: dict, run_id: str, graph) -> dict:
@@ -454,7 +341,7 @@ async def _judge_one(j: Judging, item: dict, run_id: str, graph) -> dict:
             return {"id": item["id"], "status": "failed", "usage": model.usage.totals(),
                     "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
     await on_store(j.db, Store.put_judgements, item["id"], j.model.spec,
-                   [{**row, "run_id": run_id} for row in state["judgements"]])
+                   [Judgement(**row, run_id=run_id) for row in state["judgements"]])
     return {"id": item["id"], "status": "judged", "usage": model.usage.totals()}
 
 
@@ -504,42 +391,21 @@ BATCH = graph_of(STAGE)
 
 def judgement_summary(store: Store, culture: str, judge_model: str, rule: FilterRule) -> dict:
     """Valid shares and label counts per aspect, and what the rule keeps, over the judgeable episodes."""
-    aspects: dict[str, Counter] = {a: Counter() for a in ASPECTS}
-    verdicts = []
     judgeable, left_out = screen_episodes(store, culture)
-    for row in judgeable:
-        judgements = store.judgements(row["id"], judge_model)  # read once, for the verdict and the counts
-        verdicts.append((row, verdict(judgements, rule)))
-        for j in judgements:
-            c = aspects.setdefault(j["aspect"], Counter())
-            c["answers"] += 1
-            c["valid"] += j["valid"]
-            if j["valid"] and j["label"] is not None:
-                c[f"{j['label']}@{j['confidence']}"] += 1
-    reasons = Counter(r for _, v in verdicts for r in v.reasons)
+    judged = [(e, store.judgements(e.id, judge_model)) for e in judgeable]  # read once, for verdicts and counts
+    kept = verdicts(judged, rule)
+    reasons = Counter(r for _, v in kept for r in v.reasons)
     return {
-        "episodes": len(verdicts),
+        "episodes": len(kept),
         "not_judgeable": dict(left_out),  # finished episodes left out of everything, by reason
-        "judged": sum(v.judged for _, v in verdicts),
-        "kept": sum(v.kept for _, v in verdicts),
-        "dropped": sum(v.judged and not v.kept for _, v in verdicts),
-        "kept_despite_invalid": sum(v.kept and bool(v.invalid) for _, v in verdicts),
+        "judged": sum(v.judged for _, v in kept),
+        "kept": sum(v.kept for _, v in kept),
+        "dropped": sum(v.judged and not v.kept for _, v in kept),
+        "kept_despite_invalid": sum(v.kept and bool(v.invalid) for _, v in kept),
         "drop_reasons": dict(reasons),
-        "aspects": {
-            a: {**dict(c), "valid_share": round(c["valid"] / c["answers"], 4) if c["answers"] else None}
-            for a, c in aspects.items()
-        },
+        "aspects": aspect_summary(j for _, judgements in judged for j in judgements),
         "rule": str(rule),
     }
-
-
-def add_filter_arguments(p: argparse.ArgumentParser, purpose: str) -> None:
-    """--filter and --on-invalid, read by `FilterRule.parse` the same way in every command."""
-    p.add_argument("--filter", default=PAPER_RULE_TEXT,
-                   help=f"{purpose}: 'none' (keep everything, the paper's ablation) or "
-                        "aspect=label[@conf/conf],... (default: the paper's rule)")
-    p.add_argument("--on-invalid", default="keep", choices=["keep", "drop"],
-                   help="what an invalid judgement of an aspect the rule names does (default: keep, the paper's)")
 
 
 def main(argv: list[str] | None = None) -> None:

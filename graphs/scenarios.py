@@ -69,12 +69,12 @@ def import_scenarios(store: Store, path: str | Path, run_id: str | None = None) 
     new, same = [], 0
     commit = git_commit()
     for number, scenario in read_numbered(path):
-        row = store.scenario_row(scenario.id)
-        if row is None or row["status"] != "ok":
+        row = store.scenario_record(scenario.id)
+        if row is None or row.status != "ok":
             adapted_from = scenario.source.removeprefix("adapted:") if scenario.source.startswith("adapted:") else None
             new.append((scenario, {"seed_id": adapted_from, "model": None, "prompt_version": None, "attempts": 0,
                                    "run_id": run_id, "git": commit}))
-        elif Scenario.from_json(row["data"]) == scenario:
+        elif row.scenario == scenario:
             same += 1
         else:
             raise ScenarioFileError(
@@ -95,10 +95,10 @@ def export_scenarios(store: Store, culture: str, out) -> int:
 
 def list_scenarios(store: Store, culture: str | None, out) -> None:
     """One line per stored row, failed adaptations included, with who made it and how."""
-    for row in store.scenario_rows(culture):
-        made_by = f"{row['model']} x{row['attempts']}" if row["model"] else "imported or seed"
-        why = f"  {row['error']}" if row["error"] else ""
-        out.write(f"{row['id']}\t{row['status']}\t{row['culture'] or '-'}\t{row['seed_id'] or '-'}\t{made_by}{why}\n")
+    for row in store.scenario_records(culture):
+        made_by = f"{row.model} x{row.attempts}" if row.model else "imported or seed"
+        why = f"  {row.error}" if row.error else ""
+        out.write(f"{row.id}\t{row.status}\t{row.culture or '-'}\t{row.seed_id or '-'}\t{made_by}{why}\n")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -120,29 +120,29 @@ def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(argv)
     if args.command != "import" and not Path(args.db).exists():
         sys.exit(f"error: {args.db}: no such store")
-    store = Store(args.db)
-    if args.command == "export":
-        culture = args.culture.upper()
-        if args.out == "-":
-            n = export_scenarios(store, culture, sys.stdout)
+    with Store(args.db) as store:  # closed on every exit: no -wal is left beside the store
+        if args.command == "export":
+            culture = args.culture.upper()
+            if args.out == "-":
+                n = export_scenarios(store, culture, sys.stdout)
+            else:
+                out = Path(args.out)
+                partial = out.with_name(out.name + ".partial")  # a crash never leaves half a file under the real name
+                with open(partial, "w", encoding="utf-8") as f:
+                    n = export_scenarios(store, culture, f)
+                partial.replace(out)
+            print(f"exported {n} {culture} scenarios to {args.out}", file=sys.stderr)
+        elif args.command == "import":
+            run_id = store.start_run("graphs.scenarios import " + args.file, {"file": args.file, "db": args.db})
+            try:
+                stored, same = import_scenarios(store, args.file, run_id)
+            except ScenarioFileError as exc:
+                store.finish_run(run_id, {"error": str(exc)})
+                sys.exit(f"error: {exc}")
+            store.finish_run(run_id, {"stored": stored, "unchanged": same})
+            print(f"imported {stored} scenarios from {args.file} ({same} already stored unchanged)")
         else:
-            out = Path(args.out)
-            partial = out.with_name(out.name + ".partial")  # a crash never leaves half a file under the real name
-            with open(partial, "w", encoding="utf-8") as f:
-                n = export_scenarios(store, culture, f)
-            partial.replace(out)
-        print(f"exported {n} {culture} scenarios to {args.out}", file=sys.stderr)
-    elif args.command == "import":
-        run_id = store.start_run("graphs.scenarios import " + args.file, {"file": args.file, "db": args.db})
-        try:
-            stored, same = import_scenarios(store, args.file, run_id)
-        except ScenarioFileError as exc:
-            store.finish_run(run_id, {"error": str(exc)})
-            sys.exit(f"error: {exc}")
-        store.finish_run(run_id, {"stored": stored, "unchanged": same})
-        print(f"imported {stored} scenarios from {args.file} ({same} already stored unchanged)")
-    else:
-        list_scenarios(store, args.culture.upper() if args.culture else None, sys.stdout)
+            list_scenarios(store, args.culture.upper() if args.culture else None, sys.stdout)
 
 
 if __name__ == "__main__":

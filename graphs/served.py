@@ -128,12 +128,12 @@ def judge_context(config: JudgeRunConfig) -> judge_graph.JudgeContext:
         db = _path(config.db, "db")
         if not db or not Path(db).is_file():
             raise ServedConfigError(f"db: episode_id needs an existing store, got {config.db!r}")
-        store = Store(db)
-        row = store.episode(config.episode_id)
-        if row is None:
-            raise ServedConfigError(f"episode_id: {config.episode_id!r} is not in {config.db}")
-        scenario, turns = store.scenario(row["scenario_id"]), store.turns(config.episode_id)
-        culture = config.culture or row["culture"]
+        with Store(db) as store:
+            row = store.episode(config.episode_id)
+            if row is None:
+                raise ServedConfigError(f"episode_id: {config.episode_id!r} is not in {config.db}")
+            scenario, turns = store.scenario(row.scenario_id), store.turns(config.episode_id)
+        culture = config.culture or row.culture
     elif config.scenario is not None and config.turns is not None and config.culture:
         scenario, culture = Scenario.model_validate(config.scenario), config.culture
         turns = [Turn.model_validate(t) for t in config.turns]
@@ -209,7 +209,8 @@ def _scenario(whole: dict | None, scenario_id: str | None, db: str | None, field
     if db and scenario_id:
         if not Path(db).is_file():
             raise ServedConfigError(f"db: no store at {db}")
-        stored = Store(db).scenario(scenario_id)
+        with Store(db) as store:
+            stored = store.scenario(scenario_id)
         if stored is not None:
             return stored
     seeds = sotopia_seeds()

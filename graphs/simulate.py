@@ -22,7 +22,6 @@ resumes it), and writes it to the store as soon as it ends.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import random
 import time
@@ -61,7 +60,7 @@ from graphs.episode import (
     recursion_limit,
 )
 from graphs.serving import shared_culture, shared_prompts, under_root
-from graphs.store import DEFAULT_DB, FINAL, Store, claim, episode_id, git_commit
+from graphs.store import DEFAULT_DB, FINAL, EpisodeRecord, Store, claim, episode_id, git_commit
 from graphs.store_io import checkpointer, on_store
 
 EPISODE = build_episode_graph()  # run as a subgraph of the batch graph, on the store's own checkpointer
@@ -113,11 +112,6 @@ class Simulation:
     command: str  # the store's run row
     git: str | None = field(default_factory=git_commit)
 
-    @functools.cached_property
-    def stored(self) -> dict:
-        """The provenance columns every episode of the batch shares."""
-        return {"git": self.git, "config": json.dumps(self.config, sort_keys=True)}
-
 
 def plan_episodes(scenarios: list[Scenario], culture: str, model: str, seed: int, episodes: int,
                   samples: int) -> list[PlannedEpisode]:
@@ -165,7 +159,10 @@ def scenarios_for(request: SimulateRequest, db: Path) -> list[Scenario]:
     if request.use_seeds:
         scenarios = list(sotopia_seeds())
     else:
-        scenarios = Store(db).scenarios(culture=request.culture.upper()) if db.exists() else []
+        scenarios = []
+        if db.exists():
+            with Store(db) as store:
+                scenarios = store.scenarios(culture=request.culture.upper())
         if not scenarios:
             unknown = f"scenario_ids: {request.scenario_ids[0]!r} is not there: " if request.scenario_ids else ""
             raise BatchInputError(
@@ -182,19 +179,19 @@ def scenarios_for(request: SimulateRequest, db: Path) -> list[Scenario]:
     return scenarios
 
 
-async def run_episode(sim: Simulation, planned: PlannedEpisode, ctx: EpisodeContext, row: dict,
+async def run_episode(sim: Simulation, planned: PlannedEpisode, ctx: EpisodeContext, row: EpisodeRecord,
                       graph=None) -> tuple[str, int]:
     """Run (or resume) one episode with the episode graph (`graph`, default EPISODE) to its end and store it;
     returns (final status, turns), the status "elsewhere" when another process runs or has just finished it."""
     with claim(sim.db, planned.id) as mine:
         if not mine:
             return "elsewhere", 0
-        if ((await on_store(sim.db, Store.episode, planned.id)) or {}).get("status") in FINAL:
+        if getattr(await on_store(sim.db, Store.episode, planned.id), "status", None) in FINAL:
             return "elsewhere", 0  # the other process finished it after this run planned
         return await _run_claimed(sim, planned, ctx, row, graph or EPISODE)
 
 
-async def _run_claimed(sim: Simulation, planned: PlannedEpisode, ctx: EpisodeContext, row: dict,
+async def _run_claimed(sim: Simulation, planned: PlannedEpisode, ctx: EpisodeContext, row: EpisodeRecord,
                        graph) -> tuple[str, int]:
     saver = await checkpointer(sim.db)
     # The store's checkpointer, lent to the subgraph under the episode's own thread: an episode resumes
@@ -243,7 +240,7 @@ async def _plan(sim: Simulation) -> dict:
     def record(store: Store) -> tuple[str, list[str]]:
         if r.use_seeds:  # insert or ignore: runs started together on a new store share the seeds
             store.add_scenarios((s, {"seed_id": s.id}) for s in {p.scenario.id: p.scenario for p in plan}.values())
-        final = [p.id for p in plan if (store.episode(p.id) or {}).get("status") in FINAL]
+        final = [p.id for p in plan if getattr(store.episode(p.id), "status", None) in FINAL]
         return store.start_run(sim.command, sim.config), final
 
     run_id, final = await on_store(sim.db, record)
@@ -260,10 +257,10 @@ async def _episode(sim: Simulation, item: dict, run_id: str, graph) -> dict:
         ctx = EpisodeContext(scenario=planned.scenario, culture=sim.culture, model=model, prompts=sim.prompts,
                              max_turns=r.max_turns, speaker_params=sim.speaker_params,
                              seed=call_seed(r.seed, planned.sample, planned.id))
-        row = {"id": planned.id, "scenario_id": planned.scenario.id, "culture": sim.culture.code,
-               "model": sim.model.spec, "seed": r.seed, "sample": planned.sample, "max_turns": r.max_turns,
-               "run_id": run_id, **sim.stored,
-               "prompt_versions": json.dumps(sim.prompts.versions(prompt_names(planned.scenario)), sort_keys=True)}
+        row = EpisodeRecord(id=planned.id, scenario_id=planned.scenario.id, culture=sim.culture.code,
+                            model=sim.model.spec, seed=r.seed, sample=planned.sample, max_turns=r.max_turns,
+                            run_id=run_id, git=sim.git, config=sim.config,
+                            prompt_versions=sim.prompts.versions(prompt_names(planned.scenario)))
         status, turns = await run_episode(sim, planned, ctx, row, graph)
     return {"id": planned.id, "status": status, "turns": turns, "usage": model.usage.totals()}
 
@@ -308,16 +305,9 @@ GRAPH = graph_of(STAGE)
 
 
 def summarize(store: Store, ids: list[str], counts: dict, usage: dict, wall_s: float) -> dict:
-    marks = ",".join("?" * len(ids)) or "''"
-    turns = store.db.execute(f"select count(*) from turns where episode_id in ({marks})", ids).fetchone()[0]
-    valid_turns = store.db.execute(f"select count(*) from turns where valid and episode_id in ({marks})",
-                                   ids).fetchone()[0]
-    intents, valid_intents = store.db.execute(
-        f"select count(*), coalesce(sum(valid), 0) from intents where episode_id in ({marks})", ids).fetchone()
-    statuses = dict(store.db.execute(
-        f"select status, count(*) from episodes where id in ({marks}) group by status", ids).fetchall())
-    return {"requested": len(ids), "statuses": statuses, "this_run": counts, "turns": turns,
-            "valid_turns": valid_turns, "intents": intents, "valid_intents": valid_intents,
+    stored = store.counts(ids)
+    return {"requested": len(ids), "statuses": stored.statuses, "this_run": counts, "turns": stored.turns,
+            "valid_turns": stored.valid_turns, "intents": stored.intents, "valid_intents": stored.valid_intents,
             "usage": {k: usage.get(k, 0) for k in USAGE_KEYS},
             "wall_s": round(wall_s, 1)}
 

@@ -39,6 +39,19 @@ async def on_store(path: str | Path, fn: Callable[..., Any], *args, **kwargs) ->
     return await asyncio.get_running_loop().run_in_executor(_STORE_THREAD, call)
 
 
+async def close_store(path: str | Path) -> None:
+    """Close the store thread's connection to the store at `path`, if open (a command line's or Python caller's
+    run ends; a server's stores stay open). With the checkpointer's closed too, the last connection of the last
+    process checkpoints the file and removes its `-wal` and `-shm`."""
+
+    def call():
+        store = _stores.pop(Path(path).resolve(), None)
+        if store is not None:
+            store.close()
+
+    await asyncio.get_running_loop().run_in_executor(_STORE_THREAD, call)
+
+
 async def checkpointer(store_path: str | Path) -> AsyncSqliteSaver:
     """The checkpointer of episodes in flight (`<db>.checkpoints`), one connection per file and event loop."""
     loop = asyncio.get_running_loop()

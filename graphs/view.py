@@ -30,8 +30,9 @@ from agents import cli
 from agents.records import Intent, Scenario, Turn
 from graphs.adapt import build_adapt_graph
 from graphs.episode import build_episode_graph
-from graphs.judge import PAPER_RULE, FilterRule, JudgeError, Verdict, add_filter_arguments, build_judge_graph, verdict
-from graphs.store import Store, git_commit, now
+from graphs.filter import PAPER_RULE, FilterRule, FilterRuleError, Verdict, add_filter_arguments, verdict
+from graphs.judge import build_judge_graph
+from graphs.store import EpisodeRecord, Judgement, RunRecord, Store, git_commit, now
 from graphs.svg import Drawing, conversation_svg, topology_svg
 
 ASSETS = Path(__file__).parent / "view_assets"
@@ -48,17 +49,17 @@ class ViewError(ValueError):
 class EpisodeView:
     """Everything one episode page shows, read from the store once."""
 
-    row: dict
+    row: EpisodeRecord
     scenario: Scenario | None
     turns: list[Turn]
     intents: dict[int, Intent]
-    judgements: list[dict]
-    run: dict | None
+    judgements: list[Judgement]
+    run: RunRecord | None
     verdicts: dict[str, Verdict]  # judge model -> keep or drop, under the site's filter rule
 
     @property
     def id(self) -> str:
-        return self.row["id"]
+        return self.row.id
 
     @property
     def names(self) -> tuple[str, str]:
@@ -72,7 +73,7 @@ class EpisodeView:
         """`aspect: label` per judgement, the index's judge-label filter values; `unjudged` when none."""
         if not self.judgements:
             return ["unjudged"]
-        return sorted({f"{j['aspect']}: {j['label'] if j['valid'] else 'INVALID'}" for j in self.judgements})
+        return sorted({f"{j.aspect}: {j.label if j.valid else 'INVALID'}" for j in self.judgements})
 
     @property
     def outcome(self) -> list[str]:
@@ -84,31 +85,31 @@ class EpisodeView:
         return [i for i in self.intents.values() if i.valid and i.cultural]
 
     def drawing(self) -> Drawing:
-        title = f"{self.id} · {self.row['culture']} · {self.row['model']}"
-        return conversation_svg(self.names, self.turns, self.intents, self.row.get("ended_by"), title=title)
+        title = f"{self.id} · {self.row.culture} · {self.row.model}"
+        return conversation_svg(self.names, self.turns, self.intents, self.row.ended_by, title=title)
 
 
 def load_episodes(store: Store, rule: FilterRule = PAPER_RULE) -> list[EpisodeView]:
-    runs = {r["id"]: r for r in store.db["runs"].rows}
+    runs = {r.id: r for r in store.runs()}
     scenarios: dict[str, Scenario | None] = {}
     views = []
     for row in store.episodes():
-        sid = row["scenario_id"]
+        sid = row.scenario_id
         if sid not in scenarios:
             scenarios[sid] = store.scenario(sid)
-        views.append(episode_view(store, row, scenarios[sid], runs.get(row["run_id"]), rule))
+        views.append(episode_view(store, row, scenarios[sid], runs.get(row.run_id), rule))
     return views
 
 
-def episode_view(store: Store, row: dict, scenario: Scenario | None, run: dict | None,
+def episode_view(store: Store, row: EpisodeRecord, scenario: Scenario | None, run: RunRecord | None,
                  rule: FilterRule = PAPER_RULE) -> EpisodeView:
-    judgements = store.judgements(row["id"])
-    by_judge: dict[str, list[dict]] = {}
+    judgements = store.judgements(row.id)
+    by_judge: dict[str, list[Judgement]] = {}
     for j in judgements:
-        by_judge.setdefault(j["judge_model"], []).append(j)
+        by_judge.setdefault(j.judge_model, []).append(j)
     return EpisodeView(
-        row=row, scenario=scenario, turns=store.turns(row["id"]),
-        intents={i.turn_index: i for i in store.intents(row["id"])}, judgements=judgements, run=run,
+        row=row, scenario=scenario, turns=store.turns(row.id),
+        intents={i.turn_index: i for i in store.intents(row.id)}, judgements=judgements, run=run,
         verdicts={m: verdict(rows, rule) for m, rows in by_judge.items()},
     )
 
@@ -126,20 +127,20 @@ def build_site(db: str | Path, out: str | Path, rule: FilterRule = PAPER_RULE) -
     provenance = {"store": str(Path(db).resolve()), "generated": now(), "git": git_commit(), "rule": str(rule)}
     env = _templates()
     filters = {
-        "culture": sorted({e.row["culture"] for e in episodes}),
-        "status": sorted({e.row["status"] for e in episodes}),
+        "culture": sorted({e.row.culture for e in episodes}),
+        "status": sorted({e.row.status for e in episodes}),
         "verdict": sorted({v for e in episodes for v in e.outcome}),
         "judge label": sorted({v for e in episodes for v in e.labels}),
-        "model": sorted({e.row["model"] for e in episodes}),
-        "run": sorted({e.row["run_id"] for e in episodes if e.row["run_id"]}),
+        "model": sorted({e.row.model for e in episodes}),
+        "run": sorted({e.row.run_id for e in episodes if e.row.run_id}),
     }
     # A run is shown by what started it: a command line, or a served run (graph, thread and run ids).
-    labels = {"run": {e.row["run_id"]: _run_label(e.row["run_id"], e.run) for e in episodes if e.row["run_id"]}}
+    labels = {"run": {e.row.run_id: _run_label(e.row.run_id, e.run) for e in episodes if e.row.run_id}}
     totals = {
         "episodes": len(episodes), "turns": sum(len(e.turns) for e in episodes),
         "intents": sum(len(e.intents) for e in episodes),
         "cultural": sum(len(e.cultural_intents) for e in episodes),
-        "statuses": dict(Counter(e.row["status"] for e in episodes)),
+        "statuses": dict(Counter(e.row.status for e in episodes)),
         "verdicts": dict(Counter(v for e in episodes for v in e.outcome)),
     }
     _write(out / "index.html", env.get_template("index.html.j2").render(
@@ -169,7 +170,7 @@ def export_episode(db: str | Path, episode_id: str, path: str | Path) -> Path:
     row = store.episode(episode_id)
     if row is None:
         raise ViewError(f"--episode {episode_id}: no such episode in {db}")
-    drawing = episode_view(store, row, store.scenario(row["scenario_id"]), None).drawing()
+    drawing = episode_view(store, row, store.scenario(row.scenario_id), None).drawing()
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".svg":
         path.write_text(drawing.svg, encoding="utf-8")
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"wrote {export_episode(args.db, args.episode, args.export)}")
             return
         totals = build_site(args.db, args.out, FilterRule.parse(args.filter, args.on_invalid))
-    except (ViewError, JudgeError) as exc:
+    except (ViewError, FilterRuleError) as exc:
         sys.exit(f"error: {exc}")
     index = Path(args.out).resolve() / "index.html"
     folder = args.out.rstrip("/") + "/"  # "site/" as given prints as site/, not site//
@@ -274,23 +275,18 @@ def _templates() -> Environment:
                        undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
-def _run_label(run_id: str, run: dict | None) -> str:
+def _run_label(run_id: str, run: RunRecord | None) -> str:
     if run is None:
         return run_id
-    served = json.loads(run["config"] or "{}").get("served")
+    served = run.config.get("served")
     if served:
         return f"{run_id}: served {served.get('graph_id')}, run {served.get('run_id')}"
-    return f"{run_id}: {run['command']}"[:120]
+    return f"{run_id}: {run.command}"[:120]
 
 
-def _as_json(text: str | None) -> str:
-    """A stored JSON column, pretty-printed for reading; text that is not JSON is shown as it is."""
-    if not text:
-        return ""
-    try:
-        return json.dumps(json.loads(text), indent=2, sort_keys=True)
-    except ValueError:
-        return text
+def _as_json(value: dict | None) -> str:
+    """A stored JSON field (config, prompt versions, usage), pretty-printed for reading; "" when absent."""
+    return "" if value is None else json.dumps(value, indent=2, sort_keys=True)
 
 
 def _write(path: Path, text: str) -> None:

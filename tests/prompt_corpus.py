@@ -19,6 +19,7 @@ from graphs.adapt import AdaptContext, adapt_messages
 from graphs.episode import EpisodeContext, observer_view, speaker_view
 from graphs.judge import SOTOPIA_DIMENSIONS, JudgeContext, judge_messages
 from graphs.judge import verdict as judge_verdict
+from graphs.store import EpisodeRecord
 from training.dataset import Episode, dialogue_system, intent_messages
 
 # view -> who reads it: 0 or 1 (that persona), "observer", "judge", "export-0"/"export-1" (a persona's
@@ -52,7 +53,8 @@ def views(scenario: Scenario, culture: Culture, prompts: Prompts | None = None,
     judge = JudgeContext(scenario=scenario, culture=culture, turns=tuple(turns), model=model, prompts=prompts)
     shown = {"label": "good", "confidence": "confident"}
     dims = list(SOTOPIA_DIMENSIONS.values())
-    ep = Episode("ep", {}, scenario, tuple(turns),
+    ep = Episode("ep", EpisodeRecord(id="ep", scenario_id=scenario.id, culture=culture.code, model="m", seed=0,
+                                     sample=0), scenario, tuple(turns),
                  {t.index: Intent(turn_index=t.index, intent="Greets.", reason="Politeness.") for t in turns},
                  judge_verdict([]))
     out = {

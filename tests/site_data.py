@@ -1,10 +1,9 @@
 """A small store with every kind of episode the site must show, written through the Store API."""
 
-import json
 from pathlib import Path
 
 from agents.records import Action, Intent, Persona, Scenario, Turn
-from graphs.store import Store
+from graphs.store import EpisodeRecord, Judgement, Store
 
 
 def _scenario(sid: str, culture: str, names: tuple[str, str]) -> Scenario:
@@ -71,10 +70,10 @@ def make_store(path) -> Store:
     for ep_id, culture, model, status, ended_by, turns, intents in EPISODES:
         scenario = _scenario(f"sc-{ep_id}", culture, NAMES[culture])
         store.put_scenario(scenario, seed_id=f"seed-{ep_id}")
-        store.begin_episode({"id": ep_id, "scenario_id": scenario.id, "culture": culture, "model": model, "seed": 7,
-                             "sample": 0, "max_turns": 2, "run_id": run_id, "git": "0123abcd",
-                             "prompt_versions": json.dumps({"roleplay_system": "feedbeef0001"}),
-                             "config": json.dumps({"culture": culture, "max_turns": 2})})
+        store.begin_episode(EpisodeRecord(id=ep_id, scenario_id=scenario.id, culture=culture, model=model, seed=7,
+                                          sample=0, max_turns=2, run_id=run_id, git="0123abcd",
+                                          prompt_versions={"roleplay_system": "feedbeef0001"},
+                                          config={"culture": culture, "max_turns": 2}))
         records = [_turn(i, s, NAMES[culture][s], a, text) for i, (s, a, text) in enumerate(turns)]
         labels = [Intent(turn_index=i, intent=label, cultural=cultural, valid=valid,
                          reason="Harmony matters in the culture." if cultural else "",
@@ -83,7 +82,7 @@ def make_store(path) -> Store:
         store.finish_episode(ep_id, status, records, labels, ended_by=ended_by, intent_version="obs0001",
                              usage={"calls": 2 * len(records)})
     for ep_id, rows in JUDGEMENTS.items():
-        store.put_judgements(ep_id, "judge-model", rows)
+        store.put_judgements(ep_id, "judge-model", [Judgement(**row) for row in rows])
     return store
 
 

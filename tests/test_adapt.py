@@ -6,7 +6,6 @@ import pytest
 
 from agents.models import Model, ScriptedBackend, load_model
 from agents.prompts import Prompts
-from agents.records import Scenario
 from agents.seeds import sotopia_seeds
 from graphs import adapt, scenarios, simulate
 from graphs.adapt import (
@@ -148,11 +147,11 @@ def test_malformed_then_wrapped_then_valid_answer_is_retried_with_the_error(tmp_
     counts = run_seeds(store, [scenario], culture, Model(backend, "scripted"))
     assert counts == {"skipped": 0, "adapted": 1, "failed": 0, "errors": 0, "attempts": 3, "first_try": 0}
 
-    row = store.scenario_row(adapted_id("CHN", scenario.id))
-    assert (row["status"], row["attempts"], row["model"], row["seed_id"]) == ("ok", 3, "scripted", scenario.id)
-    assert json.loads(row["prompt_version"]) == Prompts().versions(adapt.PROMPT_NAMES)
-    [(run_id, command)] = store.db.execute("select id, command from runs").fetchall()
-    assert row["error"] is None and row["run_id"] == run_id and command == "graphs.adapt (Python)"
+    row = store.scenario_record(adapted_id("CHN", scenario.id))
+    assert (row.status, row.attempts, row.model, row.seed_id) == ("ok", 3, "scripted", scenario.id)
+    assert json.loads(row.prompt_version) == Prompts().versions(adapt.PROMPT_NAMES)
+    [run_record] = store.runs()
+    assert row.error is None and row.run_id == run_record.id and run_record.command == "graphs.adapt (Python)"
     assert store.scenarios(culture="CHN")[0].participants[1].name == "Tanaka Yumi"
 
     # each retry shows the model its previous answer and what was wrong with it
@@ -170,17 +169,17 @@ def test_a_seed_that_never_validates_is_stored_as_failed_then_retried(tmp_path, 
     copycat = ScriptedBackend(lambda messages, task: json.dumps(extract_json(messages[1]["content"])))
     counts = run_seeds(store, [scenario], culture, Model(copycat, "copycat"), max_attempts=2)
     assert counts["failed"] == 1 and counts["adapted"] == 0 and len(copycat.requests) == 2
-    row = store.scenario_row(adapted_id("CHN", scenario.id))
-    assert (row["status"], row["attempts"], row["data"]) == ("failed", 2, None)
-    assert row["error"] == "field participants.0.name: 'Li Wei' is a name from the original scenario"
-    assert '"Li Wei"' in row["raw"] and row["model"] == "copycat"
+    row = store.scenario_record(adapted_id("CHN", scenario.id))
+    assert (row.status, row.attempts, row.scenario) == ("failed", 2, None)
+    assert row.error == "field participants.0.name: 'Li Wei' is a name from the original scenario"
+    assert '"Li Wei"' in row.raw and row.model == "copycat"
     assert store.scenarios(culture="CHN") == []
 
     # a rerun retries the failure; a success replaces the failed row whole and is then skipped
     good = ScriptedBackend(lambda messages, task: adapted_answer(scenario))
     assert run_seeds(store, [scenario], culture, Model(good, "good"))["adapted"] == 1
-    row = store.scenario_row(adapted_id("CHN", scenario.id))
-    assert (row["status"], row["error"], row["raw"], row["model"]) == ("ok", None, None, "good")
+    row = store.scenario_record(adapted_id("CHN", scenario.id))
+    assert (row.status, row.error, row.raw, row.model) == ("ok", None, None, "good")
     assert run_seeds(store, [scenario], culture, Model(good, "good"))["skipped"] == 1
     assert len(good.requests) == 1
 
@@ -191,8 +190,8 @@ def test_a_crashing_model_is_recorded_as_a_failure(tmp_path, scenario, culture):
 
     store = Store(tmp_path / "s.db")
     assert run_seeds(store, [scenario], culture, Model(ScriptedBackend(crash), "m"))["failed"] == 1
-    row = store.scenario_row(adapted_id("CHN", scenario.id))
-    assert row["status"] == "failed" and row["error"] == "RuntimeError: GPU fell over"
+    row = store.scenario_record(adapted_id("CHN", scenario.id))
+    assert row.status == "failed" and row.error == "RuntimeError: GPU fell over"
 
 
 def test_graph_topology_matches_snapshot():
@@ -224,10 +223,10 @@ def test_cli_adapts_then_simulate_plays_the_adapted_scenarios(tmp_path, capsys):
     simulate.main(["--culture", "JPN", "--episodes", "2", "--max-turns", "2", "--model", "puppet", "--db", db,
                    "--no-progress"])
     episodes = store.episodes(culture="JPN")
-    assert len(episodes) == 2 and {e["scenario_id"] for e in episodes} <= {s.id for s in adapted}
+    assert len(episodes) == 2 and {e.scenario_id for e in episodes} <= {s.id for s in adapted}
     for e in episodes:  # an episode leads to the model and prompt versions that made its scenario
-        row = store.scenario_row(e["scenario_id"])
-        assert row["model"] == "puppet" and "adapt_user" in json.loads(row["prompt_version"])
+        row = store.scenario_record(e.scenario_id)
+        assert row.model == "puppet" and "adapt_user" in json.loads(row.prompt_version)
 
 
 def test_cli_errors_are_one_line_and_store_nothing(tmp_path):
@@ -266,16 +265,16 @@ def test_smollm2_adapts_one_scenario_or_records_why_not(tmp_path, culture):
     model = load_model("smollm2", max_batch=1, log_dir=tmp_path)
     counts = run_seeds(store, [seed], culture, model, max_attempts=2, concurrency=1)
     assert counts["adapted"] + counts["failed"] == 1
-    row = store.scenario_row(adapted_id("CHN", seed.id))
-    assert row["model"] == "smollm2" and row["seed_id"] == seed.id
-    if row["status"] == "ok":
-        adapted = Scenario.from_json(row["data"])
+    row = store.scenario_record(adapted_id("CHN", seed.id))
+    assert row.model == "smollm2" and row.seed_id == seed.id
+    if row.status == "ok":
+        adapted = row.scenario
         assert {p.name for p in adapted.participants}.isdisjoint({p.name for p in seed.participants})
     else:
-        assert row["status"] == "failed" and row["attempts"] == 2 and row["data"] is None
-        assert json.loads(row["raw"])["participants"]  # valid JSON of the shape, failing a name rule
-        assert "name" in row["error"]
-    assert model.usage.calls["adapt"] == row["attempts"]
+        assert row.status == "failed" and row.attempts == 2 and row.scenario is None
+        assert json.loads(row.raw)["participants"]  # valid JSON of the shape, failing a name rule
+        assert "name" in row.error
+    assert model.usage.calls["adapt"] == row.attempts
 
 
 def test_name_pool_leaves_out_names_that_share_a_part_with_the_seed():

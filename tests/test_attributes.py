@@ -29,7 +29,7 @@ from graphs.adapt import (
 from graphs.batch import run
 from graphs.episode import EpisodeContext, speaker_view
 from graphs.scenarios import ScenarioFileError, read_scenarios
-from graphs.store import Store
+from graphs.store import EpisodeRecord, Store
 from tests import prompt_corpus
 from tests.site_data import seeds_file
 
@@ -221,8 +221,8 @@ def test_adaptation_asks_for_the_attributes_and_keeps_fixed_ones(tmp_path, marke
     store = Store(tmp_path / "s.db")
     run(adapt.STAGE, AdaptRequest(culture="CHN", seeds=str(seeds_file(tmp_path, [marked])), model=ctx.model.spec,
                                   db=str(store.path), max_attempts=1, concurrency=1), model=ctx.model)
-    row = store.scenario_row(adapted_id("CHN", marked.id))
-    assert json.loads(row["prompt_version"])["adapt_attributes"] == Prompts().version("adapt_attributes")
+    row = store.scenario_record(adapted_id("CHN", marked.id))
+    assert json.loads(row.prompt_version)["adapt_attributes"] == Prompts().version("adapt_attributes")
     kept = store.scenario(adapted_id("CHN", marked.id))
     for old, new in zip(marked.participants, kept.participants):
         assert [(k, a.visibility, a.fixed) for k, a in new.attributes.items()] == \
@@ -362,9 +362,8 @@ def test_persona_cards_show_attributes_with_private_ones_marked_and_the_environm
     store = Store(tmp_path / "s.db")
     scenario = marked.model_copy(update={"environment_info": "They have 1 common friends: Alvin."})
     store.put_scenario(scenario, seed_id=None)
-    store.begin_episode({"id": "ep-1", "scenario_id": scenario.id, "culture": "CHN", "model": "puppet", "seed": 0,
-                         "sample": 0, "max_turns": 1, "run_id": None, "git": None, "prompt_versions": "{}",
-                         "config": "{}"})
+    store.begin_episode(EpisodeRecord(id="ep-1", scenario_id=scenario.id, culture="CHN", model="puppet", seed=0,
+                                      sample=0, max_turns=1, prompt_versions={}, config={}))
     store.finish_episode("ep-1", "done", prompt_corpus.transcript(scenario), [], ended_by="max_turns",
                          intent_version=None)
     view.build_site(tmp_path / "s.db", tmp_path / "site")

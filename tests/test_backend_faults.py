@@ -133,7 +133,7 @@ def cli(module: str, server: FaultyServer, db, env, *args: str) -> subprocess.Co
 
 
 def last_summary(db) -> dict:
-    return json.loads(Store(db).db.execute("select summary from runs order by rowid desc limit 1").fetchone()[0])
+    return Store(db).runs()[-1].summary
 
 
 def test_simulate_retries_faults_fails_the_episode_that_runs_out_and_a_rerun_completes(tmp_path, env):
@@ -149,22 +149,22 @@ def test_simulate_retries_faults_fails_the_episode_that_runs_out_and_a_rerun_com
         assert "3 episodes requested for China: 2 done, 0 invalid (unparseable turn), 1 failed" in run.stdout
         assert server.requests == 16  # 8 for episode 1, 4 for episode 2, 4 for episode 3
         episodes = Store(db).episodes()
-        assert sorted(r["status"] for r in episodes) == ["done", "done", "failed"]
-        failed = next(r for r in episodes if r["status"] == "failed")
-        assert failed["error"].startswith("InternalServerError: Error code: 500")
+        assert sorted(r.status for r in episodes) == ["done", "done", "failed"]
+        failed = next(r for r in episodes if r.status == "failed")
+        assert failed.error.startswith("InternalServerError: Error code: 500")
         # retries: one each for the 500, the cut body, the timeout, the dropped connection and the refused
         # retry after it, three for the request that failed
         assert last_summary(db)["usage"]["retries"] == 8
-        done = [r for r in episodes if r["status"] == "done"]
-        assert all(len(Store(db).turns(r["id"])) == 2 for r in done)
+        done = [r for r in episodes if r.status == "done"]
+        assert all(len(Store(db).turns(r.id)) == 2 for r in done)
 
         rerun = cli("graphs.simulate", server, db, env, "--use-seeds", "--episodes", "3", "--max-turns", "1")
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         assert "3 done, 0 invalid (unparseable turn), 0 failed; 2 already stored" in rerun.stdout
         assert server.requests == 20  # only the failed episode ran again
         store = Store(db)
-        assert {r["status"] for r in store.episodes()} == {"done"} and store.episode(failed["id"])["error"] is None
-        assert store.db.execute("select count(*) from turns").fetchone()[0] == 6
+        assert {r.status for r in store.episodes()} == {"done"} and store.episode(failed.id).error is None
+        assert store.counts().turns == 6
     finally:
         server.close()
 
@@ -176,28 +176,28 @@ def test_adapt_and_judge_record_a_failed_request_exit_non_zero_and_a_rerun_compl
         run = cli("graphs.adapt", server, db, env, "--n", "2")
         assert run.returncode == 1, run.stderr[-2000:]
         assert "2 seeds for China: 1 adapted, 1 failed" in run.stdout and "1 on a model error" in run.stdout
-        rows = Store(db).scenario_rows("CHN")
-        assert sorted(r["status"] for r in rows) == ["failed", "ok"]
-        assert next(r for r in rows if r["status"] == "failed")["error"].startswith("InternalServerError")
+        rows = Store(db).scenario_records("CHN")
+        assert sorted(r.status for r in rows) == ["failed", "ok"]
+        assert next(r for r in rows if r.status == "failed").error.startswith("InternalServerError")
         assert cli("graphs.adapt", server, db, env, "--n", "2").returncode == 0
-        assert {r["status"] for r in Store(db).scenario_rows("CHN")} == {"ok"}
+        assert {r.status for r in Store(db).scenario_records("CHN")} == {"ok"}
 
         assert cli("graphs.simulate", server, db, env, "--episodes", "2", "--max-turns", "1").returncode == 0
         # Every judge question about one episode fails (its questions go out side by side, so a count would not do).
         store = Store(db)
         first = store.episodes()[0]
-        name = store.scenario(first["scenario_id"]).participants[0].name
+        name = store.scenario(first.scenario_id).participants[0].name
         server.fail_if = lambda body: name in json.dumps(body["messages"])
         run = cli("graphs.judge", server, db, env)
         assert run.returncode == 1
         assert "1 judged now, 0 already judged" in run.stdout and "1 failed" in run.stdout
-        assert f"{first['id']}: InternalServerError: Error code: 500" in run.stdout  # its reason, one line
-        assert store.judgements(first["id"]) == []
+        assert f"{first.id}: InternalServerError: Error code: 500" in run.stdout  # its reason, one line
+        assert store.judgements(first.id) == []
         server.fail_if = lambda body: False
         rerun = cli("graphs.judge", server, db, env)
         assert rerun.returncode == 0 and "1 judged now, 1 already judged" in rerun.stdout
-        judged = Store(db).db.execute("select count(distinct episode_id) from judgements").fetchone()[0]
-        assert judged == 2
+        store = Store(db)
+        assert sum(bool(store.judgements(e.id)) for e in store.episodes()) == 2
     finally:
         server.close()
 
@@ -210,7 +210,7 @@ def test_a_server_that_never_answers_costs_the_timeout_per_attempt_not_forever(t
         run = cli("graphs.simulate", server, tmp_path / "s.db", env, "--use-seeds", "--episodes", "1",
                   "--max-turns", "1")
         assert run.returncode == 1 and "1 failed" in run.stdout
-        assert Store(tmp_path / "s.db").episodes()[0]["error"].startswith("APITimeoutError")
+        assert Store(tmp_path / "s.db").episodes()[0].error.startswith("APITimeoutError")
         assert time.monotonic() - started < 60
     finally:
         server.close()

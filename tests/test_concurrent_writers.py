@@ -127,3 +127,36 @@ def test_a_claim_excludes_other_processes_and_dies_with_its_holder(tmp_path):
         holder.wait()
     with store.claim("ep-1") as mine:
         assert mine
+
+
+def test_checking_a_store_path_keeps_this_process_view_of_other_writers(tmp_path):
+    """Checking an open store's file (as every command does before it writes) must not cost this process its
+    lock on the file. Closing a plain descriptor of it would drop the lock; another process's last close would
+    then delete the -wal and -shm files under this process's connections, and every connection here, fresh ones
+    included, would miss what a later process writes (the race above, between commands run in one process)."""
+    import sqlite3
+    import subprocess
+
+    from graphs.batch import store_file
+    from graphs.store import Store
+
+    db = tmp_path / "s.db"
+    store = Store(db)
+    store.start_run("here", {})  # a write of this process's own, in the WAL
+    assert store_file(db) == db
+    write = "import sys\nfrom graphs.store import Store\ns = Store(sys.argv[1])\ns.start_run(sys.argv[2], {})\n"
+    subprocess.run([sys.executable, "-c", write + "s.close()", str(db), "there"], check=True)
+    holder = subprocess.Popen([sys.executable, "-c", write + "print('written', flush=True)\nsys.stdin.read()", str(db),
+                               "later"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "written"  # and holds the store open
+        fresh = sqlite3.connect(db)
+        try:
+            assert sorted(r[0] for r in fresh.execute("select command from runs")) == ["here", "later", "there"]
+        finally:
+            fresh.close()
+        assert sorted(r.command for r in store.runs()) == ["here", "later", "there"]
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    store.close()

@@ -10,6 +10,7 @@ import pytest
 from agents.models import Model, ScriptedBackend
 from agents.prompts import Prompts
 from agents.records import Action, Intent, Turn
+from graphs.store import EpisodeRecord
 from graphs.judge import Verdict
 from training.dataset import (
     Episode,
@@ -32,7 +33,8 @@ def turn(i, text, action=Action.SPEAK):
 
 
 def episode(scenario, turns, intents=(), verdict=KEPT, ep_id="ep-1", config=None):
-    row = {"id": ep_id, "model": "m", "prompt_versions": "{}", "config": json.dumps(config or {})}
+    row = EpisodeRecord(id=ep_id, scenario_id=scenario.id, culture="CHN", model="m", seed=0, sample=0,
+                        prompt_versions={}, config=config or {})
     return Episode(ep_id, row, scenario, tuple(turns), {i.turn_index: i for i in intents}, verdict)
 
 

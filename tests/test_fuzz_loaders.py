@@ -145,7 +145,7 @@ def test_any_scenario_file_imports_whole_or_not_at_all(tmp_path_factory, data):
         stored, same = import_scenarios(store, path)
     except ScenarioFileError as exc:
         assert one_line(exc) and str(exc).startswith(str(path))
-        assert store.scenario_rows() == []  # nothing from a failed file
+        assert store.scenario_records() == []  # nothing from a failed file
     else:
         assert stored + same == len([line for line in lines if line.strip()])
         assert {s.id for s in store.scenarios()} == {s.id for _, s in read_numbered(path)}

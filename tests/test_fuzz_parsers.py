@@ -196,7 +196,7 @@ def test_found_adaptation_case_is_an_adaptation_error(raw):
                                    max_size=4).map(",".join),
        on_invalid=st.sampled_from(["keep", "drop", "maybe"]))
 def test_any_filter_rule_text_parses_or_is_a_filter_rule_error(text, on_invalid):
-    from graphs.judge import FilterRule, FilterRuleError
+    from graphs.filter import FilterRule, FilterRuleError
 
     try:
         rule = FilterRule.parse(text, on_invalid)
@@ -330,8 +330,7 @@ def test_judging_arbitrary_replies_stores_every_judgement_with_invalid_ones_mark
     counts = run(judge.STAGE, request, model=model)["summary"]["this_run"]
     assert counts == {"skipped": 0, "judged": len(episodes), "failed": 0}
     for episode in episodes:
-        rows = store.judgements(episode["id"], "judge-fuzz")
-        assert {"quality", "culture", "meta"} <= {r["aspect"] for r in rows}
+        rows = store.judgements(episode.id, "judge-fuzz")
+        assert {"quality", "culture", "meta"} <= {r.aspect for r in rows}
         for row in rows:
-            assert row["valid"] in (0, 1) and (row["valid"] == 1) == (row["label"] is not None or
-                                                                     row["score"] is not None)
+            assert row.valid in (False, True) and row.valid == (row.label is not None or row.score is not None)

@@ -23,7 +23,7 @@ from graphs.judge import (
     score_rows,
     verdict,
 )
-from graphs.store import Store
+from graphs.store import EpisodeRecord, Judgement, Store
 
 
 def parse_judgement(aspect, raw, structured=False):
@@ -91,9 +91,9 @@ def test_meta_critique_is_kept_across_lines():
 
 
 def rows(**labels):
-    """Judgement rows from aspect=(label, confidence) or aspect=None for an invalid answer."""
+    """Judgements from aspect=(label, confidence) or aspect=None for an invalid answer."""
     return [
-        {"aspect": a, "label": v[0] if v else None, "confidence": v[1] if v else None, "valid": int(v is not None)}
+        Judgement(aspect=a, label=v[0] if v else None, confidence=v[1] if v else None, valid=v is not None)
         for a, v in labels.items()
     ]
 
@@ -162,8 +162,7 @@ def turn(i, text="Hello.", valid=True, action=Action.SPEAK):
 
 def stored_episode(store, scenario, ep_id, turns, status="done"):
     store.put_scenario(scenario)
-    store.begin_episode({"id": ep_id, "scenario_id": scenario.id, "culture": "CHN", "model": "m", "seed": 0,
-                         "sample": 0})
+    store.begin_episode(EpisodeRecord(id=ep_id, scenario_id=scenario.id, culture="CHN", model="m", seed=0, sample=0))
     store.finish_episode(ep_id, status, turns, [], ended_by="max_turns", intent_version="v")
 
 
@@ -204,13 +203,13 @@ def test_graph_judges_stores_and_resumes(tmp_path, culture, scenario):
     system = meta_messages[0]["content"]
     assert "Borrow a ladder" in system and "Turn 1\nLi Wei: Good morning, neighbour.\nChen Jing: Morning!" in system
     assert "I REPEAT" not in system
-    by_aspect = {j["aspect"]: j for j in store.judgements("ep-a", "judge-m")}
+    by_aspect = {j.aspect: j for j in store.judgements("ep-a", "judge-m")}
     assert set(by_aspect) == {"quality", "culture", "meta"}
-    assert by_aspect["culture"]["valid"] == 0 and by_aspect["culture"]["label"] is None
-    assert by_aspect["culture"]["raw"] == "no idea"
-    assert by_aspect["meta"]["critique"] == "Both judgements are right."
-    assert by_aspect["quality"]["prompt_version"].startswith("judge_system:")
-    assert "judge_quality:" in by_aspect["quality"]["prompt_version"]
+    assert by_aspect["culture"].valid is False and by_aspect["culture"].label is None
+    assert by_aspect["culture"].raw == "no idea"
+    assert by_aspect["meta"].critique == "Both judgements are right."
+    assert by_aspect["quality"].prompt_version.startswith("judge_system:")
+    assert "judge_quality:" in by_aspect["quality"].prompt_version
     assert store.judgements("ep-short") == []  # one valid line: nothing to judge
     assert not verdict(store.judgements("ep-a", "judge-m")).kept
     # rerun: nothing asked again; --rejudge asks again
@@ -244,8 +243,8 @@ def test_cli_with_puppet(tmp_path, capsys):
     assert "3 judged now" in out and "quality 3/3" in out and "3 kept, 0 dropped" in out
     main(["--culture", "CHN", "--model", "puppet", "--db", db, "--no-progress"])
     assert "0 judged now, 3 already judged by puppet" in capsys.readouterr().out
-    runs = Store(db).db.execute("select summary from runs where command like 'graphs.judge%'").fetchall()
-    assert len(runs) == 2 and all('"kept": 3' in r[0] for r in runs)
+    runs = Store(db).runs("graphs.judge")
+    assert len(runs) == 2 and all(r.summary["kept"] == 3 for r in runs)
 
 
 @pytest.mark.parametrize(
@@ -300,10 +299,10 @@ def test_sotopia_node_scores_both_participants(tmp_path, culture, scenario):
     assert len(sotopia_requests) == 2
     assert {m[-1]["content"].split("'s part")[0].removeprefix("Score ") for m in sotopia_requests} == {
         "Li Wei", "Chen Jing"}
-    by_aspect = {j["aspect"]: j for j in store.judgements("ep-a", "judge-m")}
+    by_aspect = {j.aspect: j for j in store.judgements("ep-a", "judge-m")}
     assert set(SOTOPIA_ASPECTS) <= set(by_aspect)
-    assert by_aspect["goal:0"]["score"] == 4.0 and by_aspect["believability:1"]["score"] == 9.0
-    assert by_aspect["knowledge:0"]["score"] == 2.0
+    assert by_aspect["goal:0"].score == 4.0 and by_aspect["believability:1"].score == 9.0
+    assert by_aspect["knowledge:0"].score == 2.0
     assert not needs_judging(store, "ep-a", "judge-m", sotopia=True)
     assert verdict(store.judgements("ep-a", "judge-m")).kept  # the filter reads quality and meta only
 
@@ -318,10 +317,11 @@ def test_structured_judge_sends_each_shape_and_stores_valid_answers(tmp_path, cu
 
     backend = ScriptedBackend(reply)
     assert run_judge(store, culture, backend, structured=True)["judged"] == 1
-    by_aspect = {j["aspect"]: j for j in store.judgements("ep-a", "judge-m")}
-    assert {a: (r["label"], r["confidence"], r["valid"]) for a, r in by_aspect.items()} == {
-        "quality": ("bad", "not sure", 1), "culture": ("not aligned", "not sure", 1), "meta": ("bad", "not sure", 1)}
-    assert by_aspect["meta"]["critique"] == "Looks right."
+    by_aspect = {j.aspect: j for j in store.judgements("ep-a", "judge-m")}
+    assert {a: (r.label, r.confidence, r.valid) for a, r in by_aspect.items()} == {
+        "quality": ("bad", "not sure", True), "culture": ("not aligned", "not sure", True),
+        "meta": ("bad", "not sure", True)}
+    assert by_aspect["meta"].critique == "Looks right."
     assert all(p.prefix == "" for p in backend.params)
 
 
@@ -339,4 +339,4 @@ def test_smollm2_on_llama_server_gives_valid_judgements(tmp_path, culture, scena
                  model=model)["summary"]["this_run"]
     assert counts["judged"] == 1 and model.usage.calls["judge"] == 3
     for row in store.judgements("ep-a", "smollm2"):
-        assert row["valid"] and row["label"] in LABELS[row["aspect"]][1], row["raw"]
+        assert row.valid and row.label in LABELS[row.aspect][1], row.raw

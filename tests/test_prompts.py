@@ -38,8 +38,8 @@ def test_override_changes_what_the_model_receives_and_the_stored_version(tmp_pat
         model=Model(backend, "m"))
     [(_, messages)] = backend.requests
     assert messages[1]["content"].endswith("Set the scenario in China's countryside, far from any city.")
-    row = store.scenario_row(adapted_id("CHN", scenario.id))
-    assert json.loads(row["prompt_version"])["adapt_user"] == prompts.version("adapt_user")
+    row = store.scenario_record(adapted_id("CHN", scenario.id))
+    assert json.loads(row.prompt_version)["adapt_user"] == prompts.version("adapt_user")
 
 
 def test_override_reaches_the_role_play_through_the_cli(tmp_path):
@@ -50,7 +50,7 @@ def test_override_reaches_the_role_play_through_the_cli(tmp_path):
     simulate.main(["--culture", "JPN", "--episodes", "1", "--max-turns", "1", "--model", "puppet", "--db", db,
                    "--prompts", str(folder), "--no-progress"])
     [episode] = Store(db).episodes(culture="JPN")
-    versions = json.loads(episode["prompt_versions"])
+    versions = episode.prompt_versions
     assert versions["roleplay_system"] == Prompts(folder).version("roleplay_system")
     assert versions["roleplay_system"] != Prompts().version("roleplay_system")
     assert versions["roleplay_turn"] == Prompts().version("roleplay_turn")

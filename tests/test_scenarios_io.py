@@ -19,7 +19,7 @@ def write_lines(path, lines):
 
 
 def stored_ids(store):
-    return [r["id"] for r in store.scenario_rows()]
+    return [r.id for r in store.scenario_records()]
 
 
 def test_export_then_import_round_trips(tmp_path, scenario, capsys):
@@ -36,9 +36,9 @@ def test_export_then_import_round_trips(tmp_path, scenario, capsys):
     assert "imported 3 scenarios" in capsys.readouterr().out
     target = Store(tmp_path / "b.db")
     assert target.scenarios(culture="JPN") == originals
-    row = target.scenario_row(originals[0].id)
-    assert row["model"] is None and row["run_id"]  # provenance: the import run, not a model
-    assert json.loads(target.db["runs"].get(row["run_id"])["config"])["file"] == str(out)
+    row = target.scenario_record(originals[0].id)
+    assert row.model is None and row.run_id  # provenance: the import run, not a model
+    assert target.run(row.run_id).config["file"] == str(out)
 
     main(["import", str(out), "--db", str(tmp_path / "b.db")])  # again: nothing changes
     assert "imported 0 scenarios from" in (printed := capsys.readouterr().out) and "(3 already stored" in printed

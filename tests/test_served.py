@@ -147,7 +147,7 @@ def test_batch_graph_keeps_concurrency_episodes_in_flight_and_counts_their_token
     assert counts == {"skipped": 0, "done": 7, "invalid": 0, "failed": 0, "elsewhere": 0}
     assert backend.most == 3
     # 4 turns and 4 labels an episode, 10 prompt + 3 reply tokens a call, stored with each episode
-    assert {json.loads(r["usage"])["completion_tokens"] for r in store.episodes()} == {24}
+    assert {r.usage["completion_tokens"] for r in store.episodes()} == {24}
     assert model.usage.totals()["calls"] == 7 * 8
 
 

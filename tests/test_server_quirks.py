@@ -189,5 +189,6 @@ def test_simulate_on_a_server_without_token_counts_completes(serve, tmp_path):
          "--use-seeds", "--model", f"openai:m@{server.url}", "--db", str(db), "--no-progress"],
         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    statuses = [e["status"] for e in Store(db).episodes()]
+    with Store(db) as store:
+        statuses = [e.status for e in store.episodes()]
     assert statuses == ["done"]

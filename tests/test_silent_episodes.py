@@ -9,7 +9,7 @@ import pytest
 from agents.records import Action, Intent, Turn
 from graphs import judge
 from graphs.judge import MIN_UTTERANCES, TOO_FEW_UTTERANCES, screen_episodes, utterances
-from graphs.store import Store
+from graphs.store import EpisodeRecord, Store
 from training import dataset
 
 NAMES = ("Li Wei", "Chen Jing")
@@ -51,8 +51,8 @@ JUDGEABLE = ["ep-gesture", "ep-talk"]
 def fill(store: Store, scenario, episodes: dict[str, list[Turn]], intent_valid: bool = True) -> None:
     store.put_scenario(scenario)
     for ep_id, turns in episodes.items():
-        store.begin_episode({"id": ep_id, "scenario_id": scenario.id, "culture": "CHN", "model": "m", "seed": 0,
-                             "sample": 0, "max_turns": 3, "prompt_versions": "{}", "config": "{}"})
+        store.begin_episode(EpisodeRecord(id=ep_id, scenario_id=scenario.id, culture="CHN", model="m", seed=0,
+                                          sample=0, max_turns=3, prompt_versions={}, config={}))
         intents = [Intent(turn_index=t.index, intent="Being polite." if intent_valid else "", cultural=True,
                           valid=intent_valid) for t in turns if t.valid]
         store.finish_episode(ep_id, "done", turns, intents, ended_by="max_turns", intent_version="v")
@@ -67,7 +67,7 @@ def store(tmp_path, scenario):
 
 def test_episodes_with_too_few_utterances_are_left_out_and_counted(store):
     judgeable, left_out = screen_episodes(store, "CHN")
-    assert [r["id"] for r in judgeable] == JUDGEABLE
+    assert [r.id for r in judgeable] == JUDGEABLE
     assert left_out == {TOO_FEW_UTTERANCES: 3} and str(MIN_UTTERANCES) in TOO_FEW_UTTERANCES
 
 
@@ -75,9 +75,9 @@ def test_judge_skips_them_and_says_so(store, capsys):
     judge.main(["--culture", "CHN", "--model", "puppet", "--db", str(store.path), "--no-progress"])
     out = capsys.readouterr().out
     assert f"2 CHN episodes (3 more left out: {TOO_FEW_UTTERANCES}): 2 judged now" in out
-    judged = {r[0] for r in store.db.execute("select distinct episode_id from judgements").fetchall()}
-    assert sorted(judged) == JUDGEABLE
-    summary = json.loads(store.db.execute("select summary from runs").fetchone()[0])
+    assert [e.id for e in store.episodes() if store.judgements(e.id)] == JUDGEABLE
+    [run] = store.runs()
+    summary = run.summary
     assert summary["not_judgeable"] == {TOO_FEW_UTTERANCES: 3}
 
 

@@ -39,12 +39,12 @@ def test_episodes_are_stored_with_turns_intents_and_provenance(tmp_path, culture
     assert counts == {"skipped": 0, "done": 3, "invalid": 0, "failed": 0, "elsewhere": 0}
     for p in plan:
         row = store.episode(p.id)
-        assert row["status"] == "done" and row["n_turns"] == 6 and row["ended_by"] == "max_turns"
-        assert '"observer_turn"' in row["prompt_versions"] and row["model"] == "puppet"
+        assert row.status == "done" and row.n_turns == 6 and row.ended_by == "max_turns"
+        assert "observer_turn" in row.prompt_versions and row.model == "puppet"
         assert len(store.turns(p.id)) == 6 and len(store.intents(p.id)) == 6
     # rerunning adds nothing
     assert run_sim(store, plan, culture, load_model("puppet"))["skipped"] == 3
-    assert store.db["turns"].count == 18
+    assert store.counts().turns == 18
     # finished episodes leave no checkpoints behind
     checkpoints = sqlite3.connect(store.checkpoint_path)
     assert checkpoints.execute("select count(*) from checkpoints").fetchone()[0] == 0
@@ -66,7 +66,7 @@ def test_crashed_episode_resumes_from_its_checkpoint(tmp_path, culture):
         return TURN if task == "roleplay" else INTENT
 
     counts = run_sim(store, plan, culture, Model(ScriptedBackend(flaky), "m"))
-    assert counts["failed"] == 1 and "GPU fell over" in store.episode(plan[0].id)["error"]
+    assert counts["failed"] == 1 and "GPU fell over" in store.episode(plan[0].id).error
 
     healthy = ScriptedBackend(lambda m, t: TURN if t == "roleplay" else INTENT)
     counts = run_sim(store, plan, culture, Model(healthy, "m"))
@@ -86,7 +86,7 @@ def test_sigkill_then_rerun_stores_every_episode_exactly_once(tmp_path):
     while time.time() < deadline:  # kill once some episodes are done and others are mid-flight
         if db.exists():
             try:
-                done = Store(db).db.execute("select count(*) from episodes where status='done'").fetchone()[0]
+                done = Store(db).counts().statuses.get("done", 0)
             except Exception:  # noqa: BLE001 - tables may not exist yet
                 done = 0
             if done >= 2:
@@ -95,9 +95,9 @@ def test_sigkill_then_rerun_stores_every_episode_exactly_once(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     store = Store(db)
-    assert store.db.execute("select count(*) from episodes where status='done'").fetchone()[0] < 6
+    assert store.counts().statuses.get("done", 0) < 6
     subprocess.run(cmd, check=True, capture_output=True)
     rows = store.episodes()
-    assert len(rows) == 6 and {r["status"] for r in rows} == {"done"}
-    assert store.db.execute("select count(*) from turns").fetchone()[0] == 36
-    assert store.db.execute("select count(*) from (select distinct episode_id, idx from turns)").fetchone()[0] == 36
+    assert len(rows) == 6 and {r.status for r in rows} == {"done"}
+    assert store.counts().turns == 36
+    assert len({(r.id, t.index) for r in rows for t in store.turns(r.id)}) == 36

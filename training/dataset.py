@@ -4,7 +4,7 @@
     python -m training.dataset --culture CHN --out runs/CHN-data --contrastive-model smollm2
     python -m training.dataset --culture CHN --out runs/CHN-paper --views dialogue,intent --swap-perspectives-like-release
 
-Episodes pass the judge's filter (`graphs.judge.FilterRule`, the paper's rule by default); each kept episode
+Episodes pass the judge's filter (`graphs.filter`, the paper's rule by default); each kept episode
 becomes SFT rows in TRL's conversational format (`{"messages": [...]}`):
 
 - `dialogue`, once per participant: the system turn is that participant's persona and the assistant turns are
@@ -46,17 +46,17 @@ from agents.prompts import PromptError, Prompts, Rendered
 from agents.records import Action, Culture, Intent, Scenario, Turn
 from agents.seeding import call_seed
 from graphs.episode import EpisodeContext, make_turn, speaker_view
-from graphs.judge import (
+from graphs.filter import (
     FilterRule,
-    JudgeError,
+    FilterRuleError,
     Verdict,
     add_filter_arguments,
-    episode_verdicts,
-    judgement_summary,
-    screen_episodes,
+    aspect_summary,
+    screen,
     valid_turns,
+    verdicts,
 )
-from graphs.store import DEFAULT_DB, Store, git_commit, now
+from graphs.store import DEFAULT_DB, FINAL, EpisodeRecord, Judgement, Store, git_commit, now
 
 VIEWS = ("dialogue", "intent")
 PROMPT_NAMES = ["sft_dialogue_system", "sft_intent_system"]
@@ -72,26 +72,36 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Episode:
-    """One judgeable episode with what the exporter needs: its valid turns, intents and verdict."""
+    """One judgeable episode with what the exporter needs: its valid turns, intents, verdict and the judge
+    model's judgements it rests on."""
 
     id: str
-    row: dict
+    row: EpisodeRecord
     scenario: Scenario
     turns: tuple[Turn, ...]
     intents: dict[int, Intent]
     verdict: Verdict
+    judgements: tuple[Judgement, ...] = ()
 
 
-def load_episodes(store: Store, culture: str, judge_model: str | None, rule: FilterRule) -> list[Episode]:
+def load_episodes(store: Store, culture: str, judge_model: str | None, rule: FilterRule
+                  ) -> tuple[list[Episode], Counter]:
+    """(the culture's judgeable episodes in id order, with their verdicts under `rule` from `judge_model`'s
+    judgements (none when None); why each other finished episode is left out), read from the store and
+    decided by `graphs.filter`."""
+    finished = [(e, store.turns(e.id)) for e in store.episodes(culture) if e.status in FINAL]
+    turns = {e.id: t for e, t in finished}
+    judgeable, left_out = screen(finished)
+    judged = [(e, tuple(store.judgements(e.id, judge_model)) if judge_model else ()) for e in judgeable]
     episodes = []
-    for row, v in episode_verdicts(store, culture, judge_model, rule):
-        scenario = store.scenario(row["scenario_id"])
+    for (row, v), (_, judgements) in zip(verdicts(judged, rule), judged):
+        scenario = store.scenario(row.scenario_id)
         if scenario is None:
-            raise DatasetError(f"{store.path}: episode {row['id']} names scenario {row['scenario_id']!r}, which is "
+            raise DatasetError(f"{store.path}: episode {row.id} names scenario {row.scenario_id!r}, which is "
                                "not in the store")
-        intents = {i.turn_index: i for i in store.intents(row["id"])}
-        episodes.append(Episode(row["id"], row, scenario, tuple(valid_turns(store.turns(row["id"]))), intents, v))
-    return episodes
+        intents = {i.turn_index: i for i in store.intents(row.id)}
+        episodes.append(Episode(row.id, row, scenario, tuple(valid_turns(turns[row.id])), intents, v, judgements))
+    return episodes, left_out
 
 
 # ------------------------------------------------------------------ SFT rows
@@ -228,7 +238,7 @@ async def contrastive_pairs(prompts: Prompts, episodes: list[Episode], culture: 
         if prompt[-1]["role"] == "assistant":  # the partner said nothing since this persona's last line
             counts["contrastive lines after a silent partner turn (skipped)"] += 1
             return None
-        config = json.loads(ep.row.get("config") or "{}")
+        config = ep.row.config or {}
         params = replace(
             EpisodeContext.speaker_params, seed=call_seed(seed, i, f"contrastive:{ep.id}"),
             **{k: config[k] for k in ("temperature", "top_p", "max_new_tokens") if config.get(k) is not None},
@@ -331,11 +341,10 @@ def export(store: Store, out: Path, *, culture: Culture, prompts: Prompts, judge
            validation_fraction: float = 0.1, seed: int = 0, contrastive_model: Model | None = None,
            concurrency: int = 8, command: str = "") -> dict:
     """Write the dataset folder; returns the stats written to stats.json."""
-    episodes = load_episodes(store, culture.code, judge_model, rule)
+    episodes, not_judgeable = load_episodes(store, culture.code, judge_model, rule)
     kept = [e for e in episodes if e.verdict.kept]
     if not kept:
-        left_out = "".join(f", {n} more left out: {reason}" for reason, n in screen_episodes(store, culture.code)[1]
-                           .items())
+        left_out = "".join(f", {n} more left out: {reason}" for reason, n in not_judgeable.items())
         raise DatasetError(f"{store.path}: no {culture.code} episode passes the filter ({rule}, judge "
                            f"{judge_model}) out of {len(episodes)}{left_out}; nothing written to {out}")
     counts: Counter = Counter()
@@ -365,8 +374,7 @@ def export(store: Store, out: Path, *, culture: Culture, prompts: Prompts, judge
     rows_read = read_back(out, written)
     assert all(rows_read[n] == len(files[n]) for n in written), rows_read
 
-    statuses = dict(store.db.execute("select status, count(*) from episodes where culture = ? group by status",
-                                     [culture.code]).fetchall())
+    statuses = store.counts(culture=culture.code).statuses
     attributes = attribute_names(kept)
     used_prompts = PROMPT_NAMES + (CONTRASTIVE_PROMPT_NAMES if contrastive_model else []) + \
         (["persona_attributes"] if attributes else [])
@@ -377,7 +385,7 @@ def export(store: Store, out: Path, *, culture: Culture, prompts: Prompts, judge
             "in_store_by_status": statuses,
             "judgeable": len(episodes),
             # finished episodes left out before judging (not judged, not in Table 9, not exported), by reason
-            "not_judgeable": dict(screen_episodes(store, culture.code)[1]),
+            "not_judgeable": dict(not_judgeable),
             "judged": sum(e.verdict.judged for e in episodes),
             "kept": len(kept),
             "dropped": sum(e.verdict.judged and not e.verdict.kept for e in episodes),
@@ -385,7 +393,7 @@ def export(store: Store, out: Path, *, culture: Culture, prompts: Prompts, judge
             "kept_despite_invalid_judgement": sum(e.verdict.kept and bool(e.verdict.invalid) for e in episodes),
             "drop_reasons": dict(Counter(r for e in episodes if e.verdict.judged for r in e.verdict.reasons)),
         },
-        "judgements": judgement_summary(store, culture.code, judge_model, rule)["aspects"] if judge_model else None,
+        "judgements": aspect_summary(j for e in episodes for j in e.judgements) if judge_model else None,
         "rows": {
             name: dict(Counter(r.get("view") or r.get("kind") for r in rows)) | {"total": len(rows)}
             for name, rows in files.items()
@@ -399,14 +407,13 @@ def export(store: Store, out: Path, *, culture: Culture, prompts: Prompts, judge
             "command": command, "created": now(), "git": git_commit(), "db": str(store.path),
             "judge_model": judge_model, "filter": str(rule), "views": list(views),
             "swap_perspectives_like_release": swap_like_release,
-            "episode_models": sorted({e.row["model"] for e in kept}),
+            "episode_models": sorted({e.row.model for e in kept}),
             "contrastive_model": contrastive_model.spec if contrastive_model else None,
             "contrastive_usage": contrastive_model.usage.totals() if contrastive_model else None,
             "prompt_versions": prompts.versions(used_prompts),
-            "episode_prompt_versions": sorted({e.row["prompt_versions"] or "" for e in kept}),
-            "judge_prompt_versions": sorted({
-                j["prompt_version"] for e in kept for j in (store.judgements(e.id, judge_model) if judge_model else [])
-            }),
+            "episode_prompt_versions": sorted({json.dumps(e.row.prompt_versions, sort_keys=True)
+                                               if e.row.prompt_versions is not None else "" for e in kept}),
+            "judge_prompt_versions": sorted({j.prompt_version for e in kept for j in e.judgements}),
         },
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -419,9 +426,7 @@ def export(store: Store, out: Path, *, culture: Culture, prompts: Prompts, judge
 
 def default_judge(store: Store, culture: str) -> str:
     """The one judge model that judged this culture's episodes; ambiguity or absence is an error."""
-    models = [r[0] for r in store.db.execute(
-        "select distinct j.judge_model from judgements j join episodes e on e.id = j.episode_id "
-        "where e.culture = ? order by 1", [culture]).fetchall()]
+    models = store.judge_models(culture)
     if len(models) == 1:
         return models[0]
     if not models:
@@ -477,7 +482,7 @@ def main(argv: list[str] | None = None) -> dict:
                        views=views, swap_like_release=args.swap_perspectives_like_release,
                        validation_fraction=args.validation_fraction, seed=args.seed, contrastive_model=model,
                        concurrency=args.concurrency, command=command)
-    except (DatasetError, JudgeError, CultureError, PromptError, ModelSpecError) as exc:
+    except (DatasetError, FilterRuleError, CultureError, PromptError, ModelSpecError) as exc:
         sys.exit(f"error: {exc}")
     t9, e, rows = stats["table9"], stats["episodes"], stats["rows"]
     print(

@@ -41,13 +41,17 @@ from agents.answers import CONFIDENCES, AlignmentAnswer, Answer, MetaAnswer, Qua
 from agents.cultures import CultureError, load_culture
 from agents.freetext import label
 from agents.models import (
+    DRY_DEFAULT_TEXT,
     MODEL_SPECS,
+    REPETITION_HELP,
     UNSTRUCTURED_HELP,
     Asked,
     GenerationParams,
     Message,
     Model,
     ModelSpecError,
+    Repetition,
+    RepetitionError,
 )
 from agents.prompts import PromptError, Prompts
 from agents.records import Action, Culture, Scenario, Turn
@@ -383,6 +387,7 @@ class JudgeRequest:
                                           "ablation) or aspect=label[@conf/conf],... (default: the paper's rule)")
     on_invalid: Literal["keep", "drop"] = option(
         "keep", "what an invalid judgement of an aspect the rule names does (default: keep, the paper's)")
+    repetition: str = option(DRY_DEFAULT_TEXT, f"the judge's {REPETITION_HELP}")
 
 
 @dataclass(frozen=True)
@@ -408,6 +413,10 @@ def resolve(request: JudgeRequest, *, served: bool = False, origin: dict | None 
     if r.concurrency < 1 or r.max_new_tokens < 1:
         raise JudgeError("concurrency and max_new_tokens must be at least 1")
     rule = FilterRule.parse(r.filter, r.on_invalid)
+    try:
+        repetition = Repetition.parse(r.repetition)
+    except RepetitionError as exc:
+        raise JudgeError(str(exc)) from None
     path = (lambda p, field: under_root(p, field)) if served else (lambda p, field: p and Path(p))
     db, prompts_dir, cultures_dir = path(r.db, "db"), path(r.prompts, "prompts"), path(r.cultures_dir, "cultures_dir")
     db = store_file(db)
@@ -424,7 +433,8 @@ def resolve(request: JudgeRequest, *, served: bool = False, origin: dict | None 
                          "graphs.simulate first)")
     config, command = provenance(r, origin, "judge")
     return Judging(request=r, culture=culture, prompts=prompts, model=stage_model(r, db, served=served, model=model),
-                   db=db, rule=rule, params=replace(JudgeContext.params, max_new_tokens=r.max_new_tokens),
+                   db=db, rule=rule, params=replace(JudgeContext.params, max_new_tokens=r.max_new_tokens,
+                                                                  repetition=repetition),
                    config={**config, "prompt_versions": versions}, command=command)
 
 
@@ -466,7 +476,9 @@ async def _summarize(j: Judging, state: dict) -> dict:
     counts = {"skipped": state["skipped"], "judged": sum(r["status"] == "judged" for r in results),
               "failed": sum(r["status"] == "failed" for r in results)}
     summary = await on_store(j.db, judgement_summary, j.culture.code, j.model.spec, j.rule)
-    summary.update(this_run=counts, usage=dict(usage), wall_s=round(time.time() - state["started"], 1))
+    summary.update(this_run=counts, usage=dict(usage), wall_s=round(time.time() - state["started"], 1),
+                   repetition={"requested": str(j.params.repetition),
+                               "applied": j.model.repetition_controls(j.params.repetition)})
     await on_store(j.db, Store.finish_run, state["run_id"], summary)
     return summary
 
@@ -490,6 +502,9 @@ def report(j: Judging, summary: dict) -> tuple[str, int]:
         f"rule {j.rule}: {summary['kept']} kept, {summary['dropped']} dropped "
         f"({summary['kept_despite_invalid']} kept with an invalid judgement)"
         + "".join(f"; dropped for {reason}: {n}" for reason, n in summary["drop_reasons"].items())
+        + f"; repetition controls: {summary['repetition']['requested']}"
+        + (f" ({', '.join(f'{k}={v}' for k, v in summary['repetition']['applied'].items())})"
+           if summary['repetition']['applied'] else "")
         + f"; {summary['wall_s']} s"
     )
     return text, 1 if counts["failed"] else 0

@@ -1,0 +1,94 @@
+"""The rule-based quality gate (graphs/quality.py) on hand-made turns: loops are caught, ordinary talk passes."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.records import Action, Turn
+from graphs.quality import (
+    MAX_DUP_3GRAM_FRACTION,
+    RULE_TEXT,
+    dup_line_fraction,
+    dup_ngram_fraction,
+    episode_quality,
+    turn_quality,
+    words,
+)
+
+LOOP = ("I'm going to leave the room now, I'm going to leave the room now, I'm going to leave the room now, "
+        "I'm going to leave the room now")
+ORDINARY = [
+    "Good evening, Auntie Li. Thank you for inviting us; the dumplings smell wonderful.",
+    "You are too kind. Please sit down, and tell me how your new job at the bank is going.",
+    "It keeps me busy, but my manager is patient with me. I am learning a lot about loans.",
+    "That is good to hear. Your mother must be proud. Will you stay for tea after dinner?",
+    "I would love to, if it is no trouble. I brought some oolong from Fujian for you.",
+]
+
+
+def turn(i: int, text: str, action: Action = Action.SPEAK, valid: bool = True) -> Turn:
+    return Turn(index=i, speaker=i % 2, name=("Mei", "Li")[i % 2], action=action if valid else None, text=text,
+                valid=valid)
+
+
+def test_the_issue_loop_is_gated_on_its_3grams():
+    q = turn_quality(turn(0, LOOP))
+    assert q.dup_3gram > MAX_DUP_3GRAM_FRACTION
+    assert "dup_3gram" in q.reasons and q.gated
+
+
+@pytest.mark.parametrize("text", ORDINARY)
+def test_ordinary_sentences_pass(text):
+    q = turn_quality(turn(0, text))
+    assert q.reasons == () and q.dup_3gram == 0.0
+
+
+def test_an_ordinary_episode_passes():
+    result = episode_quality([turn(i, t) for i, t in enumerate(ORDINARY)])
+    assert result.passed and result.gated_turns == {}
+
+
+def test_one_looping_turn_fails_the_episode_and_names_the_turn():
+    turns = [turn(0, ORDINARY[0]), turn(1, ORDINARY[1]), turn(2, LOOP), turn(3, ORDINARY[3])]
+    result = episode_quality(turns)
+    assert not result.passed
+    assert list(result.gated_turns) == [2] and "dup_3gram" in result.gated_turns[2]
+    assert f"repeated word 3-grams > {MAX_DUP_3GRAM_FRACTION}" in result.describe()
+
+
+def test_measures():
+    assert dup_ngram_fraction(words("a b c a b c")) == pytest.approx(1 / 4)  # abc bca cab abc: one repeat
+    assert dup_ngram_fraction(words("one two")) == 0.0
+    assert words("I'm HERE, don\u2019t go") == ["i'm", "here", "don\u2019t", "go"]
+    assert dup_line_fraction("yes\nno\nyes\n\nyes") == pytest.approx(2 / 4)
+
+
+def test_repeated_lines_are_gated():
+    q = turn_quality(turn(0, "Please come in.\nPlease come in.\nPlease come in."))
+    assert "dup_lines" in q.reasons
+
+
+def test_too_few_distinct_words_is_gated_but_a_short_answer_is_not():
+    assert "few_distinct" in turn_quality(turn(0, "no no no no no no no no no")).reasons
+    assert turn_quality(turn(0, "No, no, thank you.")).reasons == ()
+
+
+def test_a_turn_repeated_across_the_episode_is_gated_even_by_the_other_speaker():
+    turns = [turn(0, ORDINARY[0]), turn(1, ORDINARY[1]), turn(2, ORDINARY[1].upper())]
+    assert episode_quality(turns).gated_turns == {2: ("repeated_turn",)}
+
+
+def test_an_episode_with_too_few_distinct_words_fails():
+    result = episode_quality([turn(0, "Hi."), turn(1, "Hello."), turn(2, "Hi there.")])
+    assert result.reasons == ("few_distinct_words",) and result.gated_turns == {}
+
+
+def test_silent_and_invalid_turns_are_not_measured():
+    turns = [turn(0, LOOP, action=Action.NONE), turn(1, LOOP, valid=False), *(turn(i + 2, t) for i, t in
+                                                                           enumerate(ORDINARY))]
+    result = episode_quality(turns)
+    assert result.passed and [t.index for t in result.turns] == [2, 3, 4, 5, 6]
+
+
+def test_the_rule_text_names_every_threshold():
+    assert str(MAX_DUP_3GRAM_FRACTION) in RULE_TEXT and "0.3" in RULE_TEXT and "8 distinct" in RULE_TEXT

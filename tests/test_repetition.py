@@ -158,3 +158,34 @@ def test_judge_carries_its_repetition(tmp_path, culture):
                     model=Model(backend, "j", structured=False))
         assert backend.params and {p.repetition for p in backend.params} == {expected}
         assert final["summary"]["repetition"]["requested"] == str(expected)
+
+
+def test_in_process_dry_keeps_answers_valid_and_breaks_greedy_loops(tiny_model_dir):
+    """The tiny random model loops under greedy decoding; DRY, applied before the grammar's mask, leaves every
+    schema-constrained answer valid and repeats fewer 3-grams."""
+    import asyncio
+
+    from agents.answers import TurnAnswer, json_schema
+    from agents.models import load_model
+    from graphs.quality import dup_ngram_fraction
+
+    model = load_model(tiny_model_dir)
+    schema = json_schema(TurnAnswer)  # narrowed to a spoken turn of at least 40 characters
+    schema["properties"]["action"]["enum"] = ["speak"]
+    schema["properties"]["text"] = {"type": "string", "minLength": 40, "maxLength": 200}
+
+    def ask(rep: Repetition) -> list:
+        params = GenerationParams(max_new_tokens=60, temperature=0.0, repetition=rep)
+
+        async def go():
+            return await asyncio.gather(*(model.aanswer([{"role": "user", "content": f"Say something {k}"}],
+                                                        TurnAnswer, task="t", params=params, schema=schema)
+                                         for k in range(4)))
+        return asyncio.run(go())
+
+    plain, dry = ask(Repetition()), ask(Repetition(dry_multiplier=2.0, dry_allowed_length=2))
+    assert all(a.answer is not None for a in plain + dry), [a.error for a in plain + dry]
+
+    def dup(asked):
+        return sum(dup_ngram_fraction(list(a.answer.text), 3) for a in asked)  # characters: the tiny BPE's units
+    assert dup(dry) < dup(plain), (plain, dry)

@@ -19,7 +19,10 @@ has already judged (`--rejudge` redoes them).
 (aspects "goal:0", "believability:1", ...; the number is in `score`). The filter does not read them.
 
 The filter is separate from judging: `FilterRule` + `verdict()` decide from stored judgements, so the
-dataset exporter and the site viewer apply the same rule. The paper's rule (the default) drops an
+dataset exporter and the site viewer apply the same rule. Before any of that, `screen_episodes` leaves out
+episodes that fail the rule-based quality gate (`graphs.quality`: looping turns, repeated lines, repeated turns,
+too few distinct words), counted by reason; they are neither judged nor trained on (`--no-quality-gate` keeps
+them). The paper's rule (the default) drops an
 episode when the meta label or the quality label is bad with "very confident".
 """
 
@@ -69,6 +72,8 @@ from graphs.batch import (
     store_file,
 )
 from graphs.episode import answer_format_for
+from graphs.quality import RULE_TEXT as QUALITY_RULE_TEXT
+from graphs.quality import episode_quality
 from graphs.serving import shared_prompts, under_root
 from graphs.store import DEFAULT_DB, FINAL, Store
 from graphs.store_io import on_store
@@ -92,6 +97,8 @@ SOTOPIA_DIMENSIONS: dict[str, tuple[str, int, int, str]] = {
     for name, info in SotopiaAnswer.model_fields.items()
 }
 SOTOPIA_ASPECTS = tuple(f"{d}:{i}" for i in (0, 1) for d in SOTOPIA_DIMENSIONS)
+QUALITY_GATE = "quality gate: "  # the prefix of a gate reason in the counts of episodes left out
+QUALITY_GATE_ANY = "quality gate (episodes, any reason)"  # each gated episode once
 # Episodes with fewer utterances than this (`utterances`) give nothing to judge or to train on.
 MIN_UTTERANCES = 2
 TOO_FEW_UTTERANCES = f"fewer than {MIN_UTTERANCES} utterances (silent or one-sided)"
@@ -150,19 +157,21 @@ class FilterRuleError(JudgeError):
 class FilterRule:
     """Which judged episodes to drop. `on_invalid` says what an invalid or missing judgement of an aspect
     the rule names does: "keep" (no evidence against the episode, the paper's literal rule) or "drop".
-    `keep_all` keeps every episode, judged or not (the paper's no-filtering ablation)."""
+    `keep_all` keeps every episode, judged or not (the paper's no-filtering ablation). `quality_gate` leaves
+    out, before judging, the episodes that fail `graphs.quality`'s rules (`screen_episodes`)."""
 
     drop_if: tuple[Condition, ...] = ()
     on_invalid: str = "keep"
     keep_all: bool = False
+    quality_gate: bool = True
 
     @classmethod
-    def parse(cls, text: str, on_invalid: str = "keep") -> FilterRule:
+    def parse(cls, text: str, on_invalid: str = "keep", quality_gate: bool = True) -> FilterRule:
         """'none', or comma-separated conditions 'aspect=label[@confidence[/confidence...]]'."""
         if on_invalid not in ("keep", "drop"):
             raise FilterRuleError(f"on-invalid {on_invalid!r}: expected keep or drop")
         if text.strip().lower() == "none":
-            return cls(keep_all=True, on_invalid=on_invalid)
+            return cls(keep_all=True, on_invalid=on_invalid, quality_gate=quality_gate)
         conditions = []
         for part in filter(None, (p.strip() for p in text.split(","))):
             aspect, sep, rest = part.partition("=")
@@ -179,11 +188,12 @@ class FilterRule:
             conditions.append(Condition(aspect, label, confidences))
         if not conditions:
             raise FilterRuleError("filter rule: empty (use 'none' to keep every episode)")
-        return cls(drop_if=tuple(conditions), on_invalid=on_invalid)
+        return cls(drop_if=tuple(conditions), on_invalid=on_invalid, quality_gate=quality_gate)
 
     def __str__(self) -> str:
         body = "none" if self.keep_all else ",".join(map(str, self.drop_if))
-        return f"{body} (on invalid: {self.on_invalid})"
+        gate = f"; {QUALITY_RULE_TEXT}" if self.quality_gate else "; no quality gate"
+        return f"{body} (on invalid: {self.on_invalid}){gate}"
 
 
 PAPER_RULE_TEXT = "meta=bad@very confident,quality=bad@very confident"
@@ -223,29 +233,37 @@ def episode_verdicts(store: Store, culture: str, judge_model: str | None, rule: 
     """(episode row, verdict) for every judgeable episode of a culture, in id order."""
     return [
         (row, verdict(store.judgements(row["id"], judge_model) if judge_model else [], rule))
-        for row in judgeable_episodes(store, culture)
+        for row in judgeable_episodes(store, culture, rule.quality_gate)
     ]
 
 
-def judgeable_episodes(store: Store, culture: str) -> list[dict]:
-    """Finished episodes with at least MIN_UTTERANCES utterances (see `screen_episodes`)."""
-    return screen_episodes(store, culture)[0]
+def judgeable_episodes(store: Store, culture: str, quality_gate: bool = True) -> list[dict]:
+    """Finished episodes with at least MIN_UTTERANCES utterances that pass the quality gate (`screen_episodes`)."""
+    return screen_episodes(store, culture, quality_gate)[0]
 
 
-def screen_episodes(store: Store, culture: str) -> tuple[list[dict], Counter]:
-    """(finished episodes fit to judge, in id order; why each other finished episode is left out).
+def screen_episodes(store: Store, culture: str, quality_gate: bool = True) -> tuple[list[dict], Counter]:
+    """(finished episodes fit to judge, in id order; why the other finished episodes are left out: reason -> count).
 
     An episode needs MIN_UTTERANCES utterances among its valid turns: two personas who only choose the
     action `none` have turns but no conversation. An episode that ended on an unparseable turn counts
-    with the turns before it, as the paper kept truncated dialogues."""
+    with the turns before it, as the paper kept truncated dialogues. With `quality_gate`, those turns must pass
+    `graphs.quality.episode_quality`; a gated episode counts once under each of its reasons ("quality gate: ...")
+    and once under QUALITY_GATE_ANY."""
     judgeable, left_out = [], Counter()
     for row in store.episodes(culture):
         if row["status"] not in FINAL:
             continue
-        if utterances(valid_turns(store.turns(row["id"]))) >= MIN_UTTERANCES:
-            judgeable.append(row)
-        else:
+        turns = valid_turns(store.turns(row["id"]))
+        if utterances(turns) < MIN_UTTERANCES:
             left_out[TOO_FEW_UTTERANCES] += 1
+            continue
+        quality = episode_quality(turns) if quality_gate else None
+        if quality is not None and not quality.passed:
+            left_out[QUALITY_GATE_ANY] += 1
+            left_out.update(QUALITY_GATE + reason for reason in quality.describe())
+            continue
+        judgeable.append(row)
     return judgeable, left_out
 
 
@@ -388,6 +406,8 @@ class JudgeRequest:
     on_invalid: Literal["keep", "drop"] = option(
         "keep", "what an invalid judgement of an aspect the rule names does (default: keep, the paper's)")
     repetition: str = option(DRY_DEFAULT_TEXT, f"the judge's {REPETITION_HELP}")
+    quality_gate: bool = option(True, "leave out, before judging, episodes that fail the rule-based quality gate "
+                                      f"({QUALITY_RULE_TEXT}); --no-quality-gate keeps them")
 
 
 @dataclass(frozen=True)
@@ -412,7 +432,7 @@ def resolve(request: JudgeRequest, *, served: bool = False, origin: dict | None 
     r = request
     if r.concurrency < 1 or r.max_new_tokens < 1:
         raise JudgeError("concurrency and max_new_tokens must be at least 1")
-    rule = FilterRule.parse(r.filter, r.on_invalid)
+    rule = FilterRule.parse(r.filter, r.on_invalid, r.quality_gate)
     try:
         repetition = Repetition.parse(r.repetition)
     except RepetitionError as exc:
@@ -426,10 +446,11 @@ def resolve(request: JudgeRequest, *, served: bool = False, origin: dict | None 
     prompts = shared_prompts(str(prompts_dir) if prompts_dir else None, (*names, "persona_attributes")) if served \
         else Prompts(prompts_dir)
     versions = prompts.versions(list(names))  # fails before a model loads
-    judgeable, left_out = screen_episodes(Store(db), culture.code)
+    judgeable, left_out = screen_episodes(Store(db), culture.code, rule.quality_gate)
     if not judgeable:
+        gated = f", {left_out[QUALITY_GATE_ANY]} failed the quality gate" if left_out[QUALITY_GATE_ANY] else ""
         raise JudgeError(f"{r.db}: no finished {culture.code} episodes with at least {MIN_UTTERANCES} "
-                         f"utterances to judge ({sum(left_out.values())} finished with fewer; run "
+                         f"utterances to judge ({left_out[TOO_FEW_UTTERANCES]} finished with fewer{gated}; run "
                          "graphs.simulate first)")
     config, command = provenance(r, origin, "judge")
     return Judging(request=r, culture=culture, prompts=prompts, model=stage_model(r, db, served=served, model=model),
@@ -442,7 +463,7 @@ async def _plan(j: Judging) -> dict:
     r = j.request
 
     def record(store: Store) -> tuple[str, list[dict], list[str]]:
-        episodes = judgeable_episodes(store, j.culture.code)
+        episodes = judgeable_episodes(store, j.culture.code, j.rule.quality_gate)
         todo = [e for e in episodes if r.rejudge or needs_judging(store, e["id"], j.model.spec, r.sotopia)]
         return store.start_run(j.command, j.config), todo, [e["id"] for e in episodes]
 
@@ -521,7 +542,7 @@ def judgement_summary(store: Store, culture: str, judge_model: str, rule: Filter
     """Valid shares and label counts per aspect, and what the rule keeps, over the judgeable episodes."""
     aspects: dict[str, Counter] = {a: Counter() for a in ASPECTS}
     verdicts = []
-    judgeable, left_out = screen_episodes(store, culture)
+    judgeable, left_out = screen_episodes(store, culture, rule.quality_gate)
     for row in judgeable:
         judgements = store.judgements(row["id"], judge_model)  # read once, for the verdict and the counts
         verdicts.append((row, verdict(judgements, rule)))
@@ -555,6 +576,8 @@ def add_filter_arguments(p: argparse.ArgumentParser, purpose: str) -> None:
                         "aspect=label[@conf/conf],... (default: the paper's rule)")
     p.add_argument("--on-invalid", default="keep", choices=["keep", "drop"],
                    help="what an invalid judgement of an aspect the rule names does (default: keep, the paper's)")
+    p.add_argument("--no-quality-gate", dest="quality_gate", action="store_false",
+                   help=f"keep episodes that fail the rule-based quality gate ({QUALITY_RULE_TEXT})")
 
 
 def main(argv: list[str] | None = None) -> None:

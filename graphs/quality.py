@@ -18,9 +18,10 @@ Per spoken turn (speak or non-verbal, with text), on its words (`words`: lower-c
 - `repeated_turn`: the same words as an earlier turn of the episode (either speaker's), a copy of a line
   already said.
 
-Per episode: every gated turn's reasons, and `few_distinct_words` when all its spoken turns together use fewer
-than MIN_EPISODE_DISTINCT_WORDS distinct words. An episode passes when no turn is gated and it has the words:
-a loop in one turn is a loop in the training rows made from it.
+Per episode: every gated turn's reasons, each once. An episode passes when no turn is gated: a loop in one turn
+is a loop in the training rows made from it. (Episodes too short to carry a conversation are left out earlier,
+by `graphs.judge.MIN_UTTERANCES`; an episode-wide distinct-word floor would also drop short, ordinary exchanges
+such as "Good morning, neighbour." / "Morning!".)
 
 datatrove's `GopherRepetitionFilter` implements table A1 for documents (character fractions, its own word
 splitter and pipeline `Document`s, with huggingface-hub, dill, loguru and multiprocess as dependencies); these
@@ -41,14 +42,12 @@ MAX_DUP_3GRAM_FRACTION = 0.5
 MAX_DUP_LINE_FRACTION = 0.3
 MIN_DISTINCT_SHARE = 0.3
 MIN_WORDS_FOR_DISTINCT = 8
-MIN_EPISODE_DISTINCT_WORDS = 8
 
 REASONS = {
     "dup_3gram": f"repeated word 3-grams > {MAX_DUP_3GRAM_FRACTION}",
     "dup_lines": f"repeated lines > {MAX_DUP_LINE_FRACTION}",
     "few_distinct": f"distinct words < {MIN_DISTINCT_SHARE} of a turn's (>= {MIN_WORDS_FOR_DISTINCT} words)",
     "repeated_turn": "repeats an earlier turn",
-    "few_distinct_words": f"fewer than {MIN_EPISODE_DISTINCT_WORDS} distinct words in the episode",
 }
 RULE_TEXT = "quality gate: " + "; ".join(REASONS.values())
 
@@ -132,15 +131,10 @@ def turn_quality(turn: Turn, earlier: Sequence[Sequence[str]] = ()) -> TurnQuali
 
 def episode_quality(turns: Sequence[Turn]) -> EpisodeQuality:
     """The gate on an episode's turns (give it the turns training would use: the valid ones, in order)."""
-    results, seen, vocabulary = [], [], set()
+    results, seen = [], []
     for turn in turns:
         if not spoken(turn):
             continue
         results.append(turn_quality(turn, seen))
-        tokens = words(turn.text)
-        seen.append(tokens)
-        vocabulary.update(tokens)
-    reasons = list(dict.fromkeys(r for t in results for r in t.reasons))
-    if len(vocabulary) < MIN_EPISODE_DISTINCT_WORDS:
-        reasons.append("few_distinct_words")
-    return EpisodeQuality(tuple(results), tuple(reasons))
+        seen.append(words(turn.text))
+    return EpisodeQuality(tuple(results), tuple(dict.fromkeys(r for t in results for r in t.reasons)))

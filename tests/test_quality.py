@@ -78,9 +78,8 @@ def test_a_turn_repeated_across_the_episode_is_gated_even_by_the_other_speaker()
     assert episode_quality(turns).gated_turns == {2: ("repeated_turn",)}
 
 
-def test_an_episode_with_too_few_distinct_words_fails():
-    result = episode_quality([turn(0, "Hi."), turn(1, "Hello."), turn(2, "Hi there.")])
-    assert result.reasons == ("few_distinct_words",) and result.gated_turns == {}
+def test_a_short_ordinary_exchange_passes():
+    assert episode_quality([turn(0, "Good morning, neighbour."), turn(1, "Morning!"), turn(2, "Hi there.")]).passed
 
 
 def test_silent_and_invalid_turns_are_not_measured():
@@ -91,4 +90,4 @@ def test_silent_and_invalid_turns_are_not_measured():
 
 
 def test_the_rule_text_names_every_threshold():
-    assert str(MAX_DUP_3GRAM_FRACTION) in RULE_TEXT and "0.3" in RULE_TEXT and "8 distinct" in RULE_TEXT
+    assert str(MAX_DUP_3GRAM_FRACTION) in RULE_TEXT and "0.3" in RULE_TEXT and "8 words" in RULE_TEXT

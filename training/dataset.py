@@ -334,8 +334,8 @@ def export(store: Store, out: Path, *, culture: Culture, prompts: Prompts, judge
     episodes = load_episodes(store, culture.code, judge_model, rule)
     kept = [e for e in episodes if e.verdict.kept]
     if not kept:
-        left_out = "".join(f", {n} more left out: {reason}" for reason, n in screen_episodes(store, culture.code)[1]
-                           .items())
+        left_out = "".join(f", {n} more left out: {reason}"
+                           for reason, n in screen_episodes(store, culture.code, rule.quality_gate)[1].items())
         raise DatasetError(f"{store.path}: no {culture.code} episode passes the filter ({rule}, judge "
                            f"{judge_model}) out of {len(episodes)}{left_out}; nothing written to {out}")
     counts: Counter = Counter()
@@ -377,7 +377,7 @@ def export(store: Store, out: Path, *, culture: Culture, prompts: Prompts, judge
             "in_store_by_status": statuses,
             "judgeable": len(episodes),
             # finished episodes left out before judging (not judged, not in Table 9, not exported), by reason
-            "not_judgeable": dict(screen_episodes(store, culture.code)[1]),
+            "not_judgeable": dict(screen_episodes(store, culture.code, rule.quality_gate)[1]),
             "judged": sum(e.verdict.judged for e in episodes),
             "kept": len(kept),
             "dropped": sum(e.verdict.judged and not e.verdict.kept for e in episodes),
@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise DatasetError(f"--views {args.views!r}: expected a comma-separated subset of {', '.join(VIEWS)}")
         if not 0 <= args.validation_fraction < 1:
             raise DatasetError("--validation-fraction must be in [0, 1)")
-        rule = FilterRule.parse(args.filter, args.on_invalid)
+        rule = FilterRule.parse(args.filter, args.on_invalid, args.quality_gate)
         culture = load_culture(args.culture, args.cultures_dir)
         prompts = Prompts(args.prompts)
         prompts.versions(PROMPT_NAMES + (CONTRASTIVE_PROMPT_NAMES if args.contrastive_model else []))

@@ -91,3 +91,92 @@ def test_silent_and_invalid_turns_are_not_measured():
 
 def test_the_rule_text_names_every_threshold():
     assert str(MAX_DUP_3GRAM_FRACTION) in RULE_TEXT and "0.3" in RULE_TEXT and "8 words" in RULE_TEXT
+
+
+# ------------------------------------------------------------------ wired in: judge, export, viewer
+
+
+@pytest.fixture
+def gated_store(tmp_path, scenario):
+    """Two finished CHN episodes: one ordinary, one with the issue's looping turn."""
+    from graphs.store import Store
+
+    store = Store(tmp_path / "s.db")
+    store.put_scenario(scenario)
+    for ep_id, texts in (("ep-ok", ORDINARY[:4]), ("ep-loop", [ORDINARY[0], ORDINARY[1], LOOP, ORDINARY[3]])):
+        store.begin_episode({"id": ep_id, "scenario_id": scenario.id, "culture": "CHN", "model": "m", "seed": 0,
+                             "sample": 0})
+        store.finish_episode(ep_id, "done", [turn(i, t) for i, t in enumerate(texts)], [], ended_by="max_turns",
+                             intent_version="v")
+    return store
+
+
+def good_judge():
+    from agents.models import ScriptedBackend
+
+    def reply(messages, task):
+        question = messages[-1]["content"]
+        if "\nALIGNMENT:" in question:
+            return "ALIGNMENT: aligned\nCONFIDENCE: confident"
+        if "\nCRITIQUE:" in question:
+            return "CRITIQUE: ok\nLABEL: good\nCONFIDENCE: confident"
+        return "QUALITY: good\nCONFIDENCE: very confident"
+
+    return ScriptedBackend(reply)
+
+
+def judge_all(store, **kw):
+    from agents.models import Model
+    from graphs import judge
+    from graphs.batch import run
+
+    backend = good_judge()
+    final = run(judge.STAGE, judge.JudgeRequest(culture="CHN", model="j", db=str(store.path), **kw),
+                model=Model(backend, "j", structured=False))
+    return final["summary"], backend
+
+
+def test_gated_episodes_are_not_judged_and_counted_by_reason(gated_store):
+    from graphs.judge import QUALITY_GATE, QUALITY_GATE_ANY, episode_verdicts
+
+    summary, backend = judge_all(gated_store)
+    assert summary["episodes"] == 1 and summary["kept"] == 1
+    assert summary["not_judgeable"][QUALITY_GATE_ANY] == 1
+    assert summary["not_judgeable"][QUALITY_GATE + f"repeated word 3-grams > {MAX_DUP_3GRAM_FRACTION}"] == 1
+    assert all("leave the room now, I'm going" not in m[0]["content"] for _, m in backend.requests)
+    assert [row["id"] for row, _ in episode_verdicts(gated_store, "CHN", "j")] == ["ep-ok"]
+
+
+def test_no_quality_gate_judges_them_all(gated_store):
+    summary, _ = judge_all(gated_store, quality_gate=False)
+    assert summary["episodes"] == 2 and "no quality gate" in summary["rule"]
+
+
+def test_the_export_drops_gated_episodes_and_says_so(gated_store, tmp_path):
+    import json
+
+    from training import dataset
+
+    judge_all(gated_store, quality_gate=False)  # judged, and kept by the judge: only the gate drops it
+    out = tmp_path / "data"
+    dataset.main(["--culture", "CHN", "--db", str(gated_store.path), "--out", str(out), "--judge-model", "j"])
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["episodes"]["kept"] == 1 and stats["episodes"]["not_judgeable"]["quality gate (episodes, any "
+                                                                                  "reason)"] == 1
+    assert "quality gate: repeated word 3-grams > 0.5" in stats["provenance"]["filter"]
+    rows = "".join(p.read_text() for p in out.glob("sft_*.jsonl"))
+    assert "leave the room now" not in rows and "Auntie Li" in rows
+    kept_all = tmp_path / "all"
+    dataset.main(["--culture", "CHN", "--db", str(gated_store.path), "--out", str(kept_all), "--judge-model", "j",
+                  "--no-quality-gate"])
+    assert "leave the room now" in "".join(p.read_text() for p in kept_all.glob("sft_*.jsonl"))
+
+
+def test_the_viewer_marks_gated_turns(gated_store, tmp_path):
+    from graphs import view
+
+    view.build_site(gated_store.path, tmp_path / "site")
+    page = (tmp_path / "site" / "episodes" / "ep-loop.html").read_text()
+    assert 'data-gated="true"' in page and page.count('class="status status-gated"') == 1
+    assert "gated: repeated word 3-grams &gt; 0.5" in page
+    assert 'data-gated="false"' in (tmp_path / "site" / "episodes" / "ep-ok.html").read_text()

@@ -1,7 +1,7 @@
 """A rule-based quality gate for simulated episodes, independent of the LLM judge: degenerate text is caught
 by counting, not by asking the same small model that wrote it.
 
-Per spoken turn (speak or non-verbal, with text), on its words (`words`: lower-cased, apostrophes kept):
+Per turn with text (any valid turn: a `leave` turn's words are trained on too), on its words (`words`: lower-cased, apostrophes kept):
 
 - `dup_3gram`: the fraction of its word 3-grams that repeat an earlier 3-gram of the same turn above
   MAX_DUP_3GRAM_FRACTION. The Gopher rules (Rae et al. 2021, "Scaling Language Models: Methods, Analysis &
@@ -108,12 +108,12 @@ class EpisodeQuality:
 
 
 def spoken(turn: Turn) -> bool:
-    """A valid turn that says something: speak or non-verbal, with text."""
-    return turn.valid and turn.action in (Action.SPEAK, Action.NON_VERBAL) and bool(turn.text.strip())
+    """A valid turn with text (speak, non-verbal, or a leave that says something; `none` says nothing)."""
+    return turn.valid and turn.action is not Action.NONE and bool(turn.text.strip())
 
 
 def turn_quality(turn: Turn, earlier: Sequence[Sequence[str]] = ()) -> TurnQuality:
-    """The gate on one turn; `earlier` holds the word lists of the episode's earlier spoken turns."""
+    """The gate on one turn; `earlier` holds the word lists of the episode's earlier turns with text."""
     tokens = words(turn.text)
     dup3, lines = dup_ngram_fraction(tokens, 3), dup_line_fraction(turn.text)
     distinct = len(set(tokens)) / len(tokens) if tokens else 1.0

@@ -82,6 +82,10 @@ def test_a_short_ordinary_exchange_passes():
     assert episode_quality([turn(0, "Good morning, neighbour."), turn(1, "Morning!"), turn(2, "Hi there.")]).passed
 
 
+def test_a_looping_leave_is_gated():
+    assert not episode_quality([turn(0, ORDINARY[0]), turn(1, LOOP, action=Action.LEAVE)]).passed
+
+
 def test_silent_and_invalid_turns_are_not_measured():
     turns = [turn(0, LOOP, action=Action.NONE), turn(1, LOOP, valid=False), *(turn(i + 2, t) for i, t in
                                                                            enumerate(ORDINARY))]

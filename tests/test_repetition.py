@@ -43,8 +43,8 @@ def test_bad_text_names_the_part(text, message):
 
 
 @pytest.mark.parametrize("engine, body, top", [
-    ("llama.cpp", {"dry_multiplier": 0.8, "dry_base": 1.75, "dry_allowed_length": 2, "dry_penalty_last_n": -1,
-                   "repeat_penalty": 1.1}, {"frequency_penalty": 0.2}),
+    ("llama.cpp", {"dry_multiplier": 0.8, "dry_base": 1.75, "dry_allowed_length": 2, "repeat_penalty": 1.1},
+     {"frequency_penalty": 0.2}),
     ("vllm", {"repetition_penalty": 1.1}, {"frequency_penalty": 0.2}),
     ("openai", {}, {"frequency_penalty": 0.2}),
 ])

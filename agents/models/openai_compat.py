@@ -116,8 +116,9 @@ class OpenAIBackend:
         """The request fields that carry `repetition` on this endpoint's engine (see the module docstring)."""
         r, out = repetition, {}
         if self.engine == "llama.cpp" and r.dry_multiplier > 0:
-            out.update(dry_multiplier=r.dry_multiplier, dry_base=r.dry_base, dry_allowed_length=r.dry_allowed_length,
-                       dry_penalty_last_n=r.dry_penalty_last_n)
+            out.update(dry_multiplier=r.dry_multiplier, dry_base=r.dry_base, dry_allowed_length=r.dry_allowed_length)
+            if r.dry_penalty_last_n != -1:  # -1 (the whole context) is llama-server's default; a request may not send it
+                out["dry_penalty_last_n"] = r.dry_penalty_last_n
         if r.repetition_penalty != 1.0 and self.engine in ("llama.cpp", "vllm"):
             out["repeat_penalty" if self.engine == "llama.cpp" else "repetition_penalty"] = r.repetition_penalty
         if r.frequency_penalty:

@@ -1,0 +1,1 @@
+"""Studies: the paper's experiment, its ablations and controls as one config and one resumable command."""

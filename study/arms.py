@@ -1,0 +1,75 @@
+"""The arms of a study: each a named recipe of stages (CLCA paper Tables 2, 3 and 6, and the controls).
+
+A recipe adds the nodes it needs to a `study.pipeline.Builder` for one culture and student, ending in the
+evaluations its report row reads. Arms that need the same stage share its node. `ARMS` maps each name to its
+recipe. `PLANNED` names the arms not built yet; a config that names one is refused in one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from study.config import Student
+from study.pipeline import Builder
+
+
+def base(b: Builder, culture: str, student: Student) -> None:
+    """The student as it is: no adapter, the country prompt (the persona prompt with a respondent file)."""
+    b.evaluate("base", culture, student)
+
+
+def cultural_prompt(b: Builder, culture: str, student: Student) -> None:
+    """Cultural prompting (Tao et al. 2024): no adapter, the culture-specific system instruction (`wvs_cultural`)."""
+    b.evaluate("cultural_prompt", culture, student, prompt="cultural")
+
+
+def clca(b: Builder, culture: str, student: Student) -> None:
+    """CLCA: seeds adapted to the culture, role-played by grounded personas with an observer's intents, judged,
+    filtered by the paper's rule, LoRA SFT on the dialogue and intent views (paper Table 2)."""
+    b.trained("clca", culture, student, b.dataset(culture, "cultural"))
+
+
+def dialogue_only(b: Builder, culture: str, student: Student) -> None:
+    """The CLCA pipeline trained on the dialogue view only (paper Table 3)."""
+    b.trained("dialogue_only", culture, student, b.dataset(culture, "cultural", views="dialogue"))
+
+
+def intent_only(b: Builder, culture: str, student: Student) -> None:
+    """The CLCA pipeline trained on the intent view only (paper Table 3)."""
+    b.trained("intent_only", culture, student, b.dataset(culture, "cultural", views="intent"))
+
+
+def no_filter(b: Builder, culture: str, student: Student) -> None:
+    """The CLCA pipeline with every episode kept, the judge's filter off (paper Table 6)."""
+    b.trained("no_filter", culture, student, b.dataset(culture, "cultural", filter="none"))
+
+
+def culture_free(b: Builder, culture: str, student: Student) -> None:
+    """The control that isolates culture: the same pipeline on the unadapted SOTOPIA seeds with the ungrounded
+    persona prompt (`roleplay_system_ungrounded`), judged and filtered alike, its training rows drawn (seeded) to as
+    many as `clca` trains on. What it moves is what any role-play fine-tuning moves."""
+    matched = b.match_rows(culture, b.dataset(culture, "culture_free"), like=b.dataset(culture, "cultural"))
+    b.trained("culture_free", culture, student, matched)
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    recipe: Callable[[Builder, str, Student], None]
+
+    @property
+    def doc(self) -> str:
+        return " ".join((self.recipe.__doc__ or "").split())
+
+
+ARMS = {a.name: a for a in (
+    Arm("base", base), Arm("cultural_prompt", cultural_prompt), Arm("clca", clca),
+    Arm("dialogue_only", dialogue_only), Arm("intent_only", intent_only), Arm("no_filter", no_filter),
+    Arm("culture_free", culture_free),
+)}
+# Arms of issue 25 that have no recipe yet: a config naming one is refused (one line), never half-run.
+PLANNED = {
+    "dpo": "DPO from the clca adapter on contrastive pairs (a kept line against the ungrounded persona's line)",
+    "survey_sft": "fine-tuning on the survey shares of the train items, scored on the held-out test items",
+}

@@ -1,0 +1,132 @@
+"""A study's stages as a graph of nodes, each keyed by a hash of what determines its output.
+
+A `Node` is one stage run: its kind (adapt, simulate, judge, dataset, match_rows, sft, evaluate), the culture it is
+for, its parameters (the fields of the stage's request that decide its output; paths relative to the study's
+folder) and the nodes it reads. Its id is `<kind>-<culture>-<sha256 of kind, parameters and inputs' ids>[:10]`, so
+two arms that need the same stage get the same node (clca and its ablations share adaptation, simulation and
+judging) and a stage already finished for the same request is found again on a rerun. `Builder` adds nodes, each
+once, in an order where every node comes after its inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from study.config import Student, Study
+
+PIPELINES = ("cultural", "culture_free")  # adapted scenarios + grounded personas; SOTOPIA seeds + ungrounded personas
+PAPER_FILTER = "paper"  # training.dataset's default rule (graphs.judge.PAPER_RULE_TEXT)
+
+
+@dataclass(frozen=True)
+class Node:
+    kind: str
+    culture: str
+    params: dict
+    inputs: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        key = json.dumps({"kind": self.kind, "culture": self.culture, "params": self.params,
+                          "inputs": list(self.inputs)}, sort_keys=True)
+        return f"{self.kind}-{self.culture.lower()}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One evaluation an arm's row of the report reads: which arm, student, culture, training seed, items, reading."""
+
+    arm: str
+    student: str
+    culture: str
+    seed: int | None  # None for arms without training
+    items: str
+    reading: str
+    node: str  # the evaluate node's id
+
+
+@dataclass
+class Builder:
+    """Adds a study's nodes, each once (`add` returns the id of the node already there when it is)."""
+
+    study: Study
+    nodes: dict[str, Node] = field(default_factory=dict)
+    scored: list[Scored] = field(default_factory=list)
+
+    def add(self, node: Node) -> str:
+        self.nodes.setdefault(node.id, node)
+        return node.id
+
+    # ------------------------------------------------------------ the role-play pipeline
+
+    def store(self, culture: str, pipeline: str) -> str:
+        """The SQLite store of one culture's pipeline, relative to the study folder."""
+        return f"stores/{culture.lower()}-{pipeline}.db"
+
+    def adapt(self, culture: str) -> str:
+        m = self.study.roleplay
+        return self.add(Node("adapt", culture, {"n": self.study.sizes.seeds, "model": m.model, "seed": 0,
+                                                "unstructured": m.unstructured, "db": self.store(culture, "cultural")}))
+
+    def simulate(self, culture: str, pipeline: str) -> str:
+        m, s = self.study.roleplay, self.study.sizes
+        inputs = (self.adapt(culture),) if pipeline == "cultural" else ()
+        params = {"episodes": s.episodes, "samples": s.samples, "max_turns": s.rounds, "model": m.model, "seed": 0,
+                  "unstructured": m.unstructured, "use_seeds": pipeline == "culture_free",
+                  "ungrounded": pipeline == "culture_free", "db": self.store(culture, pipeline)}
+        return self.add(Node("simulate", culture, params, inputs))
+
+    def judge(self, culture: str, pipeline: str) -> str:
+        m = self.study.judge_model
+        return self.add(Node("judge", culture, {"model": m.model, "seed": 0, "unstructured": m.unstructured,
+                                                "db": self.store(culture, pipeline)},
+                             (self.simulate(culture, pipeline),)))
+
+    def dataset(self, culture: str, pipeline: str, views: str = "dialogue,intent", filter: str = PAPER_FILTER) -> str:
+        """training.dataset's export; `filter` none skips the judge (nothing is filtered)."""
+        source = self.judge(culture, pipeline) if filter != "none" else self.simulate(culture, pipeline)
+        params = {"views": views, "filter": filter, "seed": 0, "db": self.store(culture, pipeline),
+                  "judge_model": self.study.judge_model.model if filter != "none" else None}
+        return self.add(Node("dataset", culture, params, (source,)))
+
+    def match_rows(self, culture: str, dataset: str, like: str) -> str:
+        """`dataset`'s SFT training rows drawn (seeded) to as many as `like` has."""
+        return self.add(Node("match_rows", culture, {"seed": 0}, (dataset, like)))
+
+    def sft(self, culture: str, dataset: str, student: Student, seed: int) -> str:
+        t = self.study.training
+        return self.add(Node("sft", culture, {"model": student.model, "seed": seed, "preset": t.preset,
+                                              "overrides": t.overrides}, (dataset,)))
+
+    # ------------------------------------------------------------ evaluation
+
+    def evaluate(self, arm: str, culture: str, student: Student, *, adapter: str | None = None,
+                 prompt: str = "auto", seed: int | None = None) -> None:
+        """One evaluation per item set and reading, every format in each; recorded for `arm`'s row."""
+        e = self.study.evaluation
+        for items in e.items:
+            for reading in e.readings:
+                params = {"model": student.evaluated, "prompt": prompt, "items": items, "method": reading,
+                          "formats": list(e.formats), "bootstrap": e.bootstrap, "samples": e.samples,
+                          "wvs_file": e.wvs_file, "personas": e.personas, "seed": 0}
+                node = self.add(Node("evaluate", culture, params, (adapter,) if adapter else ()))
+                self.scored.append(Scored(arm, student.label, culture, seed, items, reading, node))
+
+    def trained(self, arm: str, culture: str, student: Student, dataset: str) -> None:
+        """One adapter per training seed on `dataset`, each evaluated."""
+        for seed in self.study.seeds:
+            self.evaluate(arm, culture, student, adapter=self.sft(culture, dataset, student, seed), seed=seed)
+
+
+def build(study: Study) -> Builder:
+    """Every node the study's arms need, each once, inputs first."""
+    from study.arms import ARMS
+
+    b = Builder(study)
+    for culture in study.cultures:
+        for student in study.students:
+            for arm in study.arms:
+                ARMS[arm].recipe(b, culture, student)
+    return b

@@ -1,0 +1,207 @@
+"""`python -m study report DIR`: report.md and results.csv from a study folder's stored evaluations.
+
+One row per arm x student (x item set x reading when a study has several), one column per culture and their
+average, for each metric (`METRICS`: JS with the anchored score, KL, the paper's KL, EMD, map distance and accuracy
+where the evaluation has them). A cell is the mean over training seeds of each evaluation's summary (itself the mean
+over formats); its interval is the mean over seeds of each evaluation's 95% bootstrap interval (items and units
+resampled, `eval.wvs.score`), so it shows the sampling uncertainty of one adapter, not the spread between seeds
+(`seed_sd` columns give that spread where there are several seeds).
+
+Paired tests: every arm's evaluation against `base` and against `culture_free` on the same culture, student, items
+and reading, one test per training seed (`eval.wvs.paired.compare`: the paired bootstrap, items and shared units
+resampled), on JS. Their p-values are Holm-corrected together, across every test the report shows. The verdict of an
+arm against a reference: "closer than base by d (JS, mean over cultures and seeds), Holm p <= p" when every test
+says closer, "further from the survey than base ..." when every one says further, "not distinguishable from base"
+when none does, else "mixed: k of n tests closer, m further".
+
+Errors: `StudyReportError` (one line) for a folder without study.json or an evaluation not run yet.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+METRICS = ["js", "anchored_score", "kl", "paper_kl", "emd", "map_distance", "accuracy"]
+TEST_METRIC = "js"
+REFERENCES = ("base", "culture_free")
+
+
+class StudyReportError(ValueError):
+    """A study folder the report cannot be built from; one line."""
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def collect(out: Path) -> tuple[dict, dict]:
+    """(study.json, {(arm, student, items, reading): {culture: [(seed, results, results path), ...]}})."""
+    if not (out / "study.json").is_file():
+        raise StudyReportError(f"{out}: no study.json (run `python -m study run CONFIG --out {out}` first)")
+    study = _load(out / "study.json")
+    rows: dict = defaultdict(lambda: defaultdict(list))
+    for s in study["scored"]:
+        path = out / "stages" / s["node"] / "results.json"
+        if not (out / "stages" / s["node"] / "done.json").is_file():
+            raise StudyReportError(f"{out}: the evaluation {s['node']} ({s['arm']}, {s['culture']}) has not run: "
+                                   "rerun `python -m study run`")
+        rows[(s["arm"], s["student"], s["items"], s["reading"])][s["culture"]].append((s["seed"], _load(path), path))
+    return study, rows
+
+
+def _cell(runs: list, metric: str) -> dict | None:
+    values, lows, highs = [], [], []
+    for _, results, _ in runs:
+        country = next(iter(results["summary"]["countries"].values()))["model"]
+        cell = country.get(metric)
+        if not cell or cell.get("value") is None:
+            return None
+        values.append(cell["value"])
+        lo, hi = cell.get("ci") or (None, None)
+        lows.append(lo if lo is not None else np.nan)
+        highs.append(hi if hi is not None else np.nan)
+    return {"value": float(np.mean(values)), "lo": float(np.nanmean(lows)), "hi": float(np.nanmean(highs)),
+            "seed_sd": float(np.std(values, ddof=1)) if len(values) > 1 else None}
+
+
+def _average(cells: list[dict | None]) -> dict | None:
+    if not cells or any(c is None for c in cells):
+        return None
+    return {k: float(np.mean([c[k] for c in cells])) if cells[0][k] is not None else None
+            for k in ("value", "lo", "hi", "seed_sd")}
+
+
+def paired_tests(study: dict, rows: dict, n_boot: int) -> list[dict]:
+    """One test per arm row, reference, culture and training seed, Holm-corrected together."""
+    from eval.wvs.paired import ALPHA, compare, holm, load_answers
+
+    tests = []
+    for (arm, student, items, reading), cultures in rows.items():
+        for ref in REFERENCES:
+            if arm == ref or (ref, student, items, reading) not in rows:
+                continue
+            for culture, runs in cultures.items():
+                base_runs = rows[(ref, student, items, reading)].get(culture)
+                if not base_runs:
+                    continue
+                for (seed, adapted, a_path), (_, base, b_path) in _pairs(runs, base_runs):
+                    paired = compare(base, adapted, load_answers(base, b_path), load_answers(adapted, a_path),
+                                     n_boot=n_boot, seed=0)
+                    row = next((r for r in paired.rows if r.metric == TEST_METRIC), None)
+                    if row is not None:
+                        tests.append({"arm": arm, "student": student, "items": items, "reading": reading,
+                                      "reference": ref, "culture": culture, "seed": seed, "delta": row.delta,
+                                      "ci": row.ci, "p": row.p})
+    for test, p_holm in zip(tests, holm([t["p"] for t in tests]) if tests else []):
+        test["p_holm"] = float(p_holm)
+        test["verdict"] = ("closer" if test["delta"] < 0 else "further") if p_holm < ALPHA else "no detectable change"
+    return tests
+
+
+def _pairs(runs: list, base_runs: list) -> list:
+    """Each run with the reference run of its seed, or the reference's only run (an untrained reference)."""
+    by_seed = {seed: r for r in base_runs for seed in [r[0]]}
+    return [(r, by_seed.get(r[0], base_runs[0])) for r in runs]
+
+
+def verdict(tests: list[dict], reference: str) -> str:
+    if not tests:
+        return ""
+    closer = sum(t["verdict"] == "closer" for t in tests)
+    further = sum(t["verdict"] == "further" for t in tests)
+    delta = float(np.mean([t["delta"] for t in tests]))
+    p = max(t["p_holm"] for t in tests)
+    if closer == len(tests):
+        return f"closer than {reference} by {-delta:.4f} JS, Holm p <= {p:.3g}"
+    if further == len(tests):
+        return f"further from the survey than {reference} by {delta:.4f} JS, Holm p <= {p:.3g}"
+    if closer == further == 0:
+        return f"not distinguishable from {reference} (JS {delta:+.4f}, smallest Holm p {min(t['p_holm'] for t in tests):.3g})"
+    return f"mixed against {reference}: {closer} of {len(tests)} tests closer, {further} further"
+
+
+def write_report(out: str | Path) -> dict[str, Path]:
+    """Write DIR/report.md and DIR/results.csv; returns their paths."""
+    out = Path(out)
+    study, rows = collect(out)
+    config = study["config"]
+    cultures = list(config["cultures"])
+    tests = paired_tests(study, rows, config["evaluation"]["bootstrap"])
+    several = len(config["evaluation"]["items"]) > 1 or len(config["evaluation"]["readings"]) > 1
+    header = ["arm", "student", "items", "reading", "seeds"]
+    for metric in METRICS:
+        for c in [*cultures, "average"]:
+            header += [f"{metric}_{c}", f"{metric}_{c}_lo", f"{metric}_{c}_hi", f"{metric}_{c}_seed_sd"]
+    header += [f"{x}_{ref}" for ref in REFERENCES for x in ("verdict", "delta_js", "p_holm_max")]
+    table, md_rows, verdicts = [], defaultdict(list), []
+    for key in rows:
+        arm, student, items, reading = key
+        cultures_runs = rows[key]
+        seeds = sorted({s for runs in cultures_runs.values() for s, _, _ in runs if s is not None})
+        line = {"arm": arm, "student": student, "items": items, "reading": reading,
+                "seeds": " ".join(map(str, seeds))}
+        for metric in METRICS:
+            cells = [_cell(cultures_runs[c], metric) if c in cultures_runs else None for c in cultures]
+            for c, cell in zip([*cultures, "average"], [*cells, _average(cells)]):
+                for k in ("value", "lo", "hi", "seed_sd"):
+                    name = f"{metric}_{c}" + ("" if k == "value" else f"_{k}")
+                    line[name] = "" if cell is None or cell[k] is None else round(cell[k], 6)
+                if cell is not None:
+                    md_rows[metric].append((key, c, cell))
+        label = f"{arm} / {student}" + (f" / {items} / {reading}" if several else "")
+        for ref in REFERENCES:
+            mine = [t for t in tests if (t["arm"], t["student"], t["items"], t["reading"]) == key
+                    and t["reference"] == ref]
+            line[f"verdict_{ref}"] = verdict(mine, ref)
+            line[f"delta_js_{ref}"] = round(float(np.mean([t["delta"] for t in mine])), 6) if mine else ""
+            line[f"p_holm_max_{ref}"] = round(max(t["p_holm"] for t in mine), 6) if mine else ""
+        verdicts.append((label, line["verdict_base"], line["verdict_culture_free"]))
+        table.append(line)
+    with open(out / "results.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(table)
+    (out / "report.md").write_text(_markdown(config, cultures, table, verdicts, tests, several))
+    return {"md": out / "report.md", "csv": out / "results.csv"}
+
+
+def _markdown(config: dict, cultures: list[str], table: list[dict], verdicts: list, tests: list, several: bool) -> str:
+    e = config["evaluation"]
+    lines = [f"# Study {config['name']}", "",
+             (f"Cultures {', '.join(cultures)}; arms {', '.join(config['arms'])}; training seeds "
+             f"{', '.join(map(str, config['seeds']))}; items {', '.join(e['items'])}; readings "
+             f"{', '.join(e['readings'])}; formats {', '.join(e['formats'])}; role-play {config['roleplay']['model']}."),
+             "", "## Verdicts", "", "| arm | against base | against culture_free |", "|---|---|---|"]
+    lines += [f"| {label} | {vb or '-'} | {vc or '-'} |" for label, vb, vc in verdicts]
+    lines += ["", (f"Paired bootstrap on JS, one test per culture and training seed, {len(tests)} tests Holm-corrected "
+              "together (eval.wvs.paired)."), ""]
+    for metric in METRICS:
+        if not any(line.get(f"{metric}_average", "") != "" or any(line.get(f"{metric}_{c}", "") != ""
+                                                                      for c in cultures) for line in table):
+            continue
+        better = "higher" if metric in ("accuracy", "anchored_score") else "lower"
+        lines += [f"## {metric} ({better} is better; mean over seeds and formats [95% interval])", "",
+                  "| arm | student |" + (" items | reading |" if several else "")
+                  + "".join(f" {c} |" for c in [*cultures, "average"]),
+                  "|---|---|" + ("---|---|" if several else "") + "---|" * (len(cultures) + 1)]
+        for line in table:
+            cells = []
+            for c in [*cultures, "average"]:
+                v = line.get(f"{metric}_{c}", "")
+                cells.append("-" if v == "" else f"{v:.4f} [{line[f'{metric}_{c}_lo']:.4f}, "
+                                                 f"{line[f'{metric}_{c}_hi']:.4f}]")
+            lines.append(f"| {line['arm']} | {line['student']} |"
+                         + (f" {line['items']} | {line['reading']} |" if several else "")
+                         + "".join(f" {x} |" for x in cells))
+        lines.append("")
+    lines += ["## Paired tests", "", "| arm | reference | culture | seed | ΔJS | 95% interval | p | Holm p | verdict |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {t['arm']} | {t['reference']} | {t['culture']} | {t['seed'] if t['seed'] is not None else '-'} | "
+              f"{t['delta']:+.4f} | [{t['ci'][0]:+.4f}, {t['ci'][1]:+.4f}] | {t['p']:.3g} | {t['p_holm']:.3g} | "
+              f"{t['verdict']} |" for t in tests]
+    return "\n".join(lines) + "\n"

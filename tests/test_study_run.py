@@ -1,0 +1,158 @@
+"""`python -m study run` and `report` on the puppet role-player and the tiny local student: every implemented arm
+runs, shared stages run once, a rerun skips what is finished, a planted effect is reported as closer."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from study.config import load_study
+from study.report import write_report
+from study.run import run_study
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = """\
+name: tiny
+cultures: [CHN]
+roleplay: {model: puppet, concurrency: 4}
+students: [{name: tiny, model: %(model)s}]
+arms: [%(arms)s]
+seeds: [1]
+training:
+  preset: %(preset)s
+  overrides: {max_steps: 1, per_device_train_batch_size: 2, lora_r: 4, lora_alpha: 8,
+              lora_target_modules: [q_proj, v_proj], save_strategy: "no", disable_tqdm: true, max_length: 2048}
+sizes: {seeds: 3, episodes: 4, samples: 2, rounds: 2}
+evaluation: {items: [clca44:test], readings: [logprob], formats: [default, reversed], bootstrap: 50}
+"""
+
+
+def study_file(tmp_path, model: str, arms: str) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(STUDY % {"model": model, "arms": arms, "preset": ROOT / "configs" / "sft_demo.yaml"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("study")
+    arms = "base, cultural_prompt, clca, dialogue_only, intent_only, no_filter, culture_free"
+    study = load_study(study_file(tmp, tiny_model_dir, arms))
+    out = tmp / "out"
+    first = run_study(study, out, log=lambda line: None)
+    return study, out, first
+
+
+def test_every_arm_runs_and_shared_stages_run_once(finished):
+    _, out, first = finished
+    kinds = [i.split("-")[0] for i in first["ran"]]
+    assert len(first["ran"]) == len(set(first["ran"])) and not first["skipped"]
+    # one adaptation; the adapted and the ungrounded pipeline each simulated and judged once for all five arms
+    assert kinds.count("adapt") == 1 and kinds.count("simulate") == 2 and kinds.count("judge") == 2
+    assert kinds.count("dataset") == 5 and kinds.count("match_rows") == 1 and kinds.count("sft") == 5
+    assert kinds.count("evaluate") == 7
+    # the stores hold one run per pipeline stage: nothing was simulated twice
+    import sqlite3
+
+    db = sqlite3.connect(out / "stores" / "chn-cultural.db")
+    assert db.execute("select count(*) from episodes").fetchone()[0] == 4
+    free = sqlite3.connect(out / "stores" / "chn-culture_free.db")
+    scenarios = {r[0] for r in free.execute("select scenario_id from episodes")}
+    adapted = {r[0] for r in db.execute("select scenario_id from episodes")}
+    assert scenarios and not scenarios & adapted  # the control plays the unadapted seeds
+    prompts = {json.loads(r[0])["roleplay_system"] for r in free.execute("select prompt_versions from episodes")}
+    grounded = {json.loads(r[0])["roleplay_system"] for r in db.execute("select prompt_versions from episodes")}
+    assert prompts.isdisjoint(grounded)  # ... with the ungrounded persona prompt
+    # the control trains on as many rows as clca
+    stages = out / "stages"
+    clca_rows = {json.loads((d / "done.json").read_text())["rows"]["sft_train.jsonl"]
+                 for d in stages.glob("match_rows-*")}
+    matched = next(stages.glob("match_rows-*"))
+    like = json.loads((matched / "request.json").read_text())["inputs"][1]
+    assert clca_rows == {len((stages / like / "data" / "sft_train.jsonl").read_text().splitlines())}
+    for adapter in stages.glob("sft-*/adapter"):
+        assert (adapter / "adapter_model.safetensors").is_file()
+
+
+def test_rerun_skips_every_finished_stage_and_gives_the_same_results(finished):
+    study, out, first = finished
+    before = (out / "results.csv").read_text()
+    again = run_study(study, out, log=lambda line: None)
+    assert again["ran"] == [] and sorted(again["skipped"]) == sorted(first["ran"])
+    assert (out / "results.csv").read_text() == before
+
+
+def test_report_has_a_row_per_arm_with_intervals_and_verdicts(finished):
+    study, out, _ = finished
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["arm"] for r in rows] == list(study.arms)
+    for r in rows:
+        assert float(r["js_CHN_lo"]) <= float(r["js_CHN"]) <= float(r["js_CHN_hi"])
+        assert r["js_average"] == r["js_CHN"]
+    by_arm = {r["arm"]: r for r in rows}
+    assert by_arm["base"]["verdict_base"] == "" and by_arm["clca"]["verdict_base"]
+    assert by_arm["clca"]["verdict_culture_free"] and by_arm["culture_free"]["verdict_culture_free"] == ""
+    # every arm but the references is tested against both; the untrained arms against base
+    assert by_arm["cultural_prompt"]["verdict_base"] and by_arm["cultural_prompt"]["js_CHN"] != by_arm["base"]["js_CHN"]
+    text = (out / "report.md").read_text()
+    assert "## Verdicts" in text and "| clca / tiny |" in text
+
+
+def test_a_planted_effect_is_closer_and_a_null_effect_is_not(tmp_path):
+    """A scripted student that answers in the survey's shares once trained by clca, and always its first option
+    otherwise (base, and after culture_free training)."""
+    from agents.models import Model
+    from agents.models.fake import ScriptedBackend
+    from eval.wvs.items import select_items
+    from eval.wvs.survey import BundledShares
+    from study import run as study_run
+
+    path = study_file(tmp_path, "scripted", "base, clca, culture_free")
+    path.write_text(path.read_text().replace("readings: [logprob], formats: [default, reversed]",
+                                             "readings: [generate], formats: [default], samples: 20")
+                    .replace("bootstrap: 50", "bootstrap: 400"))  # Holm over 3 tests: p >= 3 x 2/401
+    study = load_study(path)
+    items = select_items("clca44:test")
+    shares = BundledShares()
+    trained = {}
+
+    def student(node, adapter):
+        planted = trained.get(adapter) == "clca"
+        draws = {}  # item -> answers in proportion to the survey shares (largest remainders), one per call
+        for it in items:
+            dist = shares.distribution(node.culture, it)
+            if dist is not None:
+                counts = np.floor(dist * 20).astype(int)
+                counts[np.argsort(-(dist * 20 - counts))[: 20 - counts.sum()]] += 1
+                draws[it.qid] = [c for c, n in zip(it.codes, counts) for _ in range(n)]
+
+        def reply(messages, task):
+            item = next(it for it in items if it.text in messages[-1]["content"])
+            return str(draws[item.qid].pop() if planted else item.codes[0])
+
+        return Model(ScriptedBackend(reply), "scripted", structured=False)
+
+    def fake_sft(self, node, folder):  # which arm's adapter, by its dataset; the student is scripted
+        (folder / "adapter").mkdir(parents=True, exist_ok=True)
+        kind = self.built.nodes[node.inputs[0]].kind
+        trained[str(folder / "adapter")] = "culture_free" if kind == "match_rows" else "clca"
+        return {}
+
+    real_sft, study_run._Runner.sft = study_run._Runner.sft, fake_sft
+    try:
+        run_study(study, tmp_path / "out", eval_model=student, log=lambda line: None)
+    finally:
+        study_run._Runner.sft = real_sft
+    rows = {r["arm"]: r for r in csv.DictReader((tmp_path / "out" / "results.csv").open())}
+    assert rows["clca"]["verdict_base"].startswith("closer than base by"), rows["clca"]["verdict_base"]
+    assert float(rows["clca"]["p_holm_max_base"]) < 0.05
+    assert rows["clca"]["verdict_culture_free"].startswith("closer than culture_free")
+    assert rows["culture_free"]["verdict_base"].startswith("not distinguishable from base")
+    assert float(rows["clca"]["js_CHN"]) < float(rows["base"]["js_CHN"])
+    before = (tmp_path / "out" / "results.csv").read_text()
+    write_report(tmp_path / "out")  # rebuilt from the stored results alone
+    assert (tmp_path / "out" / "results.csv").read_text() == before

@@ -120,7 +120,9 @@ def test_row_repetition_lowers_the_repeating_token_by_a_finite_amount():
 
 
 def scripted():
-    return ScriptedBackend(lambda m, t: TURN if t == "roleplay" else INTENT)
+    lines = iter(range(1000))  # a different line every turn: the quality gate drops repeated turns
+    return ScriptedBackend(lambda m, t: (f'{{"action": "speak", "text": "Line {next(lines)} of our talk."}}'
+                                         if t == "roleplay" else INTENT))
 
 
 def test_simulate_sends_dry_by_default_and_records_it(tmp_path, culture):

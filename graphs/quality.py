@@ -1,5 +1,5 @@
-"""A rule-based quality gate for simulated episodes, independent of the LLM judge: degenerate text is caught
-by counting, not by asking the same small model that wrote it.
+"""A rule-based quality gate for simulated episodes, independent of the LLM judge: degenerate text is
+caught by counting, not by asking the same small model that wrote it.
 
 Per turn with text (any valid turn: a `leave` turn's words are trained on too), on its words (`words`: lower-cased, apostrophes kept):
 

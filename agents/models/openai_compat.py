@@ -117,7 +117,7 @@ class OpenAIBackend:
         r, out = repetition, {}
         if self.engine == "llama.cpp" and r.dry_multiplier > 0:
             out.update(dry_multiplier=r.dry_multiplier, dry_base=r.dry_base, dry_allowed_length=r.dry_allowed_length)
-            if r.dry_penalty_last_n != -1:  # -1 (the whole context) is llama-server's default; a request may not send it
+            if r.dry_penalty_last_n != -1:  # -1 (whole context): the server's default, refused in a request
                 out["dry_penalty_last_n"] = r.dry_penalty_last_n
         if r.repetition_penalty != 1.0 and self.engine in ("llama.cpp", "vllm"):
             out["repeat_penalty" if self.engine == "llama.cpp" else "repetition_penalty"] = r.repetition_penalty

@@ -1,7 +1,8 @@
 """A rule-based quality gate for simulated episodes, independent of the LLM judge: degenerate text is
 caught by counting, not by asking the same small model that wrote it.
 
-Per turn with text (any valid turn: a `leave` turn's words are trained on too), on its words (`words`: lower-cased, apostrophes kept):
+Per turn with text (any valid turn: a `leave` turn's words are trained on too), on its words (`words`:
+lower-cased, apostrophes kept):
 
 - `dup_3gram`: the fraction of its word 3-grams that repeat an earlier 3-gram of the same turn above
   MAX_DUP_3GRAM_FRACTION. The Gopher rules (Rae et al. 2021, "Scaling Language Models: Methods, Analysis &

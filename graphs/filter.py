@@ -4,7 +4,9 @@ Pure: the caller reads the records from the store (`graphs.store.Store`) and pas
 summary, the dataset exporter and the site viewer decide the same way from the same records. Two steps:
 
 1. `screen`: a finished episode needs MIN_UTTERANCES utterances among its valid turns to be judged or
-   trained on (two personas who only choose `none` have turns but no conversation);
+   trained on (two personas who only choose `none` have turns but no conversation), and with the rule's
+   `quality_gate` those turns must pass the rule-based quality gate (`graphs.quality`: looping turns, repeated
+   lines, repeated turns, too few distinct words), independent of any LLM judge;
 2. `verdict`: a `FilterRule` over one judge model's judgements of an episode. The paper's rule (CLCA
    section 1c, `PAPER_RULE`) drops an episode when the meta label or the quality label is bad with
    "very confident"; `FilterRule.parse("none")` keeps everything (the paper's no-filtering ablation).
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 
 from agents.answers import CONFIDENCES, AlignmentAnswer, Answer, MetaAnswer, QualityAnswer
 from agents.records import Action, Aspect, Turn
+from graphs.quality import RULE_TEXT as QUALITY_RULE_TEXT
+from graphs.quality import episode_quality
 from graphs.store import FINAL, EpisodeRecord, Judgement
 
 # aspect -> its answer shape (agents.answers); the shape's label field is what a rule checks.
@@ -32,6 +36,8 @@ LABELS: dict[Aspect, tuple[str, tuple[str, ...]]] = {
 ASPECTS = tuple(LABELS)  # the aspects a rule may name: quality, culture, meta
 MIN_UTTERANCES = 2
 TOO_FEW_UTTERANCES = f"fewer than {MIN_UTTERANCES} utterances (silent or one-sided)"
+QUALITY_GATE = "quality gate: "  # the prefix of a gate reason in the counts of episodes left out
+QUALITY_GATE_ANY = "quality gate (episodes, any reason)"  # each gated episode once
 
 
 class FilterRuleError(ValueError):
@@ -57,20 +63,22 @@ class Condition:
 class FilterRule:
     """Which judged episodes to drop. `on_invalid` says what an invalid or missing judgement of an aspect
     the rule names does: "keep" (no evidence against the episode, the paper's literal rule) or "drop".
-    `keep_all` keeps every episode, judged or not (the paper's no-filtering ablation)."""
+    `keep_all` keeps every episode, judged or not (the paper's no-filtering ablation). `quality_gate` leaves
+    out, before judging, the episodes that fail `graphs.quality`'s rules (`screen`)."""
 
     drop_if: tuple[Condition, ...] = ()
     on_invalid: str = "keep"
     keep_all: bool = False
+    quality_gate: bool = True
 
     @classmethod
-    def parse(cls, text: str, on_invalid: str = "keep") -> FilterRule:
+    def parse(cls, text: str, on_invalid: str = "keep", quality_gate: bool = True) -> FilterRule:
         """'none', or comma-separated conditions 'aspect=label[@confidence[/confidence...]]'; FilterRuleError
         names the part that is wrong."""
         if on_invalid not in ("keep", "drop"):
             raise FilterRuleError(f"on-invalid {on_invalid!r}: expected keep or drop")
         if text.strip().lower() == "none":
-            return cls(keep_all=True, on_invalid=on_invalid)
+            return cls(keep_all=True, on_invalid=on_invalid, quality_gate=quality_gate)
         conditions = []
         for part in filter(None, (p.strip() for p in text.split(","))):
             aspect, sep, rest = part.partition("=")
@@ -87,11 +95,12 @@ class FilterRule:
             conditions.append(Condition(Aspect(aspect), label, confidences))
         if not conditions:
             raise FilterRuleError("filter rule: empty (use 'none' to keep every episode)")
-        return cls(drop_if=tuple(conditions), on_invalid=on_invalid)
+        return cls(drop_if=tuple(conditions), on_invalid=on_invalid, quality_gate=quality_gate)
 
     def __str__(self) -> str:
         body = "none" if self.keep_all else ",".join(map(str, self.drop_if))
-        return f"{body} (on invalid: {self.on_invalid})"
+        gate = f"; {QUALITY_RULE_TEXT}" if self.quality_gate else "; no quality gate"
+        return f"{body} (on invalid: {self.on_invalid}){gate}"
 
 
 PAPER_RULE_TEXT = "meta=bad@very confident,quality=bad@very confident"
@@ -132,20 +141,29 @@ def verdicts(episodes: Iterable[tuple[EpisodeRecord, Sequence[Judgement]]], rule
     return [(episode, verdict(judgements, rule)) for episode, judgements in episodes]
 
 
-def screen(episodes: Iterable[tuple[EpisodeRecord, Sequence[Turn]]]) -> tuple[list[EpisodeRecord], Counter]:
+def screen(episodes: Iterable[tuple[EpisodeRecord, Sequence[Turn]]], quality_gate: bool = True
+           ) -> tuple[list[EpisodeRecord], Counter]:
     """(the finished episodes fit to judge, in the order given; why each other finished episode is left out).
 
     Takes (episode, its stored turns) pairs. An episode needs MIN_UTTERANCES utterances among its valid
     turns; one that ended on an unparseable turn counts with the turns before it, as the paper kept
-    truncated dialogues. Episodes not finished (running, failed) are neither kept nor counted."""
+    truncated dialogues. With `quality_gate`, those turns must pass `graphs.quality.episode_quality`; a gated
+    episode counts once under each of its reasons ("quality gate: ...") and once under QUALITY_GATE_ANY.
+    Episodes not finished (running, failed) are neither kept nor counted."""
     judgeable, left_out = [], Counter()
     for episode, turns in episodes:
         if episode.status not in FINAL:
             continue
-        if utterances(valid_turns(turns)) >= MIN_UTTERANCES:
-            judgeable.append(episode)
-        else:
+        turns = valid_turns(turns)
+        if utterances(turns) < MIN_UTTERANCES:
             left_out[TOO_FEW_UTTERANCES] += 1
+            continue
+        quality = episode_quality(turns) if quality_gate else None
+        if quality is not None and not quality.passed:
+            left_out[QUALITY_GATE_ANY] += 1
+            left_out.update(QUALITY_GATE + reason for reason in quality.describe())
+            continue
+        judgeable.append(episode)
     return judgeable, left_out
 
 
@@ -185,3 +203,5 @@ def add_filter_arguments(p: argparse.ArgumentParser, purpose: str) -> None:
                         "aspect=label[@conf/conf],... (default: the paper's rule)")
     p.add_argument("--on-invalid", default="keep", choices=["keep", "drop"],
                    help="what an invalid judgement of an aspect the rule names does (default: keep, the paper's)")
+    p.add_argument("--no-quality-gate", dest="quality_gate", action="store_false",
+                   help=f"keep episodes that fail the rule-based quality gate ({QUALITY_RULE_TEXT})")

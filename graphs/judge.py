@@ -19,7 +19,10 @@ has already judged (`--rejudge` redoes them).
 (aspects "goal:0", "believability:1", ...; the number is in `score`). The filter does not read them.
 
 The filter is separate from judging (`graphs.filter`: `FilterRule` + `verdict()` over stored judgements),
-so the dataset exporter and the site viewer apply the same rule. The paper's rule (the default) drops an
+so the dataset exporter and the site viewer apply the same rule. Before any of that, `screen_episodes` leaves out
+episodes that fail the rule-based quality gate (`graphs.quality`: looping turns, repeated lines, repeated turns,
+too few distinct words), counted by reason; they are neither judged nor trained on (`--no-quality-gate` keeps
+them). The paper's rule (the default) drops an
 episode when the meta label or the quality label is bad with "very confident".
 """
 
@@ -40,13 +43,17 @@ from agents.answers import SotopiaAnswer
 from agents.cultures import CultureError, load_culture
 from agents.freetext import label
 from agents.models import (
+    DRY_DEFAULT_TEXT,
     MODEL_SPECS,
+    REPETITION_HELP,
     UNSTRUCTURED_HELP,
     Asked,
     GenerationParams,
     Message,
     Model,
     ModelSpecError,
+    Repetition,
+    RepetitionError,
 )
 from agents.prompts import PromptError, Prompts
 from agents.records import Aspect, Culture, Scenario, Turn
@@ -71,6 +78,8 @@ from graphs.filter import (  # noqa: F401 - the filter, re-exported for its user
     MIN_UTTERANCES,
     PAPER_RULE,
     PAPER_RULE_TEXT,
+    QUALITY_GATE,
+    QUALITY_GATE_ANY,
     SHAPES,
     TOO_FEW_UTTERANCES,
     Condition,
@@ -85,6 +94,7 @@ from graphs.filter import (  # noqa: F401 - the filter, re-exported for its user
     verdict,
     verdicts,
 )
+from graphs.quality import RULE_TEXT as QUALITY_RULE_TEXT
 from graphs.serving import shared_prompts, under_root
 from graphs.store import DEFAULT_DB, FINAL, EpisodeRecord, Judgement, Store
 from graphs.store_io import on_store
@@ -132,15 +142,16 @@ class JudgeError(ValueError):
     """Bad input to the judge command, reported as one line."""
 
 
-def screen_episodes(store: Store, culture: str) -> tuple[list[EpisodeRecord], Counter]:
+def screen_episodes(store: Store, culture: str, quality_gate: bool = True) -> tuple[list[EpisodeRecord], Counter]:
     """`graphs.filter.screen` over a culture's stored episodes: (finished episodes fit to judge, in id order;
-    why each other finished episode is left out)."""
-    return screen((e, store.turns(e.id)) for e in store.episodes(culture) if e.status in FINAL)
+    why each other finished episode is left out), the quality gate applied unless `quality_gate` is off."""
+    return screen(((e, store.turns(e.id)) for e in store.episodes(culture) if e.status in FINAL), quality_gate)
 
 
-def judgeable_episodes(store: Store, culture: str) -> list[EpisodeRecord]:
-    """Finished episodes with at least MIN_UTTERANCES utterances (see `graphs.filter.screen`)."""
-    return screen_episodes(store, culture)[0]
+def judgeable_episodes(store: Store, culture: str, quality_gate: bool = True) -> list[EpisodeRecord]:
+    """Finished episodes with at least MIN_UTTERANCES utterances that pass the quality gate (see
+    `graphs.filter.screen`)."""
+    return screen_episodes(store, culture, quality_gate)[0]
 
 
 # ------------------------------------------------------------------ graph
@@ -266,6 +277,9 @@ class JudgeRequest:
                                           "ablation) or aspect=label[@conf/conf],... (default: the paper's rule)")
     on_invalid: Literal["keep", "drop"] = option(
         "keep", "what an invalid judgement of an aspect the rule names does (default: keep, the paper's)")
+    repetition: str = option(DRY_DEFAULT_TEXT, f"the judge's {REPETITION_HELP}")
+    quality_gate: bool = option(True, "leave out, before judging, episodes that fail the rule-based quality gate "
+                                      f"({QUALITY_RULE_TEXT}); --no-quality-gate keeps them")
 
 
 @dataclass(frozen=True)
@@ -291,8 +305,9 @@ def resolve(request: JudgeRequest, *, served: bool = False, origin: dict | None 
     if r.concurrency < 1 or r.max_new_tokens < 1:
         raise JudgeError("concurrency and max_new_tokens must be at least 1")
     try:
-        rule = FilterRule.parse(r.filter, r.on_invalid)
-    except FilterRuleError as exc:
+        rule = FilterRule.parse(r.filter, r.on_invalid, r.quality_gate)
+        repetition = Repetition.parse(r.repetition)
+    except (FilterRuleError, RepetitionError) as exc:
         raise JudgeError(str(exc)) from None
     path = (lambda p, field: under_root(p, field)) if served else (lambda p, field: p and Path(p))
     db, prompts_dir, cultures_dir = path(r.db, "db"), path(r.prompts, "prompts"), path(r.cultures_dir, "cultures_dir")
@@ -304,14 +319,16 @@ def resolve(request: JudgeRequest, *, served: bool = False, origin: dict | None 
         else Prompts(prompts_dir)
     versions = prompts.versions(list(names))  # fails before a model loads
     with Store(db) as store:
-        judgeable, left_out = screen_episodes(store, culture.code)
+        judgeable, left_out = screen_episodes(store, culture.code, rule.quality_gate)
     if not judgeable:
+        gated = f", {left_out[QUALITY_GATE_ANY]} failed the quality gate" if left_out[QUALITY_GATE_ANY] else ""
         raise JudgeError(f"{r.db}: no finished {culture.code} episodes with at least {MIN_UTTERANCES} "
-                         f"utterances to judge ({sum(left_out.values())} finished with fewer; run "
+                         f"utterances to judge ({left_out[TOO_FEW_UTTERANCES]} finished with fewer{gated}; run "
                          "graphs.simulate first)")
     config, command = provenance(r, origin, "judge")
     return Judging(request=r, culture=culture, prompts=prompts, model=stage_model(r, db, served=served, model=model),
-                   db=db, rule=rule, params=replace(JudgeContext.params, max_new_tokens=r.max_new_tokens),
+                   db=db, rule=rule, params=replace(JudgeContext.params, max_new_tokens=r.max_new_tokens,
+                                                                  repetition=repetition),
                    config={**config, "prompt_versions": versions}, command=command)
 
 
@@ -319,7 +336,7 @@ async def _plan(j: Judging) -> dict:
     r = j.request
 
     def record(store: Store) -> tuple[str, list[EpisodeRecord], list[str]]:
-        episodes = judgeable_episodes(store, j.culture.code)
+        episodes = judgeable_episodes(store, j.culture.code, j.rule.quality_gate)
         todo = [e for e in episodes if r.rejudge or needs_judging(store, e.id, j.model.spec, r.sotopia)]
         return store.start_run(j.command, j.config), todo, [e.id for e in episodes]
 
@@ -353,7 +370,9 @@ async def _summarize(j: Judging, state: dict) -> dict:
     counts = {"skipped": state["skipped"], "judged": sum(r["status"] == "judged" for r in results),
               "failed": sum(r["status"] == "failed" for r in results)}
     summary = await on_store(j.db, judgement_summary, j.culture.code, j.model.spec, j.rule)
-    summary.update(this_run=counts, usage=dict(usage), wall_s=round(time.time() - state["started"], 1))
+    summary.update(this_run=counts, usage=dict(usage), wall_s=round(time.time() - state["started"], 1),
+                   repetition={"requested": str(j.params.repetition),
+                               "applied": j.model.repetition_controls(j.params.repetition)})
     await on_store(j.db, Store.finish_run, state["run_id"], summary)
     return summary
 
@@ -377,6 +396,9 @@ def report(j: Judging, summary: dict) -> tuple[str, int]:
         f"rule {j.rule}: {summary['kept']} kept, {summary['dropped']} dropped "
         f"({summary['kept_despite_invalid']} kept with an invalid judgement)"
         + "".join(f"; dropped for {reason}: {n}" for reason, n in summary["drop_reasons"].items())
+        + f"; repetition controls: {summary['repetition']['requested']}"
+        + (f" ({', '.join(f'{k}={v}' for k, v in summary['repetition']['applied'].items())})"
+           if summary['repetition']['applied'] else "")
         + f"; {summary['wall_s']} s"
     )
     return text, 1 if counts["failed"] else 0
@@ -391,7 +413,7 @@ BATCH = graph_of(STAGE)
 
 def judgement_summary(store: Store, culture: str, judge_model: str, rule: FilterRule) -> dict:
     """Valid shares and label counts per aspect, and what the rule keeps, over the judgeable episodes."""
-    judgeable, left_out = screen_episodes(store, culture)
+    judgeable, left_out = screen_episodes(store, culture, rule.quality_gate)
     judged = [(e, store.judgements(e.id, judge_model)) for e in judgeable]  # read once, for verdicts and counts
     kept = verdicts(judged, rule)
     reasons = Counter(r for _, v in kept for r in v.reasons)

@@ -32,7 +32,17 @@ from pathlib import Path
 from langgraph.constants import CONFIG_KEY_CHECKPOINTER
 
 from agents.cultures import CultureError, load_culture
-from agents.models import MODEL_SPECS, UNSTRUCTURED_HELP, GenerationParams, Model, ModelSpecError
+from agents.models import (
+    DRY_DEFAULT_TEXT,
+    MODEL_SPECS,
+    REPETITION_HELP,
+    UNSTRUCTURED_HELP,
+    GenerationParams,
+    Model,
+    ModelSpecError,
+    Repetition,
+    RepetitionError,
+)
 from agents.prompts import PromptError, Prompts
 from agents.records import Culture, Intent, Scenario, Turn
 from agents.seeding import call_seed
@@ -96,6 +106,7 @@ class SimulateRequest:
     max_new_tokens: int = option(160, "free text only (--unstructured); a structured answer's limit comes from its "
                                       "shape")
     unstructured: bool = option(False, UNSTRUCTURED_HELP)
+    repetition: str = option(DRY_DEFAULT_TEXT, f"speakers' and observer's {REPETITION_HELP}")
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,7 @@ class Simulation:
     config: dict  # stored with each episode: the request, and where it came from
     command: str  # the store's run row
     git: str | None = field(default_factory=git_commit)
+    observer_params: GenerationParams = EpisodeContext.observer_params
 
 
 def plan_episodes(scenarios: list[Scenario], culture: str, model: str, seed: int, episodes: int,
@@ -135,6 +147,10 @@ def resolve(request: SimulateRequest, *, served: bool = False, origin: dict | No
     r = request
     if min(r.episodes, r.samples, r.max_turns, r.concurrency) < 1:
         raise BatchInputError("episodes, samples, max_turns and concurrency must be at least 1")
+    try:
+        repetition = Repetition.parse(r.repetition)
+    except RepetitionError as exc:
+        raise BatchInputError(str(exc)) from None
     db = store_file(under_root(r.db, "db") if served else Path(r.db))
     prompts_dir = under_root(r.prompts, "prompts") if served else r.prompts
     cultures_dir = under_root(r.cultures_dir, "cultures_dir") if served else r.cultures_dir
@@ -151,7 +167,8 @@ def resolve(request: SimulateRequest, *, served: bool = False, origin: dict | No
     return Simulation(request=r, culture=culture, prompts=prompts, model=stage_model(r, db, served=served, model=model),
                       db=db, config=json.loads(json.dumps(config)), command=command,
                       speaker_params=replace(EpisodeContext.speaker_params, max_new_tokens=r.max_new_tokens,
-                                             temperature=r.temperature, top_p=r.top_p))
+                                             temperature=r.temperature, top_p=r.top_p, repetition=repetition),
+                      observer_params=replace(EpisodeContext.observer_params, repetition=repetition))
 
 
 def scenarios_for(request: SimulateRequest, db: Path) -> list[Scenario]:
@@ -256,7 +273,7 @@ async def _episode(sim: Simulation, item: dict, run_id: str, graph) -> dict:
     with counted(sim.model) as model:
         ctx = EpisodeContext(scenario=planned.scenario, culture=sim.culture, model=model, prompts=sim.prompts,
                              max_turns=r.max_turns, speaker_params=sim.speaker_params,
-                             seed=call_seed(r.seed, planned.sample, planned.id))
+                             observer_params=sim.observer_params, seed=call_seed(r.seed, planned.sample, planned.id))
         row = EpisodeRecord(id=planned.id, scenario_id=planned.scenario.id, culture=sim.culture.code,
                             model=sim.model.spec, seed=r.seed, sample=planned.sample, max_turns=r.max_turns,
                             run_id=run_id, git=sim.git, config=sim.config,
@@ -274,6 +291,7 @@ async def _summarize(sim: Simulation, state: dict) -> dict:
         usage.update(r["usage"])
     wall_s = time.time() - state["started"]
     summary = await on_store(sim.db, summarize, state["ids"], counts, dict(usage), wall_s)
+    summary["repetition"] = repetition_summary(sim.model, sim.speaker_params.repetition)
     await on_store(sim.db, Store.finish_run, state["run_id"], summary)
     return summary
 
@@ -289,7 +307,7 @@ def report(sim: Simulation, summary: dict) -> tuple[str, int]:
         f"observer labels {summary['valid_intents']}/{summary['intents']}"
         f"{_share(summary['valid_intents'], summary['intents'])}; "
         f"{u['calls']} model calls, {u['prompt_tokens']} prompt + {u['completion_tokens']} completion tokens; "
-        f"{summary['wall_s']} s\n"
+        f"repetition controls: {repetition_line(summary['repetition'])}; {summary['wall_s']} s\n"
         f"Look at them:  sqlite-utils {sim.request.db} \"select e.id, e.status, t.idx, t.name, t.action, t.text, "
         f"i.intent from episodes e join turns t on t.episode_id = e.id left join intents i on "
         f"i.episode_id = e.id and i.turn_index = t.idx where e.culture = '{sim.culture.code}' order by e.id, t.idx\" "
@@ -310,6 +328,18 @@ def summarize(store: Store, ids: list[str], counts: dict, usage: dict, wall_s: f
             "valid_turns": stored.valid_turns, "intents": stored.intents, "valid_intents": stored.valid_intents,
             "usage": {k: usage.get(k, 0) for k in USAGE_KEYS},
             "wall_s": round(wall_s, 1)}
+
+
+def repetition_summary(model: Model, repetition: Repetition) -> dict:
+    """What a run asked for (`Repetition` as text) and what its engine applied (the engine's own fields)."""
+    return {"requested": str(repetition), "applied": model.repetition_controls(repetition)}
+
+
+def repetition_line(summary: dict) -> str:
+    """A run's repetition summary in a few words: requested, and the fields the engine was sent."""
+    applied = summary["applied"]
+    sent = ", ".join(f"{k}={v}" for k, v in applied.items()) or "none applied by this engine"
+    return "none" if summary["requested"] == "none" else f"{summary['requested']} ({sent})"
 
 
 def _share(part: int, whole: int) -> str:

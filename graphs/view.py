@@ -30,8 +30,18 @@ from agents import cli
 from agents.records import Intent, Scenario, Turn
 from graphs.adapt import build_adapt_graph
 from graphs.episode import build_episode_graph
-from graphs.filter import PAPER_RULE, FilterRule, FilterRuleError, Verdict, add_filter_arguments, verdict
+from graphs.filter import (
+    PAPER_RULE,
+    FilterRule,
+    FilterRuleError,
+    Verdict,
+    add_filter_arguments,
+    valid_turns,
+    verdict,
+)
 from graphs.judge import build_judge_graph
+from graphs.quality import REASONS as QUALITY_REASONS
+from graphs.quality import EpisodeQuality, episode_quality
 from graphs.store import EpisodeRecord, Judgement, RunRecord, Store, git_commit, now
 from graphs.svg import Drawing, conversation_svg, topology_svg
 
@@ -56,6 +66,7 @@ class EpisodeView:
     judgements: list[Judgement]
     run: RunRecord | None
     verdicts: dict[str, Verdict]  # judge model -> keep or drop, under the site's filter rule
+    quality: EpisodeQuality  # the rule-based quality gate on its valid turns (gated turns are marked)
 
     @property
     def id(self) -> str:
@@ -107,10 +118,12 @@ def episode_view(store: Store, row: EpisodeRecord, scenario: Scenario | None, ru
     by_judge: dict[str, list[Judgement]] = {}
     for j in judgements:
         by_judge.setdefault(j.judge_model, []).append(j)
+    turns = store.turns(row.id)
     return EpisodeView(
-        row=row, scenario=scenario, turns=store.turns(row.id),
+        row=row, scenario=scenario, turns=turns,
         intents={i.turn_index: i for i in store.intents(row.id)}, judgements=judgements, run=run,
         verdicts={m: verdict(rows, rule) for m, rows in by_judge.items()},
+        quality=episode_quality(valid_turns(turns)),
     )
 
 
@@ -149,7 +162,8 @@ def build_site(db: str | Path, out: str | Path, rule: FilterRule = PAPER_RULE) -
         drawing = e.drawing()
         (out / "episodes" / f"{e.id}.svg").write_text(drawing.svg, encoding="utf-8")
         _write(out / "episodes" / f"{e.id}.html", env.get_template("episode.html.j2").render(
-            e=e, svg=drawing.svg, provenance=provenance, root="..", as_json=_as_json))
+            e=e, svg=drawing.svg, provenance=provenance, root="..", as_json=_as_json,
+            quality_reasons=QUALITY_REASONS))
     graphs = []
     for name, build in TOPOLOGIES.items():
         graph = build().get_graph()
@@ -235,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.export:
             print(f"wrote {export_episode(args.db, args.episode, args.export)}")
             return
-        totals = build_site(args.db, args.out, FilterRule.parse(args.filter, args.on_invalid))
+        totals = build_site(args.db, args.out, FilterRule.parse(args.filter, args.on_invalid, args.quality_gate))
     except (ViewError, FilterRuleError) as exc:
         sys.exit(f"error: {exc}")
     index = Path(args.out).resolve() / "index.html"

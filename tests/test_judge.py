@@ -154,8 +154,9 @@ def test_graph_topology_snapshot():
     assert build_judge_graph().get_graph().draw_mermaid() == expected
 
 
-def turn(i, text="Hello.", valid=True, action=Action.SPEAK):
+def turn(i, text=None, valid=True, action=Action.SPEAK):
     names = ("Li Wei", "Chen Jing")
+    text = f"Hello, this is line {i}." if text is None else text  # distinct lines: the quality gate drops copies
     return Turn(index=i, speaker=i % 2, name=names[i % 2], action=action if valid else None, text=text,
                 raw=text, valid=valid)
 

@@ -91,7 +91,7 @@ def load_episodes(store: Store, culture: str, judge_model: str | None, rule: Fil
     decided by `graphs.filter`."""
     finished = [(e, store.turns(e.id)) for e in store.episodes(culture) if e.status in FINAL]
     turns = {e.id: t for e, t in finished}
-    judgeable, left_out = screen(finished)
+    judgeable, left_out = screen(finished, rule.quality_gate)
     judged = [(e, tuple(store.judgements(e.id, judge_model)) if judge_model else ()) for e in judgeable]
     episodes = []
     for (row, v), (_, judgements) in zip(verdicts(judged, rule), judged):
@@ -468,7 +468,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise DatasetError(f"--views {args.views!r}: expected a comma-separated subset of {', '.join(VIEWS)}")
         if not 0 <= args.validation_fraction < 1:
             raise DatasetError("--validation-fraction must be in [0, 1)")
-        rule = FilterRule.parse(args.filter, args.on_invalid)
+        rule = FilterRule.parse(args.filter, args.on_invalid, args.quality_gate)
         culture = load_culture(args.culture, args.cultures_dir)
         prompts = Prompts(args.prompts)
         prompts.versions(PROMPT_NAMES + (CONTRASTIVE_PROMPT_NAMES if args.contrastive_model else []))

@@ -22,7 +22,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from agents.models.base import (
+    DRY_DEFAULT,
+    DRY_DEFAULT_TEXT,
     MODEL_SPECS,
+    REPETITION_HELP,
     Asked,
     ChatBackend,
     Completion,
@@ -30,6 +33,8 @@ from agents.models.base import (
     Message,
     Model,
     ModelSpecError,
+    Repetition,
+    RepetitionError,
     Usage,
     cut_at_stop,
     refuse_credentials,
@@ -118,12 +123,13 @@ def _managed(gguf: Path, spec: str, slots: int, log_dir: Path):
     server = shared_server(gguf, slots=3 * slots, log_dir=log_dir)
     # The server is ours and takes no key: the user's OPENAI_API_KEY (meant for some provider) is not sent to it.
     backend = OpenAIBackend(gguf.stem, server.base_url, max_in_flight=server.slots, slots=server.slots,
-                            api_key="EMPTY")
+                            api_key="EMPTY", engine="llama.cpp")
     backend.name = spec
     return backend
 
 
 __all__ = [
+    "DRY_DEFAULT", "DRY_DEFAULT_TEXT", "REPETITION_HELP", "Repetition", "RepetitionError",
     "UNSTRUCTURED_HELP", "Asked", "ChatBackend", "Completion", "GenerationParams",
     "Message", "MODEL_SPECS", "Model", "ModelSpecError",
     "PUPPET_REPLIES",

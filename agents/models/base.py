@@ -13,7 +13,7 @@ import json
 import logging
 import re
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol, Sequence
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -33,6 +33,86 @@ MODEL_SPECS = ("smollm2, smollm2-inprocess, gguf:PATH, a hub id (org/name) or a 
 
 class ModelSpecError(ValueError):
     """A model spec that names nothing we can load, or an endpoint that cannot serve the run."""
+
+
+class RepetitionError(ValueError):
+    """A repetition-control text that names an unknown field or an out-of-range value; one line."""
+
+
+@dataclass(frozen=True)
+class Repetition:
+    """Repetition controls sent with a request; the defaults are all off. Each engine applies what it has
+    (`Model.repetition_controls` says what, per engine):
+
+    - DRY ("Don't Repeat Yourself", p-e-w, llama.cpp's `dry_*` sampler): a candidate token that would extend a
+      sequence already in the context by one more token, the match being `n` tokens long, loses
+      `dry_multiplier * dry_base ** (n - dry_allowed_length)` from its logit once n >= dry_allowed_length; the
+      match never crosses a sequence breaker (a token holding a newline, `:`, `"` or `*`: llama.cpp's defaults), so
+      a JSON answer's own keys and quotes are not penalised. `dry_penalty_last_n` tokens of context are searched
+      (-1: all). llama-server and the in-process backend (`agents.models.hf`); vLLM has no DRY.
+    - `repetition_penalty`: the CTRL penalty (Keskar et al. 2019) on every token already in the context: a
+      positive logit divided by it, a negative one multiplied (1: off). llama-server `repeat_penalty` (last 64
+      tokens), vLLM and transformers `repetition_penalty` (prompt and answer).
+    - `frequency_penalty`: OpenAI's, subtracted once per earlier occurrence in the answer (0: off); every engine.
+
+    Measured on SmolLM2 (docs/benchmarks.md): DRY at 0.8/1.75/2 stops the role-play loops with every answer
+    valid; a token penalty also hits the JSON's own repeated tokens and cut the turns short.
+    """
+
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = -1
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.dry_multiplier > 0 or self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> Repetition:
+        """'none' (all off), 'dry' (DRY_DEFAULT), or comma-separated `field=value` pairs over those
+        ('dry,repetition_penalty=1.05' starts from DRY_DEFAULT). RepetitionError names a bad part."""
+        base, pairs = cls(), {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            if part.lower() in ("none", "off"):
+                base = cls()
+                continue
+            if part.lower() == "dry":
+                base = DRY_DEFAULT
+                continue
+            key, sep, value = part.partition("=")
+            key = key.strip().replace("-", "_")
+            kinds = {f.name: f.type for f in fields(cls)}
+            if not sep or key not in kinds:
+                raise RepetitionError(f"repetition {part!r}: expected none, dry or field=value with field one of "
+                                      f"{', '.join(kinds)}")
+            try:
+                pairs[key] = int(value) if kinds[key] == "int" else float(value)
+            except ValueError:
+                raise RepetitionError(f"repetition {part!r}: {value.strip()!r} is not a number") from None
+        out = replace(base, **pairs)
+        if out.dry_multiplier < 0 or out.dry_base < 1 or out.dry_allowed_length < 1 or out.repetition_penalty <= 0 \
+                or out.dry_penalty_last_n < -1 or not -2 <= out.frequency_penalty <= 2:
+            raise RepetitionError(f"repetition {text!r}: out of range (dry_multiplier >= 0, dry_base >= 1, "
+                                  "dry_allowed_length >= 1, dry_penalty_last_n >= -1, repetition_penalty > 0, "
+                                  "frequency_penalty in [-2, 2])")
+        return out
+
+    def __str__(self) -> str:
+        if not self.active:
+            return "none"
+        return ",".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self)
+                        if getattr(self, f.name) != f.default or (self.dry_multiplier > 0 and f.name.startswith("dry")))
+
+
+# The stages' default for role-play, observer and judge requests: llama-server's DRY values measured on SmolLM2.
+DRY_DEFAULT = Repetition(dry_multiplier=0.8, dry_base=1.75, dry_allowed_length=2)
+DRY_DEFAULT_TEXT = "dry"
+REPETITION_HELP = ("repetition controls: 'dry' (DRY 0.8/1.75/2, the default), 'none', or field=value,... over "
+                   "dry_multiplier, dry_base, dry_allowed_length, dry_penalty_last_n, repetition_penalty, "
+                   "frequency_penalty (vLLM has no DRY; see docs/reliability.md)")
 
 
 @dataclass(frozen=True)
@@ -55,6 +135,8 @@ class GenerationParams:
     # Requests with the same key continue one growing prompt (an episode's speaker or observer): an
     # engine with slots keeps them on one slot, so each turn processes only its new tokens.
     cache_key: str | None = None
+    # Repetition controls (off by default; the role-play, observer and judge stages set theirs).
+    repetition: Repetition = Repetition()  # noqa: RUF009 - frozen
 
     @property
     def greedy(self) -> bool:
@@ -171,6 +253,14 @@ class Model:
                 completion = await self.backend.agenerate(list(messages), params, task)
         self.usage.add(task, completion)
         return completion
+
+    def repetition_controls(self, repetition: Repetition) -> dict[str, Any]:
+        """The engine's own fields that carry `repetition` on this backend ({} where none apply): what a run
+        records as applied. A control the engine lacks (DRY on vLLM) is absent."""
+        if not repetition.active:
+            return {}
+        applied = getattr(self.backend, "repetition_controls", None)
+        return dict(applied(repetition)) if applied else {}
 
     @property
     def scores_options(self) -> bool:

@@ -6,6 +6,13 @@ Concurrent requests share one batched `generate` call. Each row keeps its own te
 limit, stop strings and answer schema: xgrammar compiles the schema to a grammar (cached per schema)
 and masks every row's next-token scores with its own grammar, so the answer's shape is certain
 whatever the model. Prompts are prefilled from the longest cached prefix (`prefix_cache`).
+
+Repetition controls (`GenerationParams.repetition`) are applied per row by `_RowRepetition`, before the grammar's
+mask: DRY as llama.cpp defines it (transformers 5 has no DRY processor), the CTRL `repetition_penalty` and
+OpenAI's `frequency_penalty`. All three lower scores by finite amounts, so a token the grammar requires stays
+possible. transformers' `no_repeat_ngram_size` is not offered: it bans (-inf) any token that completes an n-gram
+already in the context, which includes the prompt's own JSON skeletons, so it can leave a grammar-constrained
+row with no allowed token at all.
 """
 
 from __future__ import annotations
@@ -15,7 +22,15 @@ import functools
 import json
 from collections.abc import Sequence
 
-from agents.models.base import Completion, GenerationParams, Message, ScoreRequest, banned_token_ids, cut_at_stop
+from agents.models.base import (
+    Completion,
+    GenerationParams,
+    Message,
+    Repetition,
+    ScoreRequest,
+    banned_token_ids,
+    cut_at_stop,
+)
 from agents.models.batching import BatchingBackend, batch_seed
 from agents.models.loading import base_config, load_causal_lm
 from agents.models.scoring import common_prefix_len, option_logprobs, prefixes_to_read
@@ -55,6 +70,22 @@ class HFBackend(BatchingBackend):
         self.prefix_cache = PrefixCache(self.cache_bytes) if reusable else None
         self._compiler = None
         self._grammars: dict[str, object] = {}
+        self._breakers: frozenset[int] | None = None
+
+    @staticmethod
+    def repetition_controls(repetition: Repetition) -> dict:
+        """What `_RowRepetition` applies of `repetition`: every field (DRY included)."""
+        return {k: v for k, v in vars(repetition).items()
+                if (k.startswith("dry") and repetition.dry_multiplier > 0)
+                or (k == "repetition_penalty" and v != 1.0) or (k == "frequency_penalty" and v)}
+
+    def _sequence_breakers(self) -> frozenset[int]:
+        """Token ids whose text holds one of DRY_BREAKERS (computed once per tokenizer)."""
+        if self._breakers is None:
+            vocab = len(self.tokenizer)
+            texts = self.tokenizer.batch_decode([[i] for i in range(vocab)])
+            self._breakers = frozenset(i for i, t in enumerate(texts) if any(b in t for b in DRY_BREAKERS))
+        return self._breakers
 
     def _generate_batch(self, requests: list[tuple[list[Message], GenerationParams]]) -> list[Completion]:
         import torch
@@ -71,6 +102,9 @@ class HFBackend(BatchingBackend):
         processors = []
         if any(p.banned for p in params):
             processors.append(_RowBans([self._banned_ids(p.banned) for p in params]))
+        if any(p.repetition.active for p in params):  # finite penalties, before the grammar's mask
+            processors.append(_RowRepetition([p.repetition for p in params], [width - len(r) for r in rows], width,
+                                             self._sequence_breakers()))
         if any(p.schema for p in params):  # before sampling: the grammar decides what may be sampled
             processors.append(_RowGrammar([self._grammar(p.schema) if p.schema else None for p in params],
                                           base_config(self.model).vocab_size, width))
@@ -283,6 +317,67 @@ class _RowGrammar:
             active.append(i)
         if active:
             xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device), indices=active)
+        return scores
+
+
+# llama.cpp's default DRY sequence breakers (common/common.h): a match never runs across a token holding one.
+DRY_BREAKERS = ("\n", ":", '"', "*")
+DRY_MAX_MATCH = 64  # tokens a DRY match is followed back at most (keeps the penalty finite and the search short)
+
+
+def dry_matches(tokens: Sequence[int], breakers: frozenset[int], last_n: int = -1) -> dict[int, int]:
+    """{next token: length of the longest suffix of `tokens` that occurred before and was followed by it}.
+
+    The DRY search (p-e-w, as in llama.cpp's sampler): for every earlier occurrence of the last token, the
+    match is followed back while the tokens before it agree with the context's own, stopping at a sequence
+    breaker and at DRY_MAX_MATCH; a breaker never starts or follows a match. `last_n` limits the search to the
+    last tokens (-1: all)."""
+    import numpy as np
+
+    ctx = np.asarray(tokens[-last_n:] if last_n > 0 else tokens)
+    n = len(ctx)
+    if n < 2 or int(ctx[-1]) in breakers:
+        return {}
+    found: dict[int, int] = {}
+    for i in np.flatnonzero(ctx[:-1] == ctx[-1]).tolist():
+        following = int(ctx[i + 1])
+        if following in breakers:
+            continue
+        length = 1
+        while length <= i and length < DRY_MAX_MATCH and ctx[i - length] == ctx[n - 1 - length] \
+                and int(ctx[i - length]) not in breakers:
+            length += 1
+        found[following] = max(found.get(following, 0), length)
+    return found
+
+
+class _RowRepetition:
+    """Per-row repetition controls (`Repetition`): DRY, the CTRL repetition penalty over the whole context, and
+    OpenAI's frequency penalty over the answer so far. Left padding (`pads[i]` tokens) is not context."""
+
+    def __init__(self, controls: list[Repetition], pads: list[int], width: int, breakers: frozenset[int]):
+        self.controls, self.pads, self.width, self.breakers = controls, pads, width, breakers
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        for i, r in enumerate(self.controls):
+            if not r.active:
+                continue
+            row = input_ids[i, self.pads[i]:]
+            if r.repetition_penalty != 1.0:
+                seen = torch.unique(row)
+                picked = scores[i, seen]
+                scores[i, seen] = torch.where(picked > 0, picked / r.repetition_penalty, picked * r.repetition_penalty)
+            if r.frequency_penalty:
+                answer = input_ids[i, self.width:]
+                if answer.numel():
+                    counts = torch.bincount(answer, minlength=scores.shape[1])[:scores.shape[1]]
+                    scores[i] -= r.frequency_penalty * counts.to(scores.dtype)
+            if r.dry_multiplier > 0:
+                for token, length in dry_matches(row.tolist(), self.breakers, r.dry_penalty_last_n).items():
+                    if length >= r.dry_allowed_length and token < scores.shape[1]:
+                        scores[i, token] -= r.dry_multiplier * r.dry_base ** (length - r.dry_allowed_length)
         return scores
 
 

@@ -13,6 +13,12 @@ bound the requests in flight. Retries are `Model`'s, so the client's own are off
 timeout, an HTTP 5xx or a body cut short is retried with bounded exponential backoff, and a request that fails
 every attempt fails its episode (stored as `failed` with the reason; a rerun retries it).
 
+Repetition controls (`GenerationParams.repetition`) go out in the fields of the engine behind the URL, found once
+(`engine`): llama.cpp's `llama-server` (it answers `GET /props`) takes DRY (`dry_multiplier`, `dry_base`,
+`dry_allowed_length`, `dry_penalty_last_n`), `repeat_penalty` and `frequency_penalty`; vLLM (it answers
+`GET /version`) takes `repetition_penalty` and `frequency_penalty` and has no DRY; any other endpoint gets the
+OpenAI API's `frequency_penalty` only. `CLCA_OPENAI_ENGINE=llama.cpp|vllm|openai` names the engine instead.
+
 `CLCA_REQUEST_TIMEOUT_S` (seconds, default 600) bounds one request: a server that accepts a request and never
 answers costs that long per attempt. The default suits a slow CPU model writing a long answer.
 """
@@ -33,6 +39,7 @@ from agents.models.base import (
     Completion,
     GenerationParams,
     MalformedReply,
+    Repetition,
     Message,
     ModelSpecError,
     PermanentModelError,
@@ -43,6 +50,8 @@ from agents.models.base import (
 from agents.models.scoring import option_logprobs, prefixes_to_read
 
 ENV_TIMEOUT = "CLCA_REQUEST_TIMEOUT_S"
+ENV_ENGINE = "CLCA_OPENAI_ENGINE"
+ENGINES = ("llama.cpp", "vllm", "openai")
 SELF_TEST_VALUE = "teal-walrus-42"  # no model says this unless the decoder makes it
 SELF_TEST_REASONING_TOKENS = 2048  # the self-test's budget for a model that answers only after reasoning
 # Option scoring: the top next tokens asked for first; a needed token outside them is asked again with all of them.
@@ -70,7 +79,8 @@ class OpenAIBackend:
     """
 
     def __init__(self, model: str, base_url: str, max_in_flight: int = 8, timeout_s: float | None = None,
-                 extra_body: dict | None = None, slots: int | None = None, api_key: str | None = None):
+                 extra_body: dict | None = None, slots: int | None = None, api_key: str | None = None,
+                 engine: str | None = None):
         try:
             import httpx
             import openai
@@ -90,6 +100,30 @@ class OpenAIBackend:
         self._banned_ids: dict[str, list[int]] = {}
         self.slots = slots
         self._slot_of: OrderedDict[str, int] = OrderedDict()  # cache key -> slot, least recently used first
+        self._engine = engine or os.environ.get(ENV_ENGINE) or None  # None: found on first use (`engine`)
+        if self._engine not in (None, *ENGINES):
+            raise ModelSpecError(f"{ENV_ENGINE}={self._engine!r}: expected one of {', '.join(ENGINES)}")
+
+    @property
+    def engine(self) -> str:
+        """"llama.cpp", "vllm" or "openai" (any other endpoint): given, else asked of the server once
+        (`GET /props` answers on llama-server, `GET /version` on vLLM)."""
+        if self._engine is None:
+            self._engine = detect_engine(self.base_url.removesuffix("/v1"))
+        return self._engine
+
+    def repetition_controls(self, repetition: Repetition) -> dict:
+        """The request fields that carry `repetition` on this endpoint's engine (see the module docstring)."""
+        r, out = repetition, {}
+        if self.engine == "llama.cpp" and r.dry_multiplier > 0:
+            out.update(dry_multiplier=r.dry_multiplier, dry_base=r.dry_base, dry_allowed_length=r.dry_allowed_length)
+            if r.dry_penalty_last_n != -1:  # -1 (whole context): the server's default, refused in a request
+                out["dry_penalty_last_n"] = r.dry_penalty_last_n
+        if r.repetition_penalty != 1.0 and self.engine in ("llama.cpp", "vllm"):
+            out["repeat_penalty" if self.engine == "llama.cpp" else "repetition_penalty"] = r.repetition_penalty
+        if r.frequency_penalty:
+            out["frequency_penalty"] = r.frequency_penalty
+        return out
 
     def _client(self):
         import httpx
@@ -124,12 +158,19 @@ class OpenAIBackend:
             body["logit_bias"] = {str(i): -100 for i in self._ban(params.banned)}
         if self.slots and params.cache_key:
             body["id_slot"] = self._slot(params.cache_key)
+        if params.repetition.active:
+            controls = self.repetition_controls(params.repetition)
+            if "frequency_penalty" in controls:
+                kwargs["frequency_penalty"] = controls.pop("frequency_penalty")
+            body.update(controls)
         if body:
             kwargs["extra_body"] = body
         return kwargs
 
     async def agenerate(self, messages: Sequence[Message], params: GenerationParams, task: str) -> Completion:
         client, gate = self._client()
+        if params.repetition.active and self._engine is None:
+            await asyncio.to_thread(lambda: self.engine)
         if params.banned:
             await self._tokenize_banned(client, params.banned)
         async with gate:
@@ -307,6 +348,27 @@ def reply_text(reply, params: GenerationParams) -> str:
         f"the model answered only in reasoning_content (finish_reason {finish}, content null): it spent its token "
         f"budget ({params.max_new_tokens}) reasoning; raise --max-new-tokens, or turn reasoning off on the server "
         "(vLLM: chat_template_kwargs enable_thinking=false; llama-server: --reasoning-budget 0)")
+
+
+def detect_engine(root: str, timeout_s: float = 10.0) -> str:
+    """The engine behind an OpenAI-compatible server root: "llama.cpp" when `GET /props` returns its
+    `default_generation_settings`, "vllm" when `GET /version` returns a version, else "openai"."""
+    import httpx
+
+    probes = (("/props", "default_generation_settings", "llama.cpp"), ("/version", "version", "vllm"))
+    try:
+        with httpx.Client(base_url=root, timeout=timeout_s) as http:
+            for route, key, engine in probes:
+                response = http.get(route)
+                try:
+                    reply = response.json() if response.status_code == 200 else None
+                except ValueError:
+                    reply = None
+                if isinstance(reply, dict) and key in reply:
+                    return engine
+    except httpx.HTTPError:
+        pass
+    return "openai"
 
 
 def _is_json_object(text: str) -> bool:

@@ -1,10 +1,14 @@
-"""vLLM's offline engine (GPU; `pip install clca[vllm]` in its own environment)."""
+"""vLLM's offline engine (GPU; `pip install clca[vllm]` in its own environment).
+
+Repetition controls: vLLM's `SamplingParams` has `repetition_penalty` and `frequency_penalty` but no DRY sampler,
+so a request's DRY settings are not applied here (`repetition_controls` leaves them out, and runs record that).
+"""
 
 from __future__ import annotations
 
 import json
 
-from agents.models.base import Completion, GenerationParams, Message, ModelSpecError
+from agents.models.base import Completion, GenerationParams, Message, ModelSpecError, Repetition
 from agents.models.batching import BatchingBackend
 
 
@@ -20,6 +24,11 @@ class VLLMBackend(BatchingBackend):
             raise ModelSpecError("model spec 'vllm:...' needs the vllm extra on a GPU machine") from exc
         self.name = f"vllm:{model}"
         self.llm = LLM(model=model)
+
+    @staticmethod
+    def repetition_controls(repetition: Repetition) -> dict:
+        """The `SamplingParams` fields that carry `repetition` (no DRY in vLLM)."""
+        return repetition_fields(repetition)
 
     def _generate_batch(self, requests: list[tuple[list[Message], GenerationParams]]) -> list[Completion]:
         """One `chat` call per prefix mode, as continuing a partial reply is a per-call flag."""
@@ -49,4 +58,15 @@ def sampling_params(p: GenerationParams):
         max_tokens=p.max_new_tokens, temperature=max(p.temperature, 0.0), top_p=p.top_p if not p.greedy else 1.0,
         seed=p.seed, stop=list(p.stop) or None, bad_words=list(p.banned) or None,
         structured_outputs=StructuredOutputsParams(json=json.loads(p.schema)) if p.schema else None,
+        **repetition_fields(p.repetition),
     )
+
+
+def repetition_fields(r: Repetition) -> dict:
+    """vLLM's own repetition fields for `r`, those that differ from vLLM's defaults (DRY has none)."""
+    out = {}
+    if r.repetition_penalty != 1.0:
+        out["repetition_penalty"] = r.repetition_penalty
+    if r.frequency_penalty:
+        out["frequency_penalty"] = r.frequency_penalty
+    return out

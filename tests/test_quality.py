@@ -103,13 +103,13 @@ def test_the_rule_text_names_every_threshold():
 @pytest.fixture
 def gated_store(tmp_path, scenario):
     """Two finished CHN episodes: one ordinary, one with the issue's looping turn."""
-    from graphs.store import Store
+    from graphs.store import EpisodeRecord, Store
 
     store = Store(tmp_path / "s.db")
     store.put_scenario(scenario)
     for ep_id, texts in (("ep-ok", ORDINARY[:4]), ("ep-loop", [ORDINARY[0], ORDINARY[1], LOOP, ORDINARY[3]])):
-        store.begin_episode({"id": ep_id, "scenario_id": scenario.id, "culture": "CHN", "model": "m", "seed": 0,
-                             "sample": 0})
+        store.begin_episode(EpisodeRecord(id=ep_id, scenario_id=scenario.id, culture="CHN", model="m", seed=0,
+                                          sample=0))
         store.finish_episode(ep_id, "done", [turn(i, t) for i, t in enumerate(texts)], [], ended_by="max_turns",
                              intent_version="v")
     return store
@@ -141,14 +141,14 @@ def judge_all(store, **kw):
 
 
 def test_gated_episodes_are_not_judged_and_counted_by_reason(gated_store):
-    from graphs.judge import QUALITY_GATE, QUALITY_GATE_ANY, episode_verdicts
+    from graphs.judge import QUALITY_GATE, QUALITY_GATE_ANY, judgeable_episodes
 
     summary, backend = judge_all(gated_store)
     assert summary["episodes"] == 1 and summary["kept"] == 1
     assert summary["not_judgeable"][QUALITY_GATE_ANY] == 1
     assert summary["not_judgeable"][QUALITY_GATE + f"repeated word 3-grams > {MAX_DUP_3GRAM_FRACTION}"] == 1
     assert all("leave the room now, I'm going" not in m[0]["content"] for _, m in backend.requests)
-    assert [row["id"] for row, _ in episode_verdicts(gated_store, "CHN", "j")] == ["ep-ok"]
+    assert [e.id for e in judgeable_episodes(gated_store, "CHN")] == ["ep-ok"]
 
 
 def test_no_quality_gate_judges_them_all(gated_store):

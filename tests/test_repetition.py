@@ -132,7 +132,7 @@ def test_simulate_sends_dry_by_default_and_records_it(tmp_path, culture):
     final = run(simulate.STAGE, request, model=Model(backend, "m"))
     assert {p.repetition for p in backend.params} == {DRY_DEFAULT}  # role-play and observer
     assert final["summary"]["repetition"] == {"requested": str(DRY_DEFAULT), "applied": {}}  # the fake applies none
-    config = json.loads(Store(tmp_path / "s.db").episodes("CHN")[0]["config"])
+    config = Store(tmp_path / "s.db").episodes("CHN")[0].config
     assert config["repetition"] == "dry"
 
 

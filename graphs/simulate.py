@@ -7,7 +7,9 @@
 Episodes role-play the culture's scenarios in the store (adapted by `graphs.adapt` or imported with
 `graphs.scenarios import`); `--use-seeds` role-plays the culture-neutral SOTOPIA seeds instead.
 Rerunning the same command resumes: finished episodes are skipped, episodes in flight continue from
-their last LangGraph checkpoint, failed ones are retried. Episode ids come from (scenario, culture,
+their last LangGraph checkpoint, failed ones are retried, except those that failed permanently (a prompt past
+the model's context, an HTTP 4xx other than 408/409/429), which wait for `--retry-failed`. The summary lists the
+stored failures by reason, with a count and an example id each. Episode ids come from (scenario, culture,
 model, seed, sample), so nothing is stored twice.
 
 The command runs the batch graph that `langgraph dev` serves as `simulate` (`graphs/batch.py`):
@@ -39,12 +41,17 @@ from agents.records import Culture, Intent, Scenario, Turn
 from agents.seeding import call_seed
 from agents.seeds import sotopia_seeds
 from graphs.batch import (
+    CONTEXT_EXCEEDED,
     USAGE_KEYS,
     BatchInputError,
+    Failure,
     Stage,
     command_line,
+    context_overflow,
     counted,
-    failure_text,
+    failure_lines,
+    failure_of,
+    failure_report,
     graph_of,
     option,
     provenance,
@@ -59,12 +66,14 @@ from graphs.episode import (
     build_episode_graph,
     prompt_names,
     recursion_limit,
+    speaker_view,
 )
 from graphs.serving import shared_culture, shared_prompts, under_root
 from graphs.store import DEFAULT_DB, FINAL, Store, claim, episode_id, git_commit
 from graphs.store_io import checkpointer, on_store
 
 EPISODE = build_episode_graph()  # run as a subgraph of the batch graph, on the store's own checkpointer
+FAILURES = "simulate"  # the stage's name in the store's failures
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,9 @@ class SimulateRequest:
     max_new_tokens: int = option(160, "free text only (--unstructured); a structured answer's limit comes from its "
                                       "shape")
     unstructured: bool = option(False, UNSTRUCTURED_HELP)
+    retry_failed: bool = option(False, "run again episodes that failed permanently (a prompt past the model's "
+                                       "context, an HTTP 4xx other than 408/409/429); transient failures are "
+                                       "always retried")
 
 
 @dataclass(frozen=True)
@@ -212,8 +224,7 @@ async def _run_claimed(sim: Simulation, planned: PlannedEpisode, ctx: EpisodeCon
         else:
             state = snapshot.values  # the graph had finished, the store write had not
     except Exception as exc:  # noqa: BLE001 - recorded as the episode's failure, then retried on rerun
-        await on_store(sim.db, Store.finish_episode, planned.id, "failed", [], [], ended_by=None,
-                       intent_version=None, usage=ctx.model.usage.totals(), error=failure_text(exc))
+        await on_store(sim.db, _store_failure, planned.id, failure_of(exc), ctx.model.usage.totals(), row)
         return "failed", 0
     status = "invalid" if state.get("ended_by") == "invalid" else "done"
 
@@ -225,6 +236,7 @@ async def _run_claimed(sim: Simulation, planned: PlannedEpisode, ctx: EpisodeCon
             ended_by=state.get("ended_by"), intent_version=ctx.prompts.version("observer_turn"),
             usage=ctx.model.usage.totals(),
         )
+        await on_store(sim.db, Store.clear_failure, FAILURES, planned.id, sim.model.spec)
         await saver.adelete_thread(planned.id)
 
     # A cancelled run still finishes storing an episode that has ended, and drops its checkpoints.
@@ -235,36 +247,77 @@ async def _run_claimed(sim: Simulation, planned: PlannedEpisode, ctx: EpisodeCon
 # ------------------------------------------------------------------ the batch graph's stage
 
 
+def _store_failure(store: Store, ep_id: str, failure, usage: dict, row: dict) -> None:
+    """Store an episode as failed, with why (`Store.failures`: its reason, and whether it is permanent)."""
+    if store.episode(ep_id) is None:
+        store.begin_episode(row)  # failed before it started: found unfit at plan time
+    store.finish_episode(ep_id, "failed", [], [], ended_by=None, intent_version=None, usage=usage,
+                         error=failure.error)
+    store.put_failure(FAILURES, ep_id, row["model"], reason=failure.reason, error=failure.error,
+                      permanent=failure.permanent, run_id=row["run_id"])
+
+
 async def _plan(sim: Simulation) -> dict:
     r = sim.request
     scenarios = await asyncio.to_thread(scenarios_for, r, sim.db)
     plan = plan_episodes(scenarios, sim.culture.code, r.model, r.seed, r.episodes, r.samples)
 
-    def record(store: Store) -> tuple[str, list[str]]:
+    def record(store: Store) -> tuple[str, list[str], set[str]]:
         if r.use_seeds:  # insert or ignore: runs started together on a new store share the seeds
             store.add_scenarios((s, {"seed_id": s.id}) for s in {p.scenario.id: p.scenario for p in plan}.values())
         final = [p.id for p in plan if (store.episode(p.id) or {}).get("status") in FINAL]
-        return store.start_run(sim.command, sim.config), final
+        permanent = {f["item_id"] for f in store.failures(FAILURES, [p.id for p in plan], sim.model.spec)
+                     if f["permanent"]}
+        return store.start_run(sim.command, sim.config), final, permanent
 
-    run_id, final = await on_store(sim.db, record)
+    run_id, final, permanent = await on_store(sim.db, record)
     done = set(final)
+    held = set() if r.retry_failed else permanent - done
+    unfit = await _unfit(sim, [p for p in plan if p.id not in done | held], run_id)
     todo = [{"id": p.id, "scenario": p.scenario.model_dump(mode="json"), "sample": p.sample}
-            for p in plan if p.id not in done]
-    return {"run_id": run_id, "planned": len(plan), "skipped": len(done), "ids": [p.id for p in plan], "todo": todo}
+            for p in plan if p.id not in done | held | unfit]
+    return {"run_id": run_id, "planned": len(plan), "skipped": len(done), "not_retried": len(held | unfit),
+            "ids": [p.id for p in plan], "todo": todo}
+
+
+async def _unfit(sim: Simulation, plan: list[PlannedEpisode], run_id: str) -> set[str]:
+    """The planned episodes whose first turn cannot fit the model's context (known only for a managed llama-server),
+    stored as failed permanently without a request sent."""
+    if sim.model.context_tokens is None:
+        return set()
+    unfit = set()
+    for planned in plan:
+        ctx = _episode_context(sim, planned, sim.model)
+        for me in (0, 1):
+            error = await context_overflow(sim.model, speaker_view(ctx, me, []))
+            if error:
+                await on_store(sim.db, _store_failure, planned.id, Failure(CONTEXT_EXCEEDED, error, True), {},
+                               _episode_row(sim, planned, run_id))
+                unfit.add(planned.id)
+                break
+    return unfit
+
+
+def _episode_context(sim: Simulation, planned: PlannedEpisode, model: Model) -> EpisodeContext:
+    return EpisodeContext(scenario=planned.scenario, culture=sim.culture, model=model, prompts=sim.prompts,
+                          max_turns=sim.request.max_turns, speaker_params=sim.speaker_params,
+                          seed=call_seed(sim.request.seed, planned.sample, planned.id))
+
+
+def _episode_row(sim: Simulation, planned: PlannedEpisode, run_id: str) -> dict:
+    """The episode's stored row as it begins."""
+    r = sim.request
+    return {"id": planned.id, "scenario_id": planned.scenario.id, "culture": sim.culture.code,
+            "model": sim.model.spec, "seed": r.seed, "sample": planned.sample, "max_turns": r.max_turns,
+            "run_id": run_id, **sim.stored,
+            "prompt_versions": json.dumps(sim.prompts.versions(prompt_names(planned.scenario)), sort_keys=True)}
 
 
 async def _episode(sim: Simulation, item: dict, run_id: str, graph) -> dict:
-    r = sim.request
     planned = PlannedEpisode(item["id"], Scenario.model_validate(item["scenario"]), item["sample"])
     with counted(sim.model) as model:
-        ctx = EpisodeContext(scenario=planned.scenario, culture=sim.culture, model=model, prompts=sim.prompts,
-                             max_turns=r.max_turns, speaker_params=sim.speaker_params,
-                             seed=call_seed(r.seed, planned.sample, planned.id))
-        row = {"id": planned.id, "scenario_id": planned.scenario.id, "culture": sim.culture.code,
-               "model": sim.model.spec, "seed": r.seed, "sample": planned.sample, "max_turns": r.max_turns,
-               "run_id": run_id, **sim.stored,
-               "prompt_versions": json.dumps(sim.prompts.versions(prompt_names(planned.scenario)), sort_keys=True)}
-        status, turns = await run_episode(sim, planned, ctx, row, graph)
+        ctx = _episode_context(sim, planned, model)
+        status, turns = await run_episode(sim, planned, ctx, _episode_row(sim, planned, run_id), graph)
     return {"id": planned.id, "status": status, "turns": turns, "usage": model.usage.totals()}
 
 
@@ -277,22 +330,28 @@ async def _summarize(sim: Simulation, state: dict) -> dict:
         usage.update(r["usage"])
     wall_s = time.time() - state["started"]
     summary = await on_store(sim.db, summarize, state["ids"], counts, dict(usage), wall_s)
+    summary["not_retried"] = state.get("not_retried", 0)  # failed permanently before: left out of this run
+    summary["failures"] = failure_lines(await on_store(sim.db, Store.failures, FAILURES, state["ids"],
+                                                       sim.model.spec))
     await on_store(sim.db, Store.finish_run, state["run_id"], summary)
     return summary
 
 
 def report(sim: Simulation, summary: dict) -> tuple[str, int]:
-    """The command's closing lines, and exit status 1 when an episode failed (a rerun retries it)."""
+    """The command's closing lines (the stored failures by reason among them), and exit status 1 when an episode
+    failed (a rerun retries it, or with --retry-failed, one that failed permanently)."""
     s, u, counts = summary["statuses"], summary["usage"], summary["this_run"]
     text = (
         f"\n{summary['requested']} episodes requested for {sim.culture.name}: {s.get('done', 0)} done, "
         f"{s.get('invalid', 0)} invalid (unparseable turn), {s.get('failed', 0)} failed; "
-        f"{counts['skipped']} already stored, {counts['elsewhere']} run by another process; valid turns "
+        f"{counts['skipped']} already stored, {_not_retried(summary)}{counts['elsewhere']} run by another process; "
+        f"valid turns "
         f"{summary['valid_turns']}/{summary['turns']}{_share(summary['valid_turns'], summary['turns'])}, valid "
         f"observer labels {summary['valid_intents']}/{summary['intents']}"
         f"{_share(summary['valid_intents'], summary['intents'])}; "
         f"{u['calls']} model calls, {u['prompt_tokens']} prompt + {u['completion_tokens']} completion tokens; "
-        f"{summary['wall_s']} s\n"
+        f"{summary['wall_s']} s"
+        f"{failure_report(summary.get('failures', []))}\n"
         f"Look at them:  sqlite-utils {sim.request.db} \"select e.id, e.status, t.idx, t.name, t.action, t.text, "
         f"i.intent from episodes e join turns t on t.episode_id = e.id left join intents i on "
         f"i.episode_id = e.id and i.turn_index = t.idx where e.culture = '{sim.culture.code}' order by e.id, t.idx\" "
@@ -320,6 +379,11 @@ def summarize(store: Store, ids: list[str], counts: dict, usage: dict, wall_s: f
             "valid_turns": valid_turns, "intents": intents, "valid_intents": valid_intents,
             "usage": {k: usage.get(k, 0) for k in USAGE_KEYS},
             "wall_s": round(wall_s, 1)}
+
+
+def _not_retried(summary: dict) -> str:
+    n = summary.get("not_retried", 0)
+    return f"{n} failed permanently before and not retried (--retry-failed sends them again), " if n else ""
 
 
 def _share(part: int, whole: int) -> str:

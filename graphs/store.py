@@ -15,10 +15,10 @@ import json
 import os
 import sqlite3
 import uuid
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import sqlite_utils
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random
@@ -35,7 +35,7 @@ FINAL = ("done", "invalid")
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def episode_id(scenario_id: str, culture: str, model: str, seed: int, sample: int) -> str:
@@ -110,6 +110,7 @@ class Store:
         enable_wal(self.db.conn)
         self.db.execute("PRAGMA synchronous = NORMAL")  # safe under WAL against a killed process
         self._create_tables()
+        self._create_failure_table()
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -322,3 +323,39 @@ class Store:
             clauses.append("status = ?")
             args.append(status)
         return list(self.db["episodes"].rows_where(" and ".join(clauses) or None, args, order_by="id"))
+
+    # ------------------------------------------------------------ failures
+
+    # One row per (stage, item, model) whose last attempt failed: `reason` groups failures for the summaries,
+    # `error` is the example's own line, and a `permanent` failure (the endpoint will refuse it however often it
+    # is sent) is left out of reruns until asked for (--retry-failed). Cleared when the item succeeds.
+
+    def _create_failure_table(self) -> None:
+        with self._writing():
+            self.db["failures"].create(
+                {"stage": str, "item_id": str, "model": str, "reason": str, "error": str, "permanent": int,
+                 "run_id": str, "created": str},
+                pk=("stage", "item_id", "model"), if_not_exists=True,
+            )
+
+    def put_failure(self, stage: str, item_id: str, model: str, *, reason: str, error: str, permanent: bool,
+                    run_id: str | None) -> None:
+        """Record (or replace) why `item_id` failed in `stage` with `model`."""
+        row = {"stage": stage, "item_id": item_id, "model": model, "reason": reason, "error": error,
+               "permanent": int(permanent), "run_id": run_id, "created": now()}
+        with self._writing():
+            self.db["failures"].insert(row, replace=True)
+
+    def clear_failure(self, stage: str, item_id: str, model: str) -> None:
+        with self._writing():
+            self.db["failures"].delete_where("stage = ? and item_id = ? and model = ?", [stage, item_id, model])
+
+    def failures(self, stage: str, item_ids: Iterable[str], model: str | None = None) -> list[dict]:
+        """The stored failures of these items in `stage` (with `model` only, if given), oldest first:
+        {"item_id", "model", "reason", "error", "permanent": bool, "run_id", "created"}."""
+        wanted = set(item_ids)
+        where, args = "stage = ?", [stage]
+        if model is not None:
+            where, args = where + " and model = ?", [*args, model]
+        rows = self.db["failures"].rows_where(where, args, order_by="created, item_id")
+        return [{**r, "permanent": bool(r["permanent"])} for r in rows if r["item_id"] in wanted]

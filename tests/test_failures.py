@@ -8,92 +8,35 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
 
 from agents.models import Model
 from agents.models.base import PermanentModelError
-from agents.models.openai_compat import SELF_TEST_VALUE, OpenAIBackend
+from agents.models.openai_compat import OpenAIBackend
 from agents.seeds import sotopia_seeds
 from graphs import adapt, judge, simulate
 from graphs.batch import CONTEXT_EXCEEDED, failure_lines, failure_of, failure_report, run
 from graphs.simulate import plan_episodes
 from graphs.store import Store
-from tests.test_backend_faults import answer
-
-# What llama-server answers a prompt that does not fit a slot (tools/server: exceed_context_size_error).
-CONTEXT_REFUSAL = {"error": {"code": 400, "message": "the request exceeds the available context size, try increasing "
-                             "it", "type": "exceed_context_size_error", "n_prompt_tokens": 5120, "n_ctx": 4096}}
-
-
-class RefusingServer:
-    """Chat completions that satisfy each request's schema, except that a request whose messages name `marker` gets
-    `refusal` (status, body); `/apply-template` and `/tokenize` as llama-server's, counting `marker` as 10,000
-    tokens. Counts the refused requests (`refused`) and every chat request (`chats`)."""
-
-    def __init__(self, refusal: tuple[int, dict] = (400, CONTEXT_REFUSAL)):
-        self.marker, self.refusal, self.refused, self.chats = None, refusal, 0, 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's name
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if self.path == "/apply-template":
-                    return self._send(200, {"prompt": "\n".join(m["content"] for m in body["messages"])})
-                if self.path == "/tokenize":
-                    long = outer.marker is not None and outer.marker in body["content"]
-                    return self._send(200, {"tokens": list(range(10_000 if long else 10))})
-                schema = body["response_format"]["json_schema"]["schema"]
-                if SELF_TEST_VALUE not in json.dumps(schema):
-                    outer.chats += 1
-                    if outer.marker is not None and outer.marker in json.dumps(body["messages"]):
-                        outer.refused += 1
-                        return self._send(*outer.refusal)
-                self._send(200, {
-                    "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                        "role": "assistant", "content": answer(body["messages"], schema)}}],
-                    "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}})
-
-            def _send(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.spec = f"openai:m@{self.url}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+from tests.chat_server import ChatServer
 
 
 @pytest.fixture
 def server():
-    s = RefusingServer()
+    s = ChatServer()
     yield s
     s.close()
 
 
-def simulate_cli(server: RefusingServer, db, *args: str) -> subprocess.CompletedProcess:
+def simulate_cli(server: ChatServer, db, *args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "graphs.simulate", "--culture", "CHN", "--model", server.spec, "--db", str(db),
            "--use-seeds", "--episodes", "3", "--max-turns", "1", "--concurrency", "1", "--no-progress", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
-def model_on(server: RefusingServer, context_tokens: int | None = None) -> Model:
+def model_on(server: ChatServer, context_tokens: int | None = None) -> Model:
     backend = OpenAIBackend("m", server.url, max_in_flight=1)
     backend.context_tokens = context_tokens
     return Model(backend, server.spec, backoff_s=0.01)
@@ -135,7 +78,7 @@ def test_a_context_refusal_is_one_reason_line_stored_permanent_and_resent_only_w
 
 
 def test_transient_failures_are_grouped_by_reason_and_retried_by_a_plain_rerun(tmp_path):
-    server = RefusingServer(refusal=(503, {"error": {"message": "overloaded"}}))
+    server = ChatServer(refusal=(503, {"error": {"message": "overloaded"}}))
     try:
         db = tmp_path / "s.db"
         refused = plan_episodes(list(sotopia_seeds()), "CHN", server.spec, 0, 3, 1)[0]

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from agents.models import ModelSpecError, llama_server
-from agents.models.llama_server import LlamaServer, find_llama_server, shared_server
+from agents.models.llama_server import STOP_GRACE_S, LlamaServer, find_llama_server, shared_server
 from tests.conftest import process_alive, sigint_as_in_a_terminal
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -67,12 +67,10 @@ from agents.records import Attribute, Culture, Persona, Scenario, first_error
 from agents.seeding import call_seed
 from agents.seeds import sotopia_seeds
 from graphs.batch import (
-    CONTEXT_EXCEEDED,
     BatchInputError,
     Failure,
     Stage,
     command_line,
-    context_overflow,
     counted,
     failure_lines,
     failure_of,
@@ -83,6 +81,7 @@ from graphs.batch import (
     required,
     stage_model,
     store_file,
+    unfit_items,
 )
 from graphs.scenarios import ScenarioFileError, read_scenarios
 from graphs.serving import shared_prompts, under_root
@@ -485,19 +484,16 @@ async def _plan(a: Adaptation) -> dict:
 
 
 async def _unfit(a: Adaptation, seeds: list[Scenario], run_id: str) -> set[str]:
-    """The seeds (ids) whose adaptation prompt cannot fit the model's context (known only for a managed
-    llama-server), stored as failed permanently without a request sent."""
-    if a.model.context_tokens is None:
-        return set()
-    unfit = set()
-    for s in seeds:
-        ctx = _context(a, s, a.model)
-        error = await context_overflow(a.model, adapt_messages(ctx, []))
-        if error:
-            await on_store(a.db, _store_failure, adapted_id(a.culture.code, s.id),
-                           Failure(CONTEXT_EXCEEDED, error, True), _meta(a, s, run_id), attempts=0, raw="")
-            unfit.add(s.id)
-    return unfit
+    """The seeds (ids) whose adaptation prompt cannot fit the model's context, stored failed (`unfit_items`)."""
+
+    async def prompts(s: Scenario) -> list:
+        return [adapt_messages(_context(a, s, a.model), [])]
+
+    async def store(s: Scenario, failure: Failure) -> None:
+        await on_store(a.db, _store_failure, adapted_id(a.culture.code, s.id), failure, _meta(a, s, run_id),
+                       attempts=0, raw="")
+
+    return {s.id for s in await unfit_items(a.model, seeds, prompts, store)}
 
 
 def _store_failure(store: Store, sid: str, failure: Failure, meta: dict, **row) -> None:

@@ -283,6 +283,22 @@ async def context_overflow(model: Model, messages: list) -> str | None:
             "may hold (found before sending)")
 
 
+async def unfit_items(model: Model, items: list, prompts_of: Callable, store: Callable) -> list:
+    """Of `items`, those a prompt of which (`await prompts_of(item)` -> [messages, ...]) cannot fit the model's
+    context (`context_overflow`; known only for a managed llama-server): each is stored failed permanently
+    (`await store(item, failure)`), and no request is sent for it."""
+    unfit = []
+    if model.context_tokens is None:
+        return unfit
+    for item in items:
+        for messages in await prompts_of(item):
+            if error := await context_overflow(model, messages):
+                await store(item, Failure(CONTEXT_EXCEEDED, error, True))
+                unfit.append(item)
+                break
+    return unfit
+
+
 # ------------------------------------------------------------------ the graph
 
 

@@ -56,12 +56,10 @@ from agents.prompts import PromptError, Prompts
 from agents.records import Action, Culture, Scenario, Turn
 from agents.seeding import call_seed
 from graphs.batch import (
-    CONTEXT_EXCEEDED,
     BatchInputError,
     Failure,
     Stage,
     command_line,
-    context_overflow,
     counted,
     failure_lines,
     failure_of,
@@ -72,6 +70,7 @@ from graphs.batch import (
     required,
     stage_model,
     store_file,
+    unfit_items,
 )
 from graphs.episode import answer_format_for
 from graphs.serving import shared_prompts, under_root
@@ -462,19 +461,16 @@ async def _plan(j: Judging) -> dict:
 
 
 async def _unfit(j: Judging, todo: list[dict], run_id: str) -> set[str]:
-    """The episodes whose judge prompt cannot fit the model's context (known only for a managed llama-server),
-    stored as failed permanently without a request sent."""
-    if j.model.context_tokens is None:
-        return set()
-    unfit = set()
-    for item in todo:
+    """The episodes whose judge prompt cannot fit the model's context, stored failed (`unfit_items`)."""
+
+    async def prompts(item: dict) -> list:
         ctx = await _context(j, item, j.model)
-        messages, _ = judge_messages(ctx, "meta", quality=None, alignment=None)  # the longest of the three
-        if error := await context_overflow(j.model, messages):
-            await on_store(j.db, _store_failure, item["id"], j.model.spec, Failure(CONTEXT_EXCEEDED, error, True),
-                           run_id)
-            unfit.add(item["id"])
-    return unfit
+        return [judge_messages(ctx, "meta", quality=None, alignment=None)[0]]  # the longest of the three
+
+    async def store(item: dict, failure: Failure) -> None:
+        await on_store(j.db, _store_failure, item["id"], j.model.spec, failure, run_id)
+
+    return {item["id"] for item in await unfit_items(j.model, todo, prompts, store)}
 
 
 def _store_failure(store: Store, ep_id: str, judge_model: str, failure: Failure, run_id: str) -> None:

@@ -41,13 +41,11 @@ from agents.records import Culture, Intent, Scenario, Turn
 from agents.seeding import call_seed
 from agents.seeds import sotopia_seeds
 from graphs.batch import (
-    CONTEXT_EXCEEDED,
     USAGE_KEYS,
     BatchInputError,
     Failure,
     Stage,
     command_line,
-    context_overflow,
     counted,
     failure_lines,
     failure_of,
@@ -58,6 +56,7 @@ from graphs.batch import (
     required,
     stage_model,
     store_file,
+    unfit_items,
 )
 from graphs.episode import (
     ATTRIBUTE_PROMPT_NAMES,
@@ -281,21 +280,16 @@ async def _plan(sim: Simulation) -> dict:
 
 
 async def _unfit(sim: Simulation, plan: list[PlannedEpisode], run_id: str) -> set[str]:
-    """The planned episodes whose first turn cannot fit the model's context (known only for a managed llama-server),
-    stored as failed permanently without a request sent."""
-    if sim.model.context_tokens is None:
-        return set()
-    unfit = set()
-    for planned in plan:
+    """The planned episodes whose first turns cannot fit the model's context, stored failed (`unfit_items`)."""
+
+    async def prompts(planned: PlannedEpisode) -> list:
         ctx = _episode_context(sim, planned, sim.model)
-        for me in (0, 1):
-            error = await context_overflow(sim.model, speaker_view(ctx, me, []))
-            if error:
-                await on_store(sim.db, _store_failure, planned.id, Failure(CONTEXT_EXCEEDED, error, True), {},
-                               _episode_row(sim, planned, run_id))
-                unfit.add(planned.id)
-                break
-    return unfit
+        return [speaker_view(ctx, me, []) for me in (0, 1)]
+
+    async def store(planned: PlannedEpisode, failure: Failure) -> None:
+        await on_store(sim.db, _store_failure, planned.id, failure, {}, _episode_row(sim, planned, run_id))
+
+    return {p.id for p in await unfit_items(sim.model, plan, prompts, store)}
 
 
 def _episode_context(sim: Simulation, planned: PlannedEpisode, model: Model) -> EpisodeContext:

@@ -15,7 +15,9 @@ attributes for the culture, in the shape `agents.answers.AdaptedScenario` (enfor
 `fixed` are copied, not asked for. `validate` checks the answer against that shape, the Scenario record and
 the seed (same structure, every attribute with its visibility, new names). A failed check goes back to the
 model with the error, at most `max_attempts` times in all. A seed that never validates is stored as
-`failed` with its reason; rerunning the command skips seeds already adapted and retries the failed ones.
+`failed` with its reason; rerunning the command skips seeds already adapted and retries the failed ones, except
+those whose request failed permanently (a prompt past the model's context, an HTTP 4xx other than 408/409/429),
+which wait for `--retry-failed`. The summary lists the stored failures by reason, with a count and an example id.
 
 `--name-pool` (on by default for the embedded model, whose names otherwise stay the seed's): the name
 fields may only take names from the culture's pool of common names (`names` in its YAML file), with
@@ -66,16 +68,20 @@ from agents.seeding import call_seed
 from agents.seeds import sotopia_seeds
 from graphs.batch import (
     BatchInputError,
+    Failure,
     Stage,
     command_line,
     counted,
-    failure_text,
+    failure_lines,
+    failure_of,
+    failure_report,
     graph_of,
     option,
     provenance,
     required,
     stage_model,
     store_file,
+    unfit_items,
 )
 from graphs.scenarios import ScenarioFileError, read_scenarios
 from graphs.serving import shared_prompts, under_root
@@ -406,6 +412,9 @@ class AdaptRequest:
         "auto", "names only from the culture's pool of common names, the seed's names banned while decoding (auto: "
         "on for the embedded model, which otherwise keeps the seed's names)")
     unstructured: bool = option(False, UNSTRUCTURED_HELP)
+    retry_failed: bool = option(False, "adapt again seeds whose request failed permanently (a prompt past the "
+                                       "model's context, an HTTP 4xx other than 408/409/429); other failures are "
+                                       "always retried")
 
 
 @dataclass(frozen=True)
@@ -454,45 +463,82 @@ def resolve(request: AdaptRequest, *, served: bool = False, origin: dict | None 
                       params=params, name_pool=name_pool, config=config, command=command, git=git_commit())
 
 
-async def _plan(a: Adaptation) -> dict:
-    def record(store: Store) -> tuple[str, list[Scenario]]:
-        todo = [s for s in a.chosen if store.scenario_status(adapted_id(a.culture.code, s.id)) != "ok"]
-        return store.start_run(a.command, a.config), todo
+FAILURES = "adapt"  # the stage's name in the store's failures
 
-    run_id, todo = await on_store(a.db, record)
-    return {"run_id": run_id, "planned": len(a.chosen), "skipped": len(a.chosen) - len(todo),
-            "ids": [adapted_id(a.culture.code, s.id) for s in a.chosen],
-            "todo": [s.model_dump(mode="json") for s in todo]}
+
+async def _plan(a: Adaptation) -> dict:
+    ids = {s.id: adapted_id(a.culture.code, s.id) for s in a.chosen}
+
+    def record(store: Store) -> tuple[str, list[Scenario], set[str]]:
+        todo = [s for s in a.chosen if store.scenario_status(ids[s.id]) != "ok"]
+        permanent = {f["item_id"] for f in store.failures(FAILURES, ids.values(), a.model.spec) if f["permanent"]}
+        return store.start_run(a.command, a.config), todo, permanent
+
+    run_id, waiting, permanent = await on_store(a.db, record)
+    held = set() if a.request.retry_failed else {s.id for s in waiting if ids[s.id] in permanent}
+    todo = [s for s in waiting if s.id not in held]
+    unfit = await _unfit(a, todo, run_id)
+    return {"run_id": run_id, "planned": len(a.chosen), "skipped": len(a.chosen) - len(waiting),
+            "not_retried": len(held) + len(unfit), "ids": list(ids.values()),
+            "todo": [s.model_dump(mode="json") for s in todo if s.id not in unfit]}
+
+
+async def _unfit(a: Adaptation, seeds: list[Scenario], run_id: str) -> set[str]:
+    """The seeds (ids) whose adaptation prompt cannot fit the model's context, stored failed (`unfit_items`)."""
+
+    async def prompts(s: Scenario) -> list:
+        return [adapt_messages(_context(a, s, a.model), [])]
+
+    async def store(s: Scenario, failure: Failure) -> None:
+        await on_store(a.db, _store_failure, adapted_id(a.culture.code, s.id), failure, _meta(a, s, run_id),
+                       attempts=0, raw="")
+
+    return {s.id for s in await unfit_items(a.model, seeds, prompts, store)}
+
+
+def _store_failure(store: Store, sid: str, failure: Failure, meta: dict, **row) -> None:
+    store.put_failed_scenario(sid, error=failure.error, **row, **meta)
+    store.put_failure(FAILURES, sid, meta["model"], reason=failure.reason, error=failure.error,
+                      permanent=failure.permanent, run_id=meta["run_id"])
+
+
+def _context(a: Adaptation, s: Scenario, model: Model) -> AdaptContext:
+    return AdaptContext(seed=s, culture=a.culture, model=model, prompts=a.prompts, max_attempts=a.request.max_attempts,
+                        sample_seed=a.request.seed, params=a.params, name_pool=a.name_pool)
+
+
+def _meta(a: Adaptation, s: Scenario, run_id: str) -> dict:
+    return {"culture": a.culture.code, "seed_id": s.id, "model": a.model.spec,
+            "prompt_version": json.dumps(a.prompts.versions(prompt_names(s)), sort_keys=True), "run_id": run_id,
+            "git": a.git}
 
 
 async def _adapt_one(a: Adaptation, item: dict, run_id: str, graph) -> dict:
     """Adapt one seed with the adaptation graph and store the result (adapted, or failed with why)."""
     s = Scenario.model_validate(item)
     sid = adapted_id(a.culture.code, s.id)
-    meta = {"culture": a.culture.code, "seed_id": s.id, "model": a.model.spec,
-            "prompt_version": json.dumps(a.prompts.versions(prompt_names(s)), sort_keys=True), "run_id": run_id,
-            "git": a.git}
+    meta = _meta(a, s, run_id)
     with counted(a.model) as model:
-        ctx = AdaptContext(seed=s, culture=a.culture, model=model, prompts=a.prompts,
-                           max_attempts=a.request.max_attempts, sample_seed=a.request.seed, params=a.params,
-                           name_pool=a.name_pool)
+        ctx = _context(a, s, model)
         try:
             state = await graph.ainvoke({"attempts": []}, {"recursion_limit": recursion_limit(ctx.max_attempts)},
                                         context=ctx)
         except PromptError:  # a template that cannot render is the user's to fix, not this seed's failure
             raise
         except Exception as exc:  # noqa: BLE001 - a crashed model call is this seed's recorded failure
-            error = failure_text(exc)
-            await on_store(a.db, Store.put_failed_scenario, sid, attempts=0, raw="", error=error, **meta)
-            return {"id": sid, "status": "failed", "attempts": 0, "usage": model.usage.totals(), "error": error}
+            failure = failure_of(exc)
+            await on_store(a.db, _store_failure, sid, failure, meta, attempts=0, raw="")
+            return {"id": sid, "status": "failed", "attempts": 0, "usage": model.usage.totals(),
+                    "error": failure.error}
     attempts = state["attempts"]
     if state.get("scenario"):
         await on_store(a.db, Store.put_scenario, Scenario.model_validate(state["scenario"]), attempts=len(attempts),
                        **meta)
+        await on_store(a.db, Store.clear_failure, FAILURES, sid, a.model.spec)
         status = "adapted"
     else:
-        await on_store(a.db, Store.put_failed_scenario, sid, attempts=len(attempts), raw=attempts[-1]["raw"],
-                       error=attempts[-1]["error"], **meta)
+        never = Failure(f"no valid answer in {len(attempts)} attempts", attempts[-1]["error"], False)
+        await on_store(a.db, _store_failure, sid, never, meta, attempts=len(attempts), raw=attempts[-1]["raw"])
         status = "failed"
     return {"id": sid, "status": status, "attempts": len(attempts), "usage": model.usage.totals()}
 
@@ -507,27 +553,32 @@ async def _summarize(a: Adaptation, state: dict) -> dict:
                "errors": sum(bool(r.get("error")) for r in results),  # failed on a model error, not an answer
                "attempts": sum(r["attempts"] for r in results),
                "first_try": sum(r["status"] == "adapted" and r["attempts"] == 1 for r in results),
-               "name_pool": a.name_pool, "usage": dict(usage), "wall_s": round(time.time() - state["started"], 1)}
+               "name_pool": a.name_pool, "usage": dict(usage), "wall_s": round(time.time() - state["started"], 1),
+               "not_retried": state.get("not_retried", 0),
+               "failures": failure_lines(await on_store(a.db, Store.failures, FAILURES, state["ids"], a.model.spec))}
     await on_store(a.db, Store.finish_run, state["run_id"], summary)
     return summary
 
 
 def report(a: Adaptation, counts: dict) -> tuple[str, int]:
-    """The command's closing lines; exit status 1 when a seed failed on a model error (a rerun retries it;
-    answers that never validated are results, not errors)."""
+    """The command's closing lines (the stored failures by reason among them); exit status 1 when a seed failed on a
+    model error (a rerun retries it) or is left out after failing permanently; answers that never validated are
+    results, not errors."""
     chosen = a.chosen
     tried = counts["adapted"] + counts["failed"]
     rate = f"{counts['adapted']}/{tried} valid ({counts['first_try']} on the first attempt)" if tried else "none tried"
     u = counts["usage"]
     errors = f", {counts['errors']} on a model error" if counts["errors"] else ""
+    held = counts.get("not_retried", 0)
+    held = f", {held} failed permanently before and not retried (--retry-failed sends them again)" if held else ""
     text = (
         f"\n{len(chosen)} seed{'' if len(chosen) == 1 else 's'} for {a.culture.name}: {counts['adapted']} adapted, "
-        f"{counts['failed']} failed (never validated{errors}), {counts['skipped']} already adapted; {rate}; "
+        f"{counts['failed']} failed (never validated{errors}), {counts['skipped']} already adapted{held}; {rate}; "
         f"{counts['attempts']} answers, {u.get('prompt_tokens', 0)} prompt + {u.get('completion_tokens', 0)} "
-        f"completion tokens; {counts['wall_s']} s\n"
+        f"completion tokens; {counts['wall_s']} s{failure_report(counts.get('failures', []))}\n"
         f"Look at them:  python -m graphs.scenarios list --culture {a.culture.code} --db {a.request.db}"
     )
-    return text, 1 if counts["errors"] else 0
+    return text, 1 if counts["errors"] or counts.get("not_retried") else 0
 
 
 ADAPT = build_adapt_graph()  # run as a subgraph, once per seed

@@ -7,7 +7,8 @@ A stage (`graphs.adapt`, `graphs.simulate`, `graphs.judge`) is
   (`request_json`);
 - `resolve(request, served=, origin=, model=)`: check the request and load what it names, the model last, into the
   stage's run context (the "batch"); one-line errors;
-- `plan(batch)` -> {"run_id", "planned", "skipped", "ids", "todo": [item, ...]}: what is left to do;
+- `plan(batch)` -> {"run_id", "planned", "skipped", "ids", "todo": [item, ...], "not_retried"}: what is left to do
+  (`not_retried`: items that failed permanently before, or cannot fit the model's context, left out);
   `work(batch, item, run_id, graph)` -> result row {"id", "status", "usage", ...}: one item, stored as it ends;
   `summarize(batch, state)` -> summary (stored with the run); `report(batch, summary)` -> (text, exit status).
 
@@ -33,6 +34,7 @@ import importlib
 import json
 import operator
 import os
+import re
 import sqlite3
 import sys
 import time
@@ -52,6 +54,7 @@ from tqdm import tqdm
 
 from agents.cli import DataclassParser
 from agents.models import Model, Usage, load_model
+from agents.models.base import PermanentModelError
 from agents.records import first_error
 from graphs.serving import ServedInputError, shared_model, strict, unknown_keys
 from graphs.store import sqlite_problem
@@ -70,6 +73,7 @@ class BatchState(TypedDict, total=False):
     run_id: str  # the store's run row: its command, config and, at the end, the summary
     planned: int  # units of work the request names
     skipped: int  # of those, already done before this run
+    not_retried: int  # of those, failed permanently before (or found unfit at plan time): left out of this run
     ids: list[str]  # every unit of work the request names, done or not
     todo: list[dict]  # one item per unit of work left
     started: float  # time.time() when planned
@@ -82,6 +86,7 @@ class BatchOutput(TypedDict, total=False):
     run_id: str
     planned: int
     skipped: int
+    not_retried: int
     results: list[dict]
     summary: dict
     error: str | None
@@ -206,6 +211,95 @@ def counted(model: Model) -> Iterator[Model]:
         model.usage.retries += view.usage.retries
 
 
+# ------------------------------------------------------------------ failures
+
+
+CONTEXT_EXCEEDED = "context exceeded: the prompt and its answer do not fit in the model's context"
+# How servers word a prompt past the context: llama-server ("exceeds the available context size",
+# exceed_context_size_error), vLLM ("maximum context length"), OpenAI (context_length_exceeded).
+_CONTEXT_WORDS = re.compile(r"context.?(size|length|window)|exceed_context|maximum context", re.IGNORECASE)
+# HTTP refusals that a later request may get past: timeout, conflict, too many requests.
+RETRYABLE_4XX = (408, 409, 429)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why one item failed: `reason` groups failures in the summaries, `error` is the item's own line, and a
+    `permanent` one is not sent again by a rerun unless asked (`retry_failed`)."""
+
+    reason: str
+    error: str
+    permanent: bool
+
+
+def failure_of(exc: BaseException) -> Failure:
+    """Classify an item's failure. Permanent: a prompt past the model's context, `PermanentModelError`, an HTTP 4xx
+    other than 408/409/429 (the openai client's `status_code`); anything else is transient (retried by a rerun)."""
+    error = failure_text(exc)
+    status = getattr(exc, "status_code", None)
+    status = status if isinstance(status, int) else None
+    if status is not None and 400 <= status < 500 and _CONTEXT_WORDS.search(str(exc)):
+        return Failure(CONTEXT_EXCEEDED, error, True)
+    if isinstance(exc, PermanentModelError):
+        return Failure(failure_text(exc, with_type=False)[:200], error, True)
+    if status is not None:
+        permanent = 400 <= status < 500 and status not in RETRYABLE_4XX
+        return Failure(f"HTTP {status} ({type(exc).__name__})", error, permanent)
+    return Failure(error[:200], error, False)
+
+
+def failure_lines(rows: list[dict]) -> list[dict]:
+    """Stored failures (`Store.failures`) grouped by reason, most frequent first: {"reason", "count", "permanent",
+    "example" (an item id), "error" (that item's line)}."""
+    groups: dict[tuple[str, bool], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["reason"], row["permanent"]), []).append(row)
+    lines = [{"reason": reason, "count": len(group), "permanent": permanent, "example": group[0]["item_id"],
+              "error": group[0]["error"]} for (reason, permanent), group in groups.items()]
+    return sorted(lines, key=lambda line: (-line["count"], line["reason"]))
+
+
+def failure_report(lines: list[dict]) -> str:
+    """The summary's failure lines, one per distinct reason (empty when nothing failed)."""
+    out = []
+    for line in lines:
+        kind = "permanent, not retried without --retry-failed" if line["permanent"] else "retried by a rerun"
+        error = "" if line["error"] == line["reason"] else f": {line['error'][:240]}"
+        out.append(f"\n  failed {line['count']} x {line['reason']} ({kind}); e.g. {line['example']}{error}")
+    return "".join(out)
+
+
+async def context_overflow(model: Model, messages: list) -> str | None:
+    """One line when `messages` alone fill the model's context per request, which the server refuses (llama-server
+    answers HTTP 400, exceed_context_size_error, when the prompt is not shorter than a slot's context); None when it
+    fits or the model does not know its context (only a managed llama-server does: then nothing is said, and a
+    server's own refusal is classified by `failure_of`). An answer budget past what is left is not refused: the
+    engine stops at the context's end and the answer is stored as invalid."""
+    if model.context_tokens is None:
+        return None
+    prompt = await model.acount_prompt_tokens(messages)
+    if prompt is None or prompt < model.context_tokens:
+        return None
+    return (f"{CONTEXT_EXCEEDED}: a prompt of {prompt} tokens, not under the {model.context_tokens} tokens a request "
+            "may hold (found before sending)")
+
+
+async def unfit_items(model: Model, items: list, prompts_of: Callable, store: Callable) -> list:
+    """Of `items`, those a prompt of which (`await prompts_of(item)` -> [messages, ...]) cannot fit the model's
+    context (`context_overflow`; known only for a managed llama-server): each is stored failed permanently
+    (`await store(item, failure)`), and no request is sent for it."""
+    unfit = []
+    if model.context_tokens is None:
+        return unfit
+    for item in items:
+        for messages in await prompts_of(item):
+            if error := await context_overflow(model, messages):
+                await store(item, Failure(CONTEXT_EXCEEDED, error, True))
+                unfit.append(item)
+                break
+    return unfit
+
+
 # ------------------------------------------------------------------ the graph
 
 
@@ -233,8 +327,9 @@ def build_batch_graph(stage: Stage, served: bool = False):
         except (*stage.errors, BatchInputError, ServedInputError) as exc:
             return {"error": failure_text(exc, with_type=False)}
         get_stream_writer()({"event": "planned", "stage": stage.name, "run_id": planned["run_id"],
-                             "planned": planned["planned"], "skipped": planned["skipped"], "of": len(planned["todo"])})
-        return {**planned, "started": time.time()}
+                             "planned": planned["planned"], "skipped": planned["skipped"],
+                             "not_retried": planned.get("not_retried", 0), "of": len(planned["todo"])})
+        return {"not_retried": 0, **planned, "started": time.time()}
 
     def route(values: dict):
         if values.get("error"):

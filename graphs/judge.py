@@ -13,7 +13,10 @@ Per episode, a small LangGraph graph, fanned out by the batch graph that `langgr
 confident, not sure); `meta` critiques both and gives its own good/bad label and confidence. Every answer
 is stored in the `judgements` table with the judge model and prompt version; an answer that does not
 parse is stored with valid=0 and no label, never a default. Rerunning skips episodes this judge model
-has already judged (`--rejudge` redoes them).
+has already judged (`--rejudge` redoes them) and retries episodes whose judging failed, except those that failed
+permanently (a prompt past the model's context, an HTTP 4xx other than 408/409/429), which wait for
+`--retry-failed`. Failures are stored with their reason; the summary lists them by reason, with a count and an
+example id.
 
 `--sotopia` adds a fourth node, alongside, that scores both participants on the SOTOPIA-EVAL dimensions
 (aspects "goal:0", "believability:1", ...; the number is in `score`). The filter does not read them.
@@ -60,15 +63,20 @@ from agents.records import Aspect, Culture, Scenario, Turn
 from agents.seeding import call_seed
 from graphs.batch import (
     BatchInputError,
+    Failure,
     Stage,
     command_line,
     counted,
+    failure_lines,
+    failure_of,
+    failure_report,
     graph_of,
     option,
     provenance,
     required,
     stage_model,
     store_file,
+    unfit_items,
 )
 from graphs.episode import answer_format_for
 from graphs.filter import (  # noqa: F401 - the filter, re-exported for its users
@@ -280,6 +288,9 @@ class JudgeRequest:
     repetition: str = option(DRY_DEFAULT_TEXT, f"the judge's {REPETITION_HELP}")
     quality_gate: bool = option(True, "leave out, before judging, episodes that fail the rule-based quality gate "
                                       f"({QUALITY_RULE_TEXT}); --no-quality-gate keeps them")
+    retry_failed: bool = option(False, "judge again episodes whose judging failed permanently (a prompt past the "
+                                       "model's context, an HTTP 4xx other than 408/409/429); other failures are "
+                                       "always retried")
 
 
 @dataclass(frozen=True)
@@ -332,33 +343,66 @@ def resolve(request: JudgeRequest, *, served: bool = False, origin: dict | None 
                    config={**config, "prompt_versions": versions}, command=command)
 
 
+FAILURES = "judge"  # the stage's name in the store's failures
+
+
 async def _plan(j: Judging) -> dict:
     r = j.request
 
-    def record(store: Store) -> tuple[str, list[EpisodeRecord], list[str]]:
+    def record(store: Store) -> tuple[str, list[EpisodeRecord], list[str], set[str]]:
         episodes = judgeable_episodes(store, j.culture.code, j.rule.quality_gate)
         todo = [e for e in episodes if r.rejudge or needs_judging(store, e.id, j.model.spec, r.sotopia)]
-        return store.start_run(j.command, j.config), todo, [e.id for e in episodes]
+        ids = [e.id for e in episodes]
+        permanent = {f["item_id"] for f in store.failures(FAILURES, ids, j.model.spec) if f["permanent"]}
+        return store.start_run(j.command, j.config), todo, ids, permanent
 
-    run_id, todo, ids = await on_store(j.db, record)
-    return {"run_id": run_id, "planned": len(ids), "skipped": len(ids) - len(todo), "ids": ids,
-            "todo": [{"id": e.id, "scenario_id": e.scenario_id} for e in todo]}
+    run_id, waiting, ids, permanent = await on_store(j.db, record)
+    held = set() if r.retry_failed else {e.id for e in waiting if e.id in permanent}
+    todo = [{"id": e.id, "scenario_id": e.scenario_id} for e in waiting if e.id not in held]
+    unfit = await _unfit(j, todo, run_id)
+    return {"run_id": run_id, "planned": len(ids), "skipped": len(ids) - len(waiting),
+            "not_retried": len(held) + len(unfit), "ids": ids, "todo": [e for e in todo if e["id"] not in unfit]}
+
+
+async def _unfit(j: Judging, todo: list[dict], run_id: str) -> set[str]:
+    """The episodes whose judge prompt cannot fit the model's context, stored failed (`unfit_items`)."""
+
+    async def prompts(item: dict) -> list:
+        ctx = await _context(j, item, j.model)
+        return [judge_messages(ctx, "meta", quality=None, alignment=None)[0]]  # the longest of the three
+
+    async def store(item: dict, failure: Failure) -> None:
+        await on_store(j.db, _store_failure, item["id"], j.model.spec, failure, run_id)
+
+    return {item["id"] for item in await unfit_items(j.model, todo, prompts, store)}
+
+
+def _store_failure(store: Store, ep_id: str, judge_model: str, failure: Failure, run_id: str) -> None:
+    store.put_failure(FAILURES, ep_id, judge_model, reason=failure.reason, error=failure.error,
+                      permanent=failure.permanent, run_id=run_id)
+
+
+async def _context(j: Judging, item: dict, model: Model) -> JudgeContext:
+    scenario, turns = await on_store(j.db, lambda store: (store.scenario(item["scenario_id"]),
+                                                          store.turns(item["id"])))
+    return JudgeContext(scenario=scenario, culture=j.culture, turns=tuple(valid_turns(turns)), model=model,
+                        prompts=j.prompts, seed=call_seed(j.request.seed, 0, item["id"]), params=j.params)
 
 
 async def _judge_one(j: Judging, item: dict, run_id: str, graph) -> dict:
-    """Judge one episode with the judge graph and store its judgements; a failure stores nothing."""
-    scenario, turns = await on_store(j.db, lambda store: (store.scenario(item["scenario_id"]),
-                                                          store.turns(item["id"])))
+    """Judge one episode with the judge graph and store its judgements; a failure stores no judgement, only why
+    (`Store.failures`)."""
     with counted(j.model) as model:
-        ctx = JudgeContext(scenario=scenario, culture=j.culture, turns=tuple(valid_turns(turns)), model=model,
-                           prompts=j.prompts, seed=call_seed(j.request.seed, 0, item["id"]), params=j.params)
+        ctx = await _context(j, item, model)
         try:
             state = await (JUDGE_SOTOPIA if j.request.sotopia else graph).ainvoke({"judgements": []}, context=ctx)
-        except Exception as exc:  # noqa: BLE001 - counted, reported, retried on rerun; nothing is stored
-            return {"id": item["id"], "status": "failed", "usage": model.usage.totals(),
-                    "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
+        except Exception as exc:  # noqa: BLE001 - counted, reported, retried on rerun unless permanent
+            failure = failure_of(exc)
+            await on_store(j.db, _store_failure, item["id"], j.model.spec, failure, run_id)
+            return {"id": item["id"], "status": "failed", "usage": model.usage.totals(), "error": failure.error}
     await on_store(j.db, Store.put_judgements, item["id"], j.model.spec,
                    [Judgement(**row, run_id=run_id) for row in state["judgements"]])
+    await on_store(j.db, Store.clear_failure, FAILURES, item["id"], j.model.spec)
     return {"id": item["id"], "status": "judged", "usage": model.usage.totals()}
 
 
@@ -372,7 +416,9 @@ async def _summarize(j: Judging, state: dict) -> dict:
     summary = await on_store(j.db, judgement_summary, j.culture.code, j.model.spec, j.rule)
     summary.update(this_run=counts, usage=dict(usage), wall_s=round(time.time() - state["started"], 1),
                    repetition={"requested": str(j.params.repetition),
-                               "applied": j.model.repetition_controls(j.params.repetition)})
+                               "applied": j.model.repetition_controls(j.params.repetition)},
+                   not_retried=state.get("not_retried", 0),
+                   failures=failure_lines(await on_store(j.db, Store.failures, FAILURES, state["ids"], j.model.spec)))
     await on_store(j.db, Store.finish_run, state["run_id"], summary)
     return summary
 
@@ -381,7 +427,8 @@ JUDGE, JUDGE_SOTOPIA = build_judge_graph(), build_judge_graph(sotopia=True)  # r
 
 
 def report(j: Judging, summary: dict) -> tuple[str, int]:
-    """The command's closing line; exit status 1 when an episode failed to be judged (a rerun retries it)."""
+    """The command's closing lines (the stored failures by reason among them); exit status 1 when an episode failed
+    to be judged (a rerun retries it) or is left out after failing permanently."""
     counts = summary["this_run"]
     valid = ", ".join(f"{a} {s['valid']}/{s['answers']}" for a, s in summary["aspects"].items()
                       if s.get("answers") and a in ASPECTS)
@@ -392,7 +439,10 @@ def report(j: Judging, summary: dict) -> tuple[str, int]:
         f"\n{summary['episodes']} {j.culture.code} episodes"
         + "".join(f" ({n} more left out: {reason})" for reason, n in summary["not_judgeable"].items())
         + f": {counts['judged']} judged now, {counts['skipped']} "
-        f"already judged by {j.model.spec}, {counts['failed']} failed; valid answers: {valid or 'none'}; "
+        f"already judged by {j.model.spec}, {counts['failed']} failed"
+        + (f", {summary['not_retried']} failed permanently before and not retried (--retry-failed sends them again)"
+           if summary.get("not_retried") else "")
+        + f"; valid answers: {valid or 'none'}; "
         f"rule {j.rule}: {summary['kept']} kept, {summary['dropped']} dropped "
         f"({summary['kept_despite_invalid']} kept with an invalid judgement)"
         + "".join(f"; dropped for {reason}: {n}" for reason, n in summary["drop_reasons"].items())
@@ -400,8 +450,9 @@ def report(j: Judging, summary: dict) -> tuple[str, int]:
         + (f" ({', '.join(f'{k}={v}' for k, v in summary['repetition']['applied'].items())})"
            if summary['repetition']['applied'] else "")
         + f"; {summary['wall_s']} s"
+        + failure_report(summary.get("failures", []))
     )
-    return text, 1 if counts["failed"] else 0
+    return text, 1 if counts["failed"] or summary.get("not_retried") else 0
 
 
 STAGE = Stage(name="judge_episode", module="graphs.judge", request=JudgeRequest, context=Judging, resolve=resolve,

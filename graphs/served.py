@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import field, fields, make_dataclass
 from pathlib import Path
-from typing import get_type_hints
+from typing import Any, get_type_hints
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
@@ -56,48 +56,55 @@ class ServedConfigError(BatchInputError):
     """A run configuration that names something that does not exist."""
 
 
-@dataclass(frozen=True)
-class EpisodeRunConfig:
-    """What a client sends to run one episode; every field is plain JSON."""
-
-    culture: str = "CHN"  # ISO-3 code of a culture YAML file
-    model: str = "puppet"  # any model spec: puppet, smollm2, a local dir, openai:<model>@<url>, vllm:<model>
-    scenario_id: str | None = None  # a SOTOPIA seed id or a scenario in `db`; None: the first seed
-    scenario: dict | None = None  # a whole Scenario as JSON; wins over scenario_id
-    db: str | None = None  # a store to look scenario_id up in (adapted scenarios live there)
-    max_turns: int = 3
-    seed: int = 0
-    prompts_dir: str | None = None
-    cultures_dir: str | None = None
-
-
-@dataclass(frozen=True)
-class AdaptRunConfig:
-    """What a client sends to adapt one seed scenario to a culture; every field is plain JSON."""
-
-    culture: str = "CHN"
-    model: str = "puppet"
-    seed_id: str | None = None  # a SOTOPIA seed id; None: the first seed
-    seed_scenario: dict | None = None  # a whole seed Scenario as JSON; wins over seed_id
-    max_attempts: int = 3
-    sample_seed: int = 0
-    prompts_dir: str | None = None
-    cultures_dir: str | None = None
+def item_config(name: str, request: type, doc: str, shared: dict[str, Any], own: list[tuple[str, Any, Any, str]],
+                aliases: dict[str, str]) -> type:
+    """A single-item graph's run configuration, declared by its stage's request dataclass: the fields it shares with
+    `request` (name -> this graph's default; type and help are the request's), the fields of its own (name, type,
+    default, help), and old names kept working (old -> new, read by `_given`). Every field is plain JSON."""
+    by_name, hints = {f.name: f for f in fields(request)}, get_type_hints(request)
+    spec = []
+    for key, default in shared.items():
+        kind = hints[key] if default is not None else hints[key] | None
+        spec.append((key, kind, field(default=default, metadata=by_name[key].metadata)))
+    spec += [(key, kind, field(default=default, metadata={"help": text})) for key, kind, default, text in own]
+    spec += [(old, hints[new] | None, field(default=None, metadata={"help": f"old name of {new}"}))
+             for old, new in aliases.items()]
+    config = make_dataclass(name, spec, frozen=True)
+    config.__module__ = __name__
+    config.__doc__ = doc
+    config.aliases = aliases
+    return config
 
 
-@dataclass(frozen=True)
-class JudgeRunConfig:
-    """What a client sends to judge one episode: a stored one (db + episode_id) or one given whole."""
+EpisodeRunConfig = item_config(
+    "EpisodeRunConfig", simulate_stage.SimulateRequest, "What a client sends to run one episode.",
+    {"culture": "CHN", "model": "puppet", "db": None, "max_turns": 3, "seed": 0, "prompts": None,
+     "cultures_dir": None},
+    [("scenario_id", str | None, None, "a SOTOPIA seed id or a scenario in `db`; None: the first seed"),
+     ("scenario", dict | None, None, "a whole Scenario as JSON; wins over scenario_id")],
+    {"prompts_dir": "prompts"})
+AdaptRunConfig = item_config(
+    "AdaptRunConfig", adapt_graph.AdaptRequest, "What a client sends to adapt one seed scenario to a culture.",
+    {"culture": "CHN", "model": "puppet", "max_attempts": 3, "seed": 0, "prompts": None, "cultures_dir": None},
+    [("seed_id", str | None, None, "a SOTOPIA seed id; None: the first seed"),
+     ("seed_scenario", dict | None, None, "a whole seed Scenario as JSON; wins over seed_id")],
+    {"sample_seed": "seed", "prompts_dir": "prompts"})
+JudgeRunConfig = item_config(
+    "JudgeRunConfig", judge_graph.JudgeRequest,
+    "What a client sends to judge one episode: a stored one (db + episode_id) or one given whole.",
+    {"model": "puppet", "db": None, "culture": None, "seed": 0, "prompts": None, "cultures_dir": None},
+    [("episode_id", str | None, None, "an episode in `db`: its scenario, culture and turns are judged"),
+     ("scenario", dict | None, None, "with culture and turns: the scenario judged"),
+     ("turns", list[dict] | None, None, "Turn records as JSON")],
+    {"prompts_dir": "prompts"})
 
-    model: str = "puppet"  # the judge model spec
-    db: str | None = None
-    episode_id: str | None = None  # an episode in `db`: its scenario, culture and turns are judged
-    culture: str | None = None  # with scenario + turns; for a stored episode, its own culture by default
-    scenario: dict | None = None
-    turns: list[dict] | None = None  # Turn records as JSON
-    seed: int = 0
-    prompts_dir: str | None = None
-    cultures_dir: str | None = None
+
+def _given(config, key: str):
+    """A run configuration's value of `key`, given under its own name or an old one."""
+    for old, new in config.aliases.items():
+        if new == key and getattr(config, old) is not None:
+            return getattr(config, old)
+    return getattr(config, key)
 
 
 def episode_context(config: EpisodeRunConfig) -> episode_graph.EpisodeContext:
@@ -107,7 +114,7 @@ def episode_context(config: EpisodeRunConfig) -> episode_graph.EpisodeContext:
     return episode_graph.EpisodeContext(
         scenario=_scenario(config.scenario, config.scenario_id, _path(config.db, "db"), "scenario_id"),
         culture=load_culture(config.culture, _path(config.cultures_dir, "cultures_dir")), model=_model(config.model),
-        prompts=_prompts(config.prompts_dir, tuple(episode_graph.PROMPT_NAMES)), max_turns=config.max_turns,
+        prompts=_prompts(_given(config, "prompts"), tuple(episode_graph.PROMPT_NAMES)), max_turns=config.max_turns,
         seed=config.seed,
     )
 
@@ -118,8 +125,8 @@ def adapt_context(config: AdaptRunConfig) -> adapt_graph.AdaptContext:
     return adapt_graph.AdaptContext(
         seed=_scenario(config.seed_scenario, config.seed_id, None, "seed_id"),
         culture=load_culture(config.culture, _path(config.cultures_dir, "cultures_dir")), model=_model(config.model),
-        prompts=_prompts(config.prompts_dir, tuple(adapt_graph.PROMPT_NAMES)), max_attempts=config.max_attempts,
-        sample_seed=config.sample_seed,
+        prompts=_prompts(_given(config, "prompts"), tuple(adapt_graph.PROMPT_NAMES)), max_attempts=config.max_attempts,
+        sample_seed=_given(config, "seed"),
     )
 
 
@@ -142,7 +149,7 @@ def judge_context(config: JudgeRunConfig) -> judge_graph.JudgeContext:
     return judge_graph.JudgeContext(
         scenario=scenario, culture=load_culture(culture, _path(config.cultures_dir, "cultures_dir")),
         turns=tuple(judge_graph.valid_turns(turns)), model=_model(config.model),
-        prompts=_prompts(config.prompts_dir, tuple(judge_graph.PROMPT_NAMES)), seed=config.seed,
+        prompts=_prompts(_given(config, "prompts"), tuple(judge_graph.PROMPT_NAMES)), seed=config.seed,
     )
 
 
@@ -193,7 +200,7 @@ def _model(spec: str) -> Model:
 
 
 def _prompts(override_dir: str | None, names: tuple[str, ...]):
-    path = _path(override_dir, "prompts_dir")
+    path = _path(override_dir, "prompts")
     return shared_prompts(str(path) if path else None, names)
 
 

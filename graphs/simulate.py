@@ -7,7 +7,9 @@
 Episodes role-play the culture's scenarios in the store (adapted by `graphs.adapt` or imported with
 `graphs.scenarios import`); `--use-seeds` role-plays the culture-neutral SOTOPIA seeds instead.
 Rerunning the same command resumes: finished episodes are skipped, episodes in flight continue from
-their last LangGraph checkpoint, failed ones are retried. Episode ids come from (scenario, culture,
+their last LangGraph checkpoint, failed ones are retried, except those that failed permanently (a prompt past
+the model's context, an HTTP 4xx other than 408/409/429), which wait for `--retry-failed`. The summary lists the
+stored failures by reason, with a count and an example id each. Episode ids come from (scenario, culture,
 model, seed, sample), so nothing is stored twice.
 
 The command runs the batch graph that `langgraph dev` serves as `simulate` (`graphs/batch.py`):
@@ -50,16 +52,20 @@ from agents.seeds import sotopia_seeds
 from graphs.batch import (
     USAGE_KEYS,
     BatchInputError,
+    Failure,
     Stage,
     command_line,
     counted,
-    failure_text,
+    failure_lines,
+    failure_of,
+    failure_report,
     graph_of,
     option,
     provenance,
     required,
     stage_model,
     store_file,
+    unfit_items,
 )
 from graphs.episode import (
     ATTRIBUTE_PROMPT_NAMES,
@@ -68,12 +74,14 @@ from graphs.episode import (
     build_episode_graph,
     prompt_names,
     recursion_limit,
+    speaker_view,
 )
 from graphs.serving import shared_culture, shared_prompts, under_root
 from graphs.store import DEFAULT_DB, FINAL, EpisodeRecord, Store, claim, episode_id, git_commit
 from graphs.store_io import checkpointer, on_store
 
 EPISODE = build_episode_graph()  # run as a subgraph of the batch graph, on the store's own checkpointer
+FAILURES = "simulate"  # the stage's name in the store's failures
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,9 @@ class SimulateRequest:
                                       "shape")
     unstructured: bool = option(False, UNSTRUCTURED_HELP)
     repetition: str = option(DRY_DEFAULT_TEXT, f"speakers' and observer's {REPETITION_HELP}")
+    retry_failed: bool = option(False, "run again episodes that failed permanently (a prompt past the model's "
+                                       "context, an HTTP 4xx other than 408/409/429); transient failures are "
+                                       "always retried")
 
 
 @dataclass(frozen=True)
@@ -226,8 +237,7 @@ async def _run_claimed(sim: Simulation, planned: PlannedEpisode, ctx: EpisodeCon
         else:
             state = snapshot.values  # the graph had finished, the store write had not
     except Exception as exc:  # noqa: BLE001 - recorded as the episode's failure, then retried on rerun
-        await on_store(sim.db, Store.finish_episode, planned.id, "failed", [], [], ended_by=None,
-                       intent_version=None, usage=ctx.model.usage.totals(), error=failure_text(exc))
+        await on_store(sim.db, _store_failure, planned.id, failure_of(exc), ctx.model.usage.totals(), row)
         return "failed", 0
     status = "invalid" if state.get("ended_by") == "invalid" else "done"
 
@@ -239,6 +249,7 @@ async def _run_claimed(sim: Simulation, planned: PlannedEpisode, ctx: EpisodeCon
             ended_by=state.get("ended_by"), intent_version=ctx.prompts.version("observer_turn"),
             usage=ctx.model.usage.totals(),
         )
+        await on_store(sim.db, Store.clear_failure, FAILURES, planned.id, sim.model.spec)
         await saver.adelete_thread(planned.id)
 
     # A cancelled run still finishes storing an episode that has ended, and drops its checkpoints.
@@ -249,36 +260,73 @@ async def _run_claimed(sim: Simulation, planned: PlannedEpisode, ctx: EpisodeCon
 # ------------------------------------------------------------------ the batch graph's stage
 
 
+def _store_failure(store: Store, ep_id: str, failure, usage: dict, row: dict) -> None:
+    """Store an episode as failed, with why (`Store.failures`: its reason, and whether it is permanent)."""
+    if store.episode(ep_id) is None:
+        store.begin_episode(row)  # failed before it started: found unfit at plan time
+    store.finish_episode(ep_id, "failed", [], [], ended_by=None, intent_version=None, usage=usage,
+                         error=failure.error)
+    store.put_failure(FAILURES, ep_id, row["model"], reason=failure.reason, error=failure.error,
+                      permanent=failure.permanent, run_id=row["run_id"])
+
+
 async def _plan(sim: Simulation) -> dict:
     r = sim.request
     scenarios = await asyncio.to_thread(scenarios_for, r, sim.db)
     plan = plan_episodes(scenarios, sim.culture.code, r.model, r.seed, r.episodes, r.samples)
 
-    def record(store: Store) -> tuple[str, list[str]]:
+    def record(store: Store) -> tuple[str, list[str], set[str]]:
         if r.use_seeds:  # insert or ignore: runs started together on a new store share the seeds
             store.add_scenarios((s, {"seed_id": s.id}) for s in {p.scenario.id: p.scenario for p in plan}.values())
         final = [p.id for p in plan if getattr(store.episode(p.id), "status", None) in FINAL]
-        return store.start_run(sim.command, sim.config), final
+        permanent = {f["item_id"] for f in store.failures(FAILURES, [p.id for p in plan], sim.model.spec)
+                     if f["permanent"]}
+        return store.start_run(sim.command, sim.config), final, permanent
 
-    run_id, final = await on_store(sim.db, record)
+    run_id, final, permanent = await on_store(sim.db, record)
     done = set(final)
+    held = set() if r.retry_failed else permanent - done
+    unfit = await _unfit(sim, [p for p in plan if p.id not in done | held], run_id)
     todo = [{"id": p.id, "scenario": p.scenario.model_dump(mode="json"), "sample": p.sample}
-            for p in plan if p.id not in done]
-    return {"run_id": run_id, "planned": len(plan), "skipped": len(done), "ids": [p.id for p in plan], "todo": todo}
+            for p in plan if p.id not in done | held | unfit]
+    return {"run_id": run_id, "planned": len(plan), "skipped": len(done), "not_retried": len(held | unfit),
+            "ids": [p.id for p in plan], "todo": todo}
+
+
+async def _unfit(sim: Simulation, plan: list[PlannedEpisode], run_id: str) -> set[str]:
+    """The planned episodes whose first turns cannot fit the model's context, stored failed (`unfit_items`)."""
+
+    async def prompts(planned: PlannedEpisode) -> list:
+        ctx = _episode_context(sim, planned, sim.model)
+        return [speaker_view(ctx, me, []) for me in (0, 1)]
+
+    async def store(planned: PlannedEpisode, failure: Failure) -> None:
+        await on_store(sim.db, _store_failure, planned.id, failure, {}, _episode_row(sim, planned, run_id))
+
+    return {p.id for p in await unfit_items(sim.model, plan, prompts, store)}
+
+
+def _episode_context(sim: Simulation, planned: PlannedEpisode, model: Model) -> EpisodeContext:
+    return EpisodeContext(scenario=planned.scenario, culture=sim.culture, model=model, prompts=sim.prompts,
+                          max_turns=sim.request.max_turns, speaker_params=sim.speaker_params,
+                          observer_params=sim.observer_params,
+                          seed=call_seed(sim.request.seed, planned.sample, planned.id))
+
+
+def _episode_row(sim: Simulation, planned: PlannedEpisode, run_id: str) -> EpisodeRecord:
+    """The episode's stored record as it begins."""
+    r = sim.request
+    return EpisodeRecord(id=planned.id, scenario_id=planned.scenario.id, culture=sim.culture.code,
+                         model=sim.model.spec, seed=r.seed, sample=planned.sample, max_turns=r.max_turns,
+                         run_id=run_id, git=sim.git, config=sim.config,
+                         prompt_versions=sim.prompts.versions(prompt_names(planned.scenario)))
 
 
 async def _episode(sim: Simulation, item: dict, run_id: str, graph) -> dict:
-    r = sim.request
     planned = PlannedEpisode(item["id"], Scenario.model_validate(item["scenario"]), item["sample"])
     with counted(sim.model) as model:
-        ctx = EpisodeContext(scenario=planned.scenario, culture=sim.culture, model=model, prompts=sim.prompts,
-                             max_turns=r.max_turns, speaker_params=sim.speaker_params,
-                             observer_params=sim.observer_params, seed=call_seed(r.seed, planned.sample, planned.id))
-        row = EpisodeRecord(id=planned.id, scenario_id=planned.scenario.id, culture=sim.culture.code,
-                            model=sim.model.spec, seed=r.seed, sample=planned.sample, max_turns=r.max_turns,
-                            run_id=run_id, git=sim.git, config=sim.config,
-                            prompt_versions=sim.prompts.versions(prompt_names(planned.scenario)))
-        status, turns = await run_episode(sim, planned, ctx, row, graph)
+        ctx = _episode_context(sim, planned, model)
+        status, turns = await run_episode(sim, planned, ctx, _episode_row(sim, planned, run_id), graph)
     return {"id": planned.id, "status": status, "turns": turns, "usage": model.usage.totals()}
 
 
@@ -292,22 +340,28 @@ async def _summarize(sim: Simulation, state: dict) -> dict:
     wall_s = time.time() - state["started"]
     summary = await on_store(sim.db, summarize, state["ids"], counts, dict(usage), wall_s)
     summary["repetition"] = repetition_summary(sim.model, sim.speaker_params.repetition)
+    summary["not_retried"] = state.get("not_retried", 0)  # failed permanently before: left out of this run
+    summary["failures"] = failure_lines(await on_store(sim.db, Store.failures, FAILURES, state["ids"],
+                                                       sim.model.spec))
     await on_store(sim.db, Store.finish_run, state["run_id"], summary)
     return summary
 
 
 def report(sim: Simulation, summary: dict) -> tuple[str, int]:
-    """The command's closing lines, and exit status 1 when an episode failed (a rerun retries it)."""
+    """The command's closing lines (the stored failures by reason among them), and exit status 1 when an episode
+    failed (a rerun retries it, or with --retry-failed, one that failed permanently)."""
     s, u, counts = summary["statuses"], summary["usage"], summary["this_run"]
     text = (
         f"\n{summary['requested']} episodes requested for {sim.culture.name}: {s.get('done', 0)} done, "
         f"{s.get('invalid', 0)} invalid (unparseable turn), {s.get('failed', 0)} failed; "
-        f"{counts['skipped']} already stored, {counts['elsewhere']} run by another process; valid turns "
+        f"{counts['skipped']} already stored, {_not_retried(summary)}{counts['elsewhere']} run by another process; "
+        f"valid turns "
         f"{summary['valid_turns']}/{summary['turns']}{_share(summary['valid_turns'], summary['turns'])}, valid "
         f"observer labels {summary['valid_intents']}/{summary['intents']}"
         f"{_share(summary['valid_intents'], summary['intents'])}; "
         f"{u['calls']} model calls, {u['prompt_tokens']} prompt + {u['completion_tokens']} completion tokens; "
-        f"repetition controls: {repetition_line(summary['repetition'])}; {summary['wall_s']} s\n"
+        f"repetition controls: {repetition_line(summary['repetition'])}; {summary['wall_s']} s"
+        f"{failure_report(summary.get('failures', []))}\n"
         f"Look at them:  sqlite-utils {sim.request.db} \"select e.id, e.status, t.idx, t.name, t.action, t.text, "
         f"i.intent from episodes e join turns t on t.episode_id = e.id left join intents i on "
         f"i.episode_id = e.id and i.turn_index = t.idx where e.culture = '{sim.culture.code}' order by e.id, t.idx\" "
@@ -340,6 +394,11 @@ def repetition_line(summary: dict) -> str:
     applied = summary["applied"]
     sent = ", ".join(f"{k}={v}" for k, v in applied.items()) or "none applied by this engine"
     return "none" if summary["requested"] == "none" else f"{summary['requested']} ({sent})"
+
+
+def _not_retried(summary: dict) -> str:
+    n = summary.get("not_retried", 0)
+    return f"{n} failed permanently before and not retried (--retry-failed sends them again), " if n else ""
 
 
 def _share(part: int, whole: int) -> str:

@@ -46,7 +46,7 @@ FINAL = ("done", "invalid")
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def episode_id(scenario_id: str, culture: str, model: str, seed: int, sample: int) -> str:
@@ -157,6 +157,9 @@ SCHEMA: dict[str, tuple[dict[str, type], str | tuple[str, ...], tuple[tuple[str,
     "judgements": ({"episode_id": str, "judge_model": str, "aspect": str, "label": str, "confidence": str,
                     "score": float, "critique": str, "raw": str, "valid": int, "prompt_version": str, "run_id": str,
                     "created": str}, ("episode_id", "judge_model", "aspect"), ()),
+    # One row per (stage, item, model) whose last attempt failed (`Store.put_failure`).
+    "failures": ({"stage": str, "item_id": str, "model": str, "reason": str, "error": str, "permanent": int,
+                  "run_id": str, "created": str}, ("stage", "item_id", "model"), ()),
 }
 
 
@@ -585,6 +588,34 @@ class Store:
         return [r[0] for r in self._db.execute(
             "select distinct j.judge_model from judgements j join episodes e on e.id = j.episode_id "
             f"{where} order by 1", args).fetchall()]
+
+    # ------------------------------------------------------------ failures
+
+    # One row per (stage, item, model) whose last attempt failed: `reason` groups failures for the summaries,
+    # `error` is the example's own line, and a `permanent` failure (the endpoint will refuse it however often it
+    # is sent) is left out of reruns until asked for (--retry-failed). Cleared when the item succeeds.
+
+    def put_failure(self, stage: str, item_id: str, model: str, *, reason: str, error: str, permanent: bool,
+                    run_id: str | None) -> None:
+        """Record (or replace) why `item_id` failed in `stage` with `model`."""
+        row = {"stage": stage, "item_id": item_id, "model": model, "reason": reason, "error": error,
+               "permanent": int(permanent), "run_id": run_id, "created": now()}
+        with self._writing():
+            self._db["failures"].insert(_checked("failures", row), replace=True)
+
+    def clear_failure(self, stage: str, item_id: str, model: str) -> None:
+        with self._writing():
+            self._db["failures"].delete_where("stage = ? and item_id = ? and model = ?", [stage, item_id, model])
+
+    def failures(self, stage: str, item_ids: Iterable[str], model: str | None = None) -> list[dict]:
+        """The stored failures of these items in `stage` (with `model` only, if given), oldest first:
+        {"stage", "item_id", "model", "reason", "error", "permanent": bool, "run_id", "created"}."""
+        wanted = set(item_ids)
+        where, args = "stage = ?", [stage]
+        if model is not None:
+            where, args = where + " and model = ?", [*args, model]
+        rows = self._rows("failures", where, args, order_by="created, item_id")
+        return [{**r, "permanent": bool(r["permanent"])} for r in rows if r["item_id"] in wanted]
 
 
 def _like_prefix(prefix: str) -> str:

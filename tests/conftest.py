@@ -82,3 +82,12 @@ def process_alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def sigint_as_in_a_terminal() -> None:
+    """`preexec_fn` for a child a test sends Ctrl-C (SIGINT): its default action, so Python raises KeyboardInterrupt
+    as it does in a terminal. A test runner started in the background (a CI job, `make test &`) has SIGINT ignored,
+    and its children inherit that: the signal would do nothing and the child would run to its end."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

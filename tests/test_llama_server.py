@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from agents.models import ModelSpecError, llama_server
-from agents.models.llama_server import LlamaServer, find_llama_server, shared_server
-from tests.conftest import process_alive
+from agents.models.llama_server import STOP_GRACE_S, LlamaServer, find_llama_server, shared_server
+from tests.conftest import process_alive, sigint_as_in_a_terminal
 
 ROOT = Path(__file__).resolve().parent.parent
 GONE_WITHIN_S = 8.0  # PDEATHSIG is immediate; the watchdog polls every 0.2 s and waits 3 s before SIGKILL
@@ -171,9 +171,10 @@ class TestServer:
 
 
 # A process that starts a server (from its main thread, from a worker thread that then ends, or with
-# the watchdog that non-Linux systems use), prints the server's and the watchdog's pids, and sleeps.
+# the watchdog that non-Linux systems use), prints the server's and the watchdog's pids once the worker thread has
+# left the kernel's task list (its exit is what PR_SET_PDEATHSIG would act on), and sleeps.
 CHILD = """
-import sys, threading, time
+import os, sys, threading, time
 from pathlib import Path
 from agents.models import llama_server
 
@@ -187,6 +188,8 @@ if how == "thread":
     worker = threading.Thread(target=start)
     worker.start()
     worker.join()
+    while str(worker.native_id) in os.listdir("/proc/self/task"):
+        time.sleep(0.01)
 else:
     start()
 watchdog = servers[0]._watchdog
@@ -197,6 +200,7 @@ time.sleep(600)
 
 def _start_child(how: str, gguf: Path, tmp_path: Path) -> tuple[subprocess.Popen, int, int]:
     child = subprocess.Popen([sys.executable, "-c", CHILD, how, str(gguf), str(tmp_path)], cwd=ROOT,
+                             preexec_fn=sigint_as_in_a_terminal,
                              stdout=subprocess.PIPE, stderr=(tmp_path / "child.err").open("wb"), text=True)
     ready, _, _ = select.select([child.stdout], [], [], 120)
     line = child.stdout.readline() if ready else ""
@@ -207,6 +211,11 @@ def _start_child(how: str, gguf: Path, tmp_path: Path) -> tuple[subprocess.Popen
     return child, server_pid, watchdog_pid
 
 
+# A bound, not a race: SIGTERM and Ctrl-C stop the server in order (at most STOP_GRACE_S, then SIGKILL) before the
+# child exits; a loaded machine slows both.
+STOP_WAIT_S = 4 * STOP_GRACE_S + 60
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("how, sig", [
     ("main", signal.SIGKILL), ("main", signal.SIGTERM), ("main", signal.SIGINT),
@@ -215,10 +224,9 @@ def _start_child(how: str, gguf: Path, tmp_path: Path) -> tuple[subprocess.Popen
 def test_no_server_outlives_its_parent(gguf, tmp_path, how, sig):
     child, server_pid, watchdog_pid = _start_child(how, gguf, tmp_path)
     try:
-        time.sleep(0.5)  # "thread": the starting thread ended a moment ago; the server must not follow it
-        assert process_alive(server_pid)
+        assert process_alive(server_pid)  # "thread": the starting thread has ended; the server must not follow it
         child.send_signal(sig)
-        child.wait(30)
+        child.wait(STOP_WAIT_S)
         assert _wait_gone(server_pid), f"llama-server {server_pid} outlived its parent ({how}, {sig.name})"
         if watchdog_pid:
             assert _wait_gone(watchdog_pid)

@@ -325,7 +325,8 @@ def test_the_managed_llama_server_is_not_sent_the_users_key(tmp_path, monkeypatc
 
     monkeypatch.setenv("OPENAI_API_KEY", PLANTED)
     server = PuppetServer()
-    monkeypatch.setattr(llama_server, "shared_server", lambda *a, **k: SimpleNamespace(base_url=server.url, slots=2))
+    monkeypatch.setattr(llama_server, "shared_server", lambda *a, **k: SimpleNamespace(base_url=server.url, slots=2,
+                                                                                     ctx_per_slot=4096))
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     try:
         model = load_model(f"gguf:{tmp_path / 'm.gguf'}", max_batch=1)

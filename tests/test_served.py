@@ -440,3 +440,20 @@ def test_served_single_item_graphs_refuse_unknown_keys():
         asyncio.run(episode.ainvoke({}, context={"model": "puppet", "max_turn": 2}))
     with pytest.raises(ServedConfigError, match=r"^'turn': unknown input key \(did you mean 'turns'\?\)"):
         asyncio.run(episode.ainvoke({"turn": []}, context={"model": "puppet"}))
+
+
+def test_single_item_configs_are_declared_by_the_stage_requests_and_keep_their_old_names():
+    from dataclasses import fields as dataclass_fields
+
+    from graphs.adapt import AdaptRequest
+    from graphs.simulate import SimulateRequest
+
+    shared = {f.name: f.metadata["help"] for f in dataclass_fields(EpisodeRunConfig) if f.name in
+              {g.name for g in dataclass_fields(SimulateRequest)}}
+    assert shared == {f.name: f.metadata["help"] for f in dataclass_fields(SimulateRequest) if f.name in shared}
+    assert {"culture", "model", "max_turns", "seed", "prompts", "cultures_dir"} <= set(shared)
+    assert "seed" in {f.name for f in dataclass_fields(AdaptRequest)} and AdaptRunConfig().seed == 0
+    assert adapt_context(AdaptRunConfig(sample_seed=5)).sample_seed == 5  # the old name still works
+    assert adapt_context(AdaptRunConfig(seed=4)).sample_seed == 4
+    with pytest.raises(Exception, match="prompts"):
+        adapt_context(AdaptRunConfig(prompts_dir="/nowhere/outside/the/root"))

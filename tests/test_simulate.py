@@ -3,7 +3,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -78,25 +77,28 @@ def test_crashed_episode_resumes_from_its_checkpoint(tmp_path, culture):
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
 def test_sigkill_then_rerun_stores_every_episode_exactly_once(tmp_path):
+    from tests.chat_server import ChatServer
+
+    # An episode of three rounds is 12 requests; two run at once. After 28 answers at least one episode is stored,
+    # and the server holds every request after them: the kill comes while two episodes certainly wait mid-flight.
+    server = ChatServer(answer_first=28)
     db = tmp_path / "kill.db"
     cmd = [sys.executable, "-m", "graphs.simulate", "--culture", "CHN", "--episodes", "6", "--max-turns", "3",
-           "--model", "puppet:0.02", "--db", str(db), "--concurrency", "2", "--no-progress", "--use-seeds"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:  # kill once some episodes are done and others are mid-flight
-        if db.exists():
-            try:
-                done = Store(db).counts().statuses.get("done", 0)
-            except Exception:  # noqa: BLE001 - tables may not exist yet
-                done = 0
-            if done >= 2:
-                break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    store = Store(db)
-    assert store.counts().statuses.get("done", 0) < 6
-    subprocess.run(cmd, check=True, capture_output=True)
+           "--model", server.spec, "--db", str(db), "--concurrency", "2", "--no-progress", "--use-seeds"]
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while not server.holding.wait(0.1):
+            assert proc.poll() is None, "graphs.simulate ended before its requests were held"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        store = Store(db)
+        assert 1 <= store.counts().statuses.get("done", 0) < 6
+        assert store.counts().statuses.get("running", 0) >= 1
+        server.answer_first = None
+        server.release.set()
+        subprocess.run(cmd, check=True, capture_output=True)
+    finally:
+        server.close()
     rows = store.episodes()
     assert len(rows) == 6 and {r.status for r in rows} == {"done"}
     assert store.counts().turns == 36

@@ -89,21 +89,31 @@ def test_ctrl_c_is_one_line_and_a_rerun_resumes(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
+    from tests.chat_server import ChatServer
+    from tests.conftest import sigint_as_in_a_terminal
+
+    # One episode of one round is 4 requests (2 turns, 2 intents); the server then holds every request, so the
+    # signal comes while the second episode certainly waits on the model and the first is stored.
+    server = ChatServer(answer_first=4)
     db = tmp_path / "s.db"
-    argv = [sys.executable, "-m", "graphs.simulate", "--culture", "CHN", "--use-seeds", "--episodes", "4",
-            "--max-turns", "2", "--model", "puppet:0.2", "--concurrency", "1", "--no-progress", "--db", str(db)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:  # until the first episode is stored
-        if db.exists() and done(db):
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    assert err.strip().splitlines() == ["interrupted: finished work is stored; rerun the same command to resume"]
-    rerun = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    assert rerun.returncode == 0 and "4 done" in rerun.stdout and "already stored" in rerun.stdout
-    assert not rerun.stdout.split("already stored")[0].endswith(" 0 ")  # it resumed, not restarted
+    argv = [sys.executable, "-m", "graphs.simulate", "--culture", "CHN", "--use-seeds", "--episodes", "3",
+            "--max-turns", "1", "--model", server.spec, "--concurrency", "1", "--no-progress", "--db", str(db)]
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=sigint_as_in_a_terminal)
+        while not server.holding.wait(0.1):  # the second episode's first request has arrived
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert done(db) == 1
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        server.release.set()
+    try:
+        assert proc.returncode == 130, err[-2000:]
+        assert err.strip().splitlines() == ["interrupted: finished work is stored; rerun the same command to resume"]
+        server.answer_first = None
+        rerun = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0 and "3 done" in rerun.stdout and "1 already stored" in rerun.stdout
+    finally:
+        server.close()

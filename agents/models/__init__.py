@@ -125,6 +125,7 @@ def _managed(gguf: Path, spec: str, slots: int, log_dir: Path):
     backend = OpenAIBackend(gguf.stem, server.base_url, max_in_flight=server.slots, slots=server.slots,
                             api_key="EMPTY", engine="llama.cpp")
     backend.name = spec
+    backend.context_tokens = server.ctx_per_slot  # what a request on one slot can hold
     return backend
 
 

@@ -263,6 +263,18 @@ class Model:
         return dict(applied(repetition)) if applied else {}
 
     @property
+    def context_tokens(self) -> int | None:
+        """Tokens one request may hold, prompt and answer together, where the backend knows it (a managed
+        llama-server: its context per slot); None where it does not."""
+        return getattr(self.backend, "context_tokens", None)
+
+    async def acount_prompt_tokens(self, messages: Sequence[Message]) -> int | None:
+        """Tokens of `messages` rendered by the engine's chat template, where the backend can count them and knows
+        its context (`context_tokens`); else None."""
+        count = getattr(self.backend, "acount_prompt_tokens", None)
+        return await count(list(messages)) if count is not None and self.context_tokens else None
+
+    @property
     def scores_options(self) -> bool:
         """Whether the backend can score options (`ascore_options`)."""
         return callable(getattr(self.backend, "ascore_options", None))

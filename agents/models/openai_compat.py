@@ -99,6 +99,7 @@ class OpenAIBackend:
         self._clients: dict[int, tuple] = {}  # event loop id -> (client, semaphore)
         self._banned_ids: dict[str, list[int]] = {}
         self.slots = slots
+        self.context_tokens: int | None = None  # per request; known for a managed llama-server (its -c / slots)
         self._slot_of: OrderedDict[str, int] = OrderedDict()  # cache key -> slot, least recently used first
         self._engine = engine or os.environ.get(ENV_ENGINE) or None  # None: found on first use (`engine`)
         if self._engine not in (None, *ENGINES):
@@ -231,6 +232,17 @@ class OpenAIBackend:
             if need <= found.keys() or len(top) < n_probs:
                 return found | {t: -float("inf") for t in need - found.keys()}
         raise AssertionError("unreachable: the whole vocabulary was asked for")
+
+    async def acount_prompt_tokens(self, messages: Sequence[Message]) -> int:
+        """Tokens of `messages` as llama-server renders them (`/apply-template`, then `/tokenize` with the special
+        tokens the template writes); ModelSpecError for an endpoint without these routes."""
+        import httpx
+
+        gate = asyncio.Semaphore(1)
+        async with httpx.AsyncClient(base_url=self.base_url.removesuffix("/v1"), timeout=self.timeout_s) as http:
+            prompt = (await self._native(http, gate, "/apply-template", {"messages": list(messages)}, "prompt"))
+            body = {"content": prompt["prompt"], "add_special": True, "parse_special": True}
+            return len((await self._native(http, gate, "/tokenize", body, "tokens"))["tokens"])
 
     async def _server_tokens(self, http, gate, text: str) -> list[int]:
         body = {"content": text, "add_special": False}

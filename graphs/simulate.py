@@ -260,14 +260,14 @@ async def _run_claimed(sim: Simulation, planned: PlannedEpisode, ctx: EpisodeCon
 # ------------------------------------------------------------------ the batch graph's stage
 
 
-def _store_failure(store: Store, ep_id: str, failure, usage: dict, row: dict) -> None:
+def _store_failure(store: Store, ep_id: str, failure, usage: dict, row: EpisodeRecord) -> None:
     """Store an episode as failed, with why (`Store.failures`: its reason, and whether it is permanent)."""
     if store.episode(ep_id) is None:
         store.begin_episode(row)  # failed before it started: found unfit at plan time
     store.finish_episode(ep_id, "failed", [], [], ended_by=None, intent_version=None, usage=usage,
                          error=failure.error)
-    store.put_failure(FAILURES, ep_id, row["model"], reason=failure.reason, error=failure.error,
-                      permanent=failure.permanent, run_id=row["run_id"])
+    store.put_failure(FAILURES, ep_id, row.model, reason=failure.reason, error=failure.error,
+                      permanent=failure.permanent, run_id=row.run_id)
 
 
 async def _plan(sim: Simulation) -> dict:

@@ -46,7 +46,7 @@ FINAL = ("done", "invalid")
 
 
 def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def episode_id(scenario_id: str, culture: str, model: str, seed: int, sample: int) -> str:

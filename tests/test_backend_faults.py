@@ -29,9 +29,13 @@ DOWN_S = 1.0  # a refusal window: the retries wait 0.5 s, then 1 s more, so exac
 
 
 def answer(messages: list[dict], schema: dict) -> str:
-    """What the puppet model answers (an adaptation that validates), else the schema's first allowed value."""
-    if "participants" in schema.get("properties", {}):
+    """What the puppet model answers (an adaptation that validates; a turn of its own, which the quality gate
+    lets through), else the schema's first allowed value."""
+    properties = schema.get("properties", {})
+    if "participants" in properties:
         return PUPPET_REPLIES["adapt"](messages, schema)
+    if "action" in properties:
+        return PUPPET_REPLIES["roleplay"](messages, schema)
     return json.dumps(_first_allowed(schema))
 
 

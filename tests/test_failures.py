@@ -5,7 +5,6 @@ time, without a request. A local server on 127.0.0.1 refuses the requests of one
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from types import SimpleNamespace

@@ -25,7 +25,7 @@ by `graphs.judge.MIN_UTTERANCES`; an episode-wide distinct-word floor would also
 such as "Good morning, neighbour." / "Morning!".)
 
 datatrove's `GopherRepetitionFilter` implements table A1 for documents (character fractions, its own word
-splitter and pipeline `Document`s, with huggingface-hub, dill, loguru and multiprocess as dependencies); these
+splitter and pipeline `Document`s, with huggingface-hub, loguru, multiprocess and more as dependencies); these
 few rules over short turns did not need it.
 
 Pure functions over `agents.records.Turn`; nothing here reads a store or calls a model.

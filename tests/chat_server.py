@@ -22,6 +22,8 @@ def answer(messages: list[dict], schema: dict) -> str:
     """What the puppet model answers (an adaptation that validates), else the schema's first allowed value."""
     if "participants" in schema.get("properties", {}):
         return PUPPET_REPLIES["adapt"](messages, schema)
+    if "action" in schema.get("properties", {}):  # a turn of its own, which the quality gate lets through
+        return PUPPET_REPLIES["roleplay"](messages, schema)
     return json.dumps(_first_allowed(schema))
 
 

@@ -207,18 +207,20 @@ def _value_at(data: dict, path: tuple[str | int, ...]) -> Any:
     return data
 
 
-# A seed field at least this long (characters) must come back with at least KEPT_FRACTION of its length: the prompt
-# asks for a rewrite in English, and a rewrite renames and re-places, it does not summarise. A model that stops
-# early (a closed string, a budget run out) or drops a list the goal carries is caught here and asked again.
-# Shorter fields (a one-sentence setting) may be rewritten more briefly: on SmolLM2 (JPN, 8 seeds) a floor of 80
-# characters rejected 6 of 8 adaptations, half of them one-sentence fields said in fewer words.
+# A goal or secret at least this long (characters) must come back with at least KEPT_FRACTION of its length. Goals
+# and secrets are what the personas act on, and SOTOPIA puts a task's extra information and strategy hints in the
+# goal (lists of friends, prices, deadlines): a rewrite renames and re-places, it does not summarise them. A model
+# that stops early (a closed string, a budget run out) or drops such a list is caught here and asked again. The
+# setting, relationship and backgrounds are context that a cultural rewrite may retell more briefly: on SmolLM2
+# (JPN, 8 seeds) checking them too rejected 6 or 7 of 8 adaptations, most for a one-line relationship.
+KEPT_FIELDS = ("goal", "secret")
 KEPT_MIN_CHARS = 200
 KEPT_FRACTION = 0.5
 
 
 def _check_content_fits(adapted: AdaptedScenario, seed: Scenario) -> None:
     """Each carried field within its seed's bound (`content_bound`; a free-text answer has no decoder to enforce
-    it) and, where the seed's text is long, not cut to less than `KEPT_FRACTION` of it."""
+    it) and, for a long goal or secret (`KEPT_FIELDS`), not cut to less than `KEPT_FRACTION` of it."""
     floors = json_schema(AdaptedScenario)
     answer = adapted.model_dump()
     for path, text in carried_text(seed).items():
@@ -227,7 +229,7 @@ def _check_content_fits(adapted: AdaptedScenario, seed: Scenario) -> None:
         bound = content_bound(text, schema_node(floors, path)["maxLength"])
         if len(new) > bound:
             raise AdaptationError(f"field {name}: {len(new)} characters, at most {bound} for this scenario")
-        if len(text) >= KEPT_MIN_CHARS and len(new) < KEPT_FRACTION * len(text):
+        if path[-1] in KEPT_FIELDS and len(text) >= KEPT_MIN_CHARS and len(new) < KEPT_FRACTION * len(text):
             raise AdaptationError(f"field {name}: {len(new)} characters where the scenario has {len(text)}: rewrite "
                                   f"all of it, keeping every detail (at least {math.ceil(KEPT_FRACTION * len(text))})")
 

@@ -41,7 +41,7 @@ from training.common import (
     pick_splits,
     row_label,
 )
-from training.lengths import ROW, announce, check_prediction, measure_dpo, report, rows_used
+from training.lengths import ROW, announce, check_prediction, measure_dpo, measure_splits, rows_used
 from training.run import train_and_save
 
 log = logging.getLogger(__name__)
@@ -103,14 +103,11 @@ def build_trainer(script_args: DPOScriptArguments, training_args: DPOConfig, mod
             "sha256": hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None,
         }
     tokenizer = load_tokenizer(model_args)
-    truncation = {}
-    for key, split_name, rows in (("train", script_args.dataset_train_split, train),
-                                  ("eval", script_args.dataset_test_split, evaluation)):
-        if rows is None:
-            continue
-        labels = [row_label(source, split_name, line) for line in rows[ROW]]
-        measured = measure_dpo(tokenizer, list(rows.select_columns(["prompt", "chosen", "rejected"])), training_args)
-        truncation[key] = report(measured, labels, split_name, training_args.max_length)
+    truncation = measure_splits(
+        (("train", script_args.dataset_train_split, train), ("eval", script_args.dataset_test_split, evaluation)),
+        source, lambda rows, _: measure_dpo(tokenizer, list(rows.select_columns(["prompt", "chosen", "rejected"])),
+                                            training_args),
+        training_args.max_length)
     if training_args.process_index == 0:
         announce(truncation, log)
     train = train.select_columns(["prompt", "chosen", "rejected"])

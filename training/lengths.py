@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.common import TrainingSetupError
+from training.common import TrainingSetupError, row_label
 
 ROW = "__clca_row"  # column holding each row's index in its split, so a dropped row is named by its file line
 
@@ -142,6 +142,19 @@ def report(measured: Measured, labels: list[str], split: str, max_length: int | 
         )
     return {"rows": len(measured.dropped), "kept": measured.kept, "dropped": len(drops), "cut_short": measured.cut,
             "max_length": max_length, "dropped_rows": drops}
+
+
+def measure_splits(splits, source: dict, measure: Callable[[object, list[str]], Measured], max_length: int | None
+                   ) -> dict:
+    """{key: `report`} for each split given as (key, split name, rows or None): `measure(rows, labels)` measures
+    the rows (each carries its file line in the ROW column, so labels name the right line after filtering)."""
+    truncation = {}
+    for key, split_name, rows in splits:
+        if rows is None:
+            continue
+        labels = [row_label(source, split_name, line) for line in rows[ROW]]
+        truncation[key] = report(measure(rows, labels), labels, split_name, max_length)
+    return truncation
 
 
 def announce(truncation: dict, log) -> None:

@@ -41,7 +41,7 @@ from training.common import (
     pick_splits,
     row_label,
 )
-from training.lengths import ROW, announce, check_prediction, measure_sft, report, rows_used
+from training.lengths import ROW, announce, check_prediction, measure_sft, measure_splits, rows_used
 from training.run import train_and_save
 
 log = logging.getLogger(__name__)
@@ -88,14 +88,10 @@ def build_trainer(script_args: SFTScriptArguments, training_args: SFTConfig, mod
 
     tokenizer = load_tokenizer(model_args)
     template = choose_chat_template(tokenizer, raw_train, training_args, source, script_args.dataset_train_split)
-    truncation = {}
-    for key, split_name, rows in (("train", script_args.dataset_train_split, train),
-                                  ("eval", script_args.dataset_test_split, evaluation)):
-        if rows is None:
-            continue
-        labels = [row_label(source, split_name, line) for line in rows[ROW]]
-        measured = measure_sft(tokenizer, rows["messages"], training_args, labels.__getitem__)
-        truncation[key] = report(measured, labels, split_name, training_args.max_length)
+    truncation = measure_splits(
+        (("train", script_args.dataset_train_split, train), ("eval", script_args.dataset_test_split, evaluation)),
+        source, lambda rows, labels: measure_sft(tokenizer, rows["messages"], training_args, labels.__getitem__),
+        training_args.max_length)
     if training_args.process_index == 0:
         announce(truncation, log)
     train = train.select_columns(["messages"])

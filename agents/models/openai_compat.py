@@ -213,7 +213,7 @@ class OpenAIBackend:
                 self._score_one(http, gate, messages, [ids[o] for o in options]) for messages, options in requests)))
 
     async def _score_one(self, http, gate, messages: Sequence[Message], options: list[list[int]]) -> list[float]:
-        prompt = (await self._native(http, gate, "/apply-template", {"messages": list(messages)}, "prompt"))["prompt"]
+        prompt = await self._rendered(http, gate, messages)
         paths = [(), *sorted(prefixes_to_read(options))]
         wanted = [{seq[len(path)] for seq in options if len(seq) > len(path) and tuple(seq[:len(path)]) == path}
                   for path in paths]
@@ -240,12 +240,16 @@ class OpenAIBackend:
 
         gate = asyncio.Semaphore(1)
         async with httpx.AsyncClient(base_url=self.base_url.removesuffix("/v1"), timeout=self.timeout_s) as http:
-            prompt = (await self._native(http, gate, "/apply-template", {"messages": list(messages)}, "prompt"))
-            body = {"content": prompt["prompt"], "add_special": True, "parse_special": True}
-            return len((await self._native(http, gate, "/tokenize", body, "tokens"))["tokens"])
+            return len(await self._server_tokens(http, gate, await self._rendered(http, gate, messages), special=True))
 
-    async def _server_tokens(self, http, gate, text: str) -> list[int]:
-        body = {"content": text, "add_special": False}
+    async def _rendered(self, http, gate, messages: Sequence[Message]) -> str:
+        """`messages` as the server's chat template renders them, generation prompt included (`/apply-template`)."""
+        return (await self._native(http, gate, "/apply-template", {"messages": list(messages)}, "prompt"))["prompt"]
+
+    async def _server_tokens(self, http, gate, text: str, special: bool = False) -> list[int]:
+        """The server's tokens of `text`; `special`: with the special tokens a rendered template writes."""
+        body = {"content": text, "add_special": True, "parse_special": True} if special else \
+            {"content": text, "add_special": False}
         return list((await self._native(http, gate, "/tokenize", body, "tokens"))["tokens"])
 
     async def _native(self, http, gate, route: str, body: dict, key: str) -> dict:

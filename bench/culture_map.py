@@ -22,7 +22,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import numpy as np
 
 from eval.culture_map.fit import fit_table
-from eval.culture_map.projection import agreement, fit, fit_pca, leave_one_out
+from eval.wvs.map_projection import agreement, fit, fit_pca, leave_one_out
 
 METHODS = {"per-dimension components (used)": fit, "two principal components of all ten": fit_pca}
 

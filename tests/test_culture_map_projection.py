@@ -7,9 +7,9 @@ import pytest
 
 from eval.culture_map.fit import _close, build, fit_table
 from eval.culture_map.fit import main as fit_main
-from eval.culture_map.indicators import indicator_values, keys, map_items
-from eval.culture_map.projection import PROJECTION_FILE, Projection, agreement, fit, leave_one_out, load_projection
 from eval.wvs.items import all_items
+from eval.wvs.map_indicators import indicator_values, keys, map_items
+from eval.wvs.map_projection import PROJECTION_FILE, Projection, agreement, fit, leave_one_out, load_projection
 from eval.wvs.survey import BundledShares
 
 

@@ -9,10 +9,10 @@ import pytest
 from eval.compare import main as compare_main
 from eval.culture_map.cli import main as map_main
 from eval.culture_map.draw import _arrows
-from eval.culture_map.indicators import indicator_values, map_items
-from eval.culture_map.projection import load_projection
 from eval.culture_map.results import read_points
 from eval.wvs import run
+from eval.wvs.map_indicators import indicator_values, map_items
+from eval.wvs.map_projection import load_projection
 from eval.wvs.readers import ItemAnswers
 from eval.wvs.report import write_outputs
 from eval.wvs.respondents import write_synthetic_file

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import yaml
 
-from eval.culture_map.indicators import DATA_DIR, MapError, indicator_values, indicators, keys, map_items
 from eval.wvs.items import all_items, select_items
+from eval.wvs.map_indicators import DATA_DIR, MapError, indicator_values, indicators, keys, map_items
 from eval.wvs.survey import BundledShares
 
 MAP_ITEMS = ["Q8", "Q14", "Q15", "Q17", "Q45", "Q46", "Q57", "Q154", "Q155", "Q164", "Q182", "Q184", "Q209", "Q254"]

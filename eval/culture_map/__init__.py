@@ -1,7 +1,7 @@
-"""Placing models on the Inglehart-Welzel cultural map from their WVS answers.
+"""Drawing models on the Inglehart-Welzel cultural map, from `eval.wvs` results files.
 
-`indicators` (the map's ten indicators as data), `projection` (indicator values -> map position,
-fitted by `fit`), `position` (a run's position and bootstrap, used by `eval.wvs.score`), `results`
-(the `map` key of results files, and reading points back), `draw` (the picture), `cli`
-(`python -m eval.culture_map`). See docs/culture-map.md.
+The map position itself is part of the evaluation (`eval.wvs.map_indicators`, `map_projection`, `map_position`:
+it is scored with the other metrics); this package only reads results: `results` (points back from a results
+file), `draw` (the picture), `fit` (refits the projection `eval.wvs` ships), `cli` (`python -m eval.culture_map`).
+See docs/culture-map.md.
 """

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import sys
 
-from eval.culture_map.draw import draw
 from agents import cli
-from eval.culture_map.indicators import MapError
+from eval.culture_map.draw import draw
 from eval.culture_map.results import read_points
+from eval.wvs.map_indicators import MapError
 
 
 def main(argv: list[str] | None = None) -> None:

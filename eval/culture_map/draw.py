@@ -16,13 +16,14 @@ import numpy as np
 import yaml
 
 from agents.cultures import available_cultures
-from eval.culture_map.fit import published_position
-from eval.culture_map.indicators import AXIS_LABELS, DATA_DIR, indicator_values, map_items
-from eval.culture_map.projection import load_projection
 from eval.culture_map.results import Point
 from eval.wvs.items import all_items
+from eval.wvs.map_indicators import AXIS_LABELS, indicator_values, map_items
+from eval.wvs.map_position import published_position
+from eval.wvs.map_projection import load_projection
 from eval.wvs.survey import COUNTRIES
 
+ZONES_FILE = Path(__file__).parent / "data" / "zones.yaml"  # the drawing's cultural zones
 RESULT_COLOURS = ["#6A3D9A", "#B2182B", "#08306B", "#000000", "#1B7837"]
 CHI2_95_2DF = 5.991464547107979  # 95% quantile of chi-square with 2 degrees of freedom
 
@@ -30,7 +31,7 @@ CHI2_95_2DF = 5.991464547107979  # 95% quantile of chi-square with 2 degrees of 
 @functools.lru_cache(maxsize=1)
 def zones() -> dict[str, tuple[str, str]]:
     """ISO alpha-3 -> (zone name, colour), from data/zones.yaml."""
-    raw = yaml.safe_load((DATA_DIR / "zones.yaml").read_text())
+    raw = yaml.safe_load((ZONES_FILE).read_text())
     return {c: (z["name"], z["colour"]) for z in raw["zones"] for c in z["countries"]}
 
 

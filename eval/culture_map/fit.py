@@ -1,6 +1,6 @@
 """`python -m eval.culture_map.fit`: fit the map projection on the bundled WVS-7 shares and store it.
 
-    python -m eval.culture_map.fit            # writes eval/culture_map/data/projection.json
+    python -m eval.culture_map.fit            # writes eval/wvs/data/projection.json
     python -m eval.culture_map.fit --check    # refits and fails if the stored file differs
 
 Fit countries: every bundled country with shares for all 14 map items and a published map position
@@ -18,29 +18,18 @@ import sys
 
 import numpy as np
 
-from agents.cultures import CultureError, load_culture
-from agents.provenance import git_state
 from agents import cli
-from eval.culture_map.indicators import DATA_DIR, MapError, indicator_values, keys, map_items
-from eval.culture_map.projection import PROJECTION_FILE, agreement, fit, leave_one_out
+from agents.provenance import git_state
 from eval.wvs.items import all_items
+from eval.wvs.map_indicators import DATA_DIR, MapError, indicator_values, keys, map_items
+from eval.wvs.map_position import published_position
+from eval.wvs.map_projection import PROJECTION_FILE, agreement, fit, leave_one_out
 from eval.wvs.survey import BundledShares
 
 METHOD = ("per-dimension first principal component of the five standardised indicators of each map dimension "
           "(Inglehart & Welzel 2005 item assignment), aligned to published positions by one rotation and one "
           "scale (orthogonal Procrustes, no reflection); fitted on country means of the fit countries, "
           "not the official factor analysis of respondent-level IVS data")
-
-
-def published_position(alpha3: str) -> tuple[float, float] | None:
-    """(self-expression, secular) from the culture file, or None without a file or without scores."""
-    try:
-        iw = load_culture(alpha3).inglehart_welzel
-    except CultureError:
-        return None
-    if iw.self_expression_score is None or iw.secular_score is None:
-        return None
-    return (iw.self_expression_score, iw.secular_score)
 
 
 def survey_values(shares, alpha3: str) -> np.ndarray | None:
@@ -89,7 +78,7 @@ def build() -> dict:
             "survey": "bundled WVS-7 shares (eval/wvs/data), renormalised over valid answers, unweighted",
             "published_positions": "agents/cultures/*.yaml inglehart_welzel.self_expression_score, secular_score "
                                     "(IVS 1981-2022 country factor scores, latest survey; see agents/cultures/README.md)",
-            "data_sha256": {f: _sha256(DATA_DIR.parent.parent / "wvs" / "data" / f) for f in data_files}
+            "data_sha256": {f: _sha256(DATA_DIR / f) for f in data_files}
             | {"iw_items.yaml": _sha256(DATA_DIR / "iw_items.yaml")},
             "git_commit": (git := git_state())["commit"], "git_dirty": git["dirty"],
             "date": datetime.date.today().isoformat(),

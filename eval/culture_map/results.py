@@ -1,10 +1,6 @@
-"""Map positions in and out of `eval.wvs` results files.
+"""Map positions read back from `eval.wvs` results files (`eval.wvs.map_position.map_section` writes them).
 
-Writing: `map_section` is the results JSON's `map` key: per country, the model's position with its
-bootstrap covariance, the target (the country's survey position), the published position where a
-culture file has one, and the reference rows; plus which projection produced them.
-
-Reading: `read_points` turns a results file into one `Point` per country. The positions are
+`read_points` turns a results file into one `Point` per country. The positions are
 recomputed from the file's item records (the model's mean distribution and the survey shares, both
 stored at full precision), so results written before the map existed also work; the covariance
 comes from the `map` key when there is one.
@@ -12,33 +8,15 @@ comes from the `map` key when there is one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from eval.culture_map.fit import published_position
-from eval.culture_map.indicators import MapError, indicator_values, map_items
-from eval.culture_map.projection import PROJECTION_FILE, load_projection
-
-
-def map_section(positions: dict[str, dict | None]) -> dict | None:
-    """results["map"] from {country: record of `position.country_position` or None}."""
-    located = {c: r for c, r in positions.items() if r is not None}
-    if not located:
-        return None
-    proj = load_projection()
-    return {
-        "projection": {"file": str(PROJECTION_FILE.relative_to(PROJECTION_FILE.parents[3])),
-                       "sha256": hashlib.sha256(PROJECTION_FILE.read_bytes()).hexdigest(),
-                       "method": proj.info.get("method"), "fit_countries": proj.info.get("fit_countries"),
-                       "leave_one_out": proj.info.get("validation", {}).get("leave_one_out")},
-        "axes": ["self_expression", "secular"],
-        "countries": {c: {**r, "published": (list(p) if (p := published_position(c)) else None)}
-                      for c, r in located.items()},
-    }
+from eval.wvs.map_indicators import MapError, indicator_values, map_items
+from eval.wvs.map_position import published_position
+from eval.wvs.map_projection import load_projection
 
 
 @dataclass(frozen=True)

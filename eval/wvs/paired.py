@@ -9,7 +9,7 @@ items, the respondents) cancels out of the difference instead of widening its in
   the units are independent samples of each run, not shared, so the model distribution of each run
   is its mean over its own units and only items are resampled (`Paired.resampled` says which);
 - `map_distance` resamples the ten map indicators within each map dimension (the same draw for both
-  runs and their target, `eval.culture_map.position.indicator_resample`), besides units.
+  runs and their target, `eval.wvs.map_position.indicator_resample`), besides units.
 
 A format sweep is compared on the formats both runs asked: each replicate's value is the mean over
 those formats, every format scored on the same resample.
@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.culture_map.indicators import map_items
-from eval.culture_map.position import country_position, indicator_resample
 from eval.wvs.items import all_items
+from eval.wvs.map_indicators import map_items
+from eval.wvs.map_position import country_position, indicator_resample
 from eval.wvs.metrics import METRICS, answered_as_surveyed
 
 HIGHER_IS_BETTER = {"accuracy", "anchored_score"}

@@ -30,11 +30,11 @@ from agents.answers import answer_format, wvs_label_schema, wvs_schema, wvs_shar
 from agents.models import UNSTRUCTURED_HELP, GenerationParams, Model, ModelSpecError, load_model
 from agents.prompts import PromptError, Prompts
 from agents.provenance import git_state
-from eval.culture_map.indicators import map_items, missing_items
-from eval.culture_map.results import map_section
 from eval.wvs.distribution import DistributionReader
 from eval.wvs.formats import SWEEP, Format, parse_formats, present, render_question, restore, template_name
 from eval.wvs.items import Item, WVSError, select_items, split_record
+from eval.wvs.map_indicators import map_items, missing_items
+from eval.wvs.map_position import map_section
 from eval.wvs.readers import GenerateReader, ItemAnswers, LogprobReader
 from eval.wvs.report import print_summary, write_outputs
 from eval.wvs.respondents import PERSONA_COLUMNS, Exclusion, RespondentFile

@@ -6,7 +6,7 @@ replacement, which moves the country mean. Item CIs show unit (persona) uncertai
 CIs show both; the overall value is the mean over countries and its CI the mean of the country
 replicates. CIs are 2.5/97.5 percentiles. The survey side is treated as fixed.
 
-`map_distance` (see `eval.culture_map.position`) is a country-level value, not an item mean: the
+`map_distance` (see `eval.wvs.map_position`) is a country-level value, not an item mean: the
 distance on the Inglehart-Welzel map between the model's position and the country's, from the ten
 map indicators; its replicates use the same unit resampling and resample the ten indicators (the
 map's items) within each map dimension. It is None where the run lacks a map item.
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eval.culture_map.position import country_position, indicator_resample
 from eval.wvs.items import Item
+from eval.wvs.map_position import country_position, indicator_resample
 from eval.wvs.metrics import METRICS, answered_as_surveyed
 from eval.wvs.readers import ItemAnswers
 

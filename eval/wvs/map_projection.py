@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.culture_map.indicators import DATA_DIR, DIMENSIONS, MapError, indicators, keys
+from eval.wvs.map_indicators import DATA_DIR, DIMENSIONS, MapError, indicators, keys
 
 PROJECTION_FILE = DATA_DIR / "projection.json"
 

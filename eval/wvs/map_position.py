@@ -14,14 +14,20 @@ indicators (its items), with replacement within each map dimension (`indicator_r
 project the model and the target with the same draw: a position is linear in its indicators, so a
 drawn indicator counts as often as it was drawn. The distance so has a real interval even with a
 single unit; it is zero-width only where model and target agree on every indicator.
+
+`map_section` is the results JSON's `map` key: per country, the model's position with its bootstrap covariance,
+the target, the published position where a culture file has one, and which projection produced them.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
-from eval.culture_map.indicators import DIMENSIONS, indicator_values, indicators, keys, map_items
-from eval.culture_map.projection import load_projection
+from agents.cultures import CultureError, load_culture
+from eval.wvs.map_indicators import DIMENSIONS, indicator_values, indicators, keys, map_items
+from eval.wvs.map_projection import PROJECTION_FILE, load_projection
 
 
 def indicator_resample(rng: np.random.Generator, n_boot: int) -> np.ndarray:
@@ -90,3 +96,33 @@ def _pair(p: np.ndarray) -> list[float | None]:
 
 def _named(values: np.ndarray) -> dict[str, float | None]:
     return {k: None if np.isnan(v) else float(v) for k, v in zip(keys(), values)}
+
+
+def published_position(alpha3: str) -> tuple[float, float] | None:
+    """(self-expression, secular) from the culture file, or None without a file or without scores."""
+    try:
+        iw = load_culture(alpha3).inglehart_welzel
+    except CultureError:
+        return None
+    if iw.self_expression_score is None or iw.secular_score is None:
+        return None
+    return (iw.self_expression_score, iw.secular_score)
+
+
+
+
+def map_section(positions: dict[str, dict | None]) -> dict | None:
+    """results["map"] from {country: record of `country_position` or None}."""
+    located = {c: r for c, r in positions.items() if r is not None}
+    if not located:
+        return None
+    proj = load_projection()
+    return {
+        "projection": {"file": str(PROJECTION_FILE.relative_to(PROJECTION_FILE.parents[3])),
+                       "sha256": hashlib.sha256(PROJECTION_FILE.read_bytes()).hexdigest(),
+                       "method": proj.info.get("method"), "fit_countries": proj.info.get("fit_countries"),
+                       "leave_one_out": proj.info.get("validation", {}).get("leave_one_out")},
+        "axes": ["self_expression", "secular"],
+        "countries": {c: {**r, "published": (list(p) if (p := published_position(c)) else None)}
+                      for c, r in located.items()},
+    }

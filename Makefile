@@ -77,6 +77,7 @@ demo: venv llama-server
 	$(PY) -m graphs.adapt --culture $(DEMO_CULTURE) --n 10 --model smollm2 --db $(DEMO_DB) --no-progress
 	$(PY) -m graphs.simulate --culture $(DEMO_CULTURE) --episodes 16 --samples 2 --max-turns 3 --model smollm2 --db $(DEMO_DB) --no-progress
 	$(PY) -m graphs.judge --culture $(DEMO_CULTURE) --model smollm2 --db $(DEMO_DB) --no-progress
+	$(PY) -m graphs.contrast --culture $(DEMO_CULTURE) --model smollm2 --db $(DEMO_DB) --no-progress
 	$(PY) -m training.dataset --culture $(DEMO_CULTURE) --db $(DEMO_DB) --out runs/demo-data --contrastive-model smollm2
 	$(PY) -m training.sft --config configs/sft_demo.yaml --dataset_name runs/demo-data --output_dir runs/demo-adapter
 	# Base and adapted are read by one engine (in process, where the adapter runs), so their difference is the

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+Message = dict[str, str]  # a chat message: {"role": "system" | "user" | "assistant", "content": str}
+
 
 class Record(BaseModel):
     """Base for every record: immutable and strict about unknown fields."""

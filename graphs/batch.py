@@ -1,6 +1,6 @@
 """Batch stages: one typed request, three plain functions, one way to fan out, report and exit.
 
-A stage (`graphs.adapt`, `graphs.simulate`, `graphs.judge`) is
+A stage (`graphs.adapt`, `graphs.simulate`, `graphs.judge`, `graphs.contrast`) is
 - a frozen request dataclass, the only declaration of its options: each field's type, default and
   `metadata={"help": ..., "aliases": [...]}` make the command's flags (transformers' `HfArgumentParser`,
   `make_parser`), the served graph's input schema (`input_schema`) and the provenance stored with every result

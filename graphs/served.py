@@ -1,8 +1,8 @@
 """The graphs as `langgraph dev` serves them (see `langgraph.json`).
 
-Batch graphs (`simulate`, `adapt_batch`, `judge_batch`): the same graphs as `python -m graphs.simulate`,
-`graphs.adapt` and `graphs.judge`, taking the command's options as plain-JSON input. They write every
-finished episode, scenario or judgement to the store as it ends, stream progress events
+Batch graphs (`simulate`, `adapt_batch`, `judge_batch`, `contrast_batch`): the same graphs as `python -m
+graphs.simulate`, `graphs.adapt`, `graphs.judge` and `graphs.contrast`, taking the command's options as plain-JSON
+input. They write every finished episode, scenario, judgement or contrastive reply to the store as it ends, stream progress events
 (`stream_mode="custom"`), and record in the store that a served run made them. Every path a client
 names (`db`, `prompts`, `cultures_dir`, `seeds`) must lie under the serving root: $CLCA_SERVE_ROOT,
 else the server's working directory. Models are loaded once per server process and shared by its runs.
@@ -44,6 +44,7 @@ from agents.models import Model
 from agents.records import Scenario, Turn
 from agents.seeds import sotopia_seeds
 from graphs import adapt as adapt_graph
+from graphs import contrast as contrast_stage
 from graphs import episode as episode_graph
 from graphs import judge as judge_graph
 from graphs import simulate as simulate_stage
@@ -189,6 +190,7 @@ adapt = served("adapt", adapt_graph.build_adapt_graph(), adapt_graph.AdaptState,
 simulate = build_batch_graph(simulate_stage.STAGE, served=True)
 adapt_batch = build_batch_graph(adapt_graph.STAGE, served=True)
 judge_batch = build_batch_graph(judge_graph.STAGE, served=True)
+contrast_batch = build_batch_graph(contrast_stage.STAGE, served=True)
 
 
 # ------------------------------------------------------------------ private

@@ -1,11 +1,12 @@
-"""The SQLite store: one file holds runs, scenarios, episodes, turns, intents and judgements.
+"""The SQLite store: one file holds runs, scenarios, episodes, turns, intents, judgements and contrastive replies.
 
     python -m graphs.store backup runs/clca.db backups/clca.db   # a consistent copy, safe while others write
 
 The store is closed: records go in and come out typed (`RunRecord`, `ScenarioRecord`, `EpisodeRecord`,
-`agents.records.Turn` and `Intent`, `Judgement`), every query, counts included, is a `Store` method, and
-the schema is fixed (`SCHEMA`, created when missing): a field the schema lacks is an error, never a new
-column. Stores written by earlier releases (same tables and columns) open and resume unchanged.
+`agents.records.Turn` and `Intent`, `Judgement`, `ContrastRecord`), every query, counts included, is a `Store`
+method, and the schema is fixed (`SCHEMA`, created when missing): a field the schema lacks is an error, never a new
+column. Stores written by earlier releases open and resume unchanged; a table they lack (`contrasts`) is created
+when they are opened.
 
 Structured events are stored, never rendered prose: a turn is (speaker, action, text, raw, valid),
 rendered only at the edges (prompts, TRL rows, pages). WAL mode and a busy timeout let several
@@ -24,10 +25,12 @@ import os
 import sqlite3
 import sys
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,13 @@ def episode_id(scenario_id: str, culture: str, model: str, seed: int, sample: in
     """Deterministic, so rerunning a command finds the episodes it already made."""
     key = json.dumps([scenario_id, culture, model, seed, sample])
     return "ep-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def contrast_id(episode_id: str, turn_index: int, model: str, seed: int, structured: bool,
+                prompt_versions: dict) -> str:
+    """What determines a contrastive reply, hashed, so rerunning `graphs.contrast` finds the replies it made."""
+    key = json.dumps([episode_id, turn_index, model, seed, structured, prompt_versions], sort_keys=True)
+    return "ct-" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def enable_wal(conn: sqlite3.Connection) -> None:
@@ -138,7 +148,8 @@ class StoreError(ValueError):
 
 
 # The fixed schema: table -> (column -> type, primary key, indexes). Created when missing, never altered: a
-# field outside it is a StoreError. Earlier releases wrote exactly these tables, so their stores open as they are.
+# field outside it is a StoreError. Earlier releases wrote these tables (all but `contrasts`, which is created in
+# their stores when they are opened), so their stores open as they are.
 SCHEMA: dict[str, tuple[dict[str, type], str | tuple[str, ...], tuple[tuple[str, ...], ...]]] = {
     "runs": ({"id": str, "command": str, "config": str, "git": str, "started": str, "finished": str, "summary": str},
              "id", ()),
@@ -157,6 +168,11 @@ SCHEMA: dict[str, tuple[dict[str, type], str | tuple[str, ...], tuple[tuple[str,
     "judgements": ({"episode_id": str, "judge_model": str, "aspect": str, "label": str, "confidence": str,
                     "score": float, "critique": str, "raw": str, "valid": int, "prompt_version": str, "run_id": str,
                     "created": str}, ("episode_id", "judge_model", "aspect"), ()),
+    # One row per ungrounded reply to a kept episode's spoken line (`graphs.contrast`), keyed by `contrast_id`.
+    "contrasts": ({"id": str, "episode_id": str, "turn_index": int, "speaker": int, "model": str, "seed": int,
+                   "structured": int, "prompt_versions": str, "action": str, "text": str, "raw": str, "valid": int,
+                   "outcome": str, "config": str, "usage": str, "run_id": str, "git": str, "created": str}, "id",
+                  (("episode_id", "model"),)),
     # One row per (stage, item, model) whose last attempt failed (`Store.put_failure`).
     "failures": ({"stage": str, "item_id": str, "model": str, "reason": str, "error": str, "permanent": int,
                   "run_id": str, "created": str}, ("stage", "item_id", "model"), ()),
@@ -278,6 +294,48 @@ class Judgement:
     def __post_init__(self) -> None:
         object.__setattr__(self, "aspect", Aspect(self.aspect))
         object.__setattr__(self, "valid", bool(self.valid))
+
+
+class ContrastOutcome(StrEnum):
+    """What an ungrounded reply gives a DPO pair: a pair, or why not (it did not parse, said nothing, or said
+    exactly the grounded line)."""
+
+    PAIR = "pair"
+    INVALID = "invalid"
+    SILENT = "silent"
+    IDENTICAL = "identical"
+
+
+@dataclass(frozen=True)
+class ContrastRecord:
+    """The ungrounded persona's reply in place of one spoken line of an episode (`graphs.contrast`): who generated it
+    and how (`model`, `seed`, `structured`, `prompt_versions`: template name -> version, `config`: the request and its
+    origin, `git`, `run_id`), the reply (`action`, `text`, `raw`, `valid`) and what it gives a DPO pair (`outcome`).
+    `usage`: the model usage of this one reply. `id` is `contrast_id` of what determines it."""
+
+    id: str
+    episode_id: str
+    turn_index: int
+    speaker: int
+    model: str
+    seed: int
+    structured: bool
+    prompt_versions: dict
+    text: str
+    raw: str
+    valid: bool
+    outcome: ContrastOutcome
+    action: str | None = None
+    config: dict | None = None
+    usage: dict | None = None
+    run_id: str | None = None
+    git: str | None = None
+    created: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "outcome", ContrastOutcome(self.outcome))
+        object.__setattr__(self, "valid", bool(self.valid))
+        object.__setattr__(self, "structured", bool(self.structured))
 
 
 @dataclass(frozen=True)
@@ -588,6 +646,49 @@ class Store:
         return [r[0] for r in self._db.execute(
             "select distinct j.judge_model from judgements j join episodes e on e.id = j.episode_id "
             f"{where} order by 1", args).fetchall()]
+
+    # ------------------------------------------------------------ contrastive replies
+
+    def put_contrast(self, contrast: ContrastRecord) -> None:
+        """Store (or replace) one contrastive reply; `created` is filled in when empty."""
+        row = asdict(contrast)
+        row.update(structured=int(contrast.structured), valid=int(contrast.valid), outcome=contrast.outcome.value,
+                   prompt_versions=_dumps(contrast.prompt_versions), config=_dumps(contrast.config),
+                   usage=_dumps(contrast.usage), created=contrast.created or now())
+        with self._writing():
+            self._db["contrasts"].insert(_checked("contrasts", row), pk="id", replace=True)
+
+    def contrast(self, contrast_id: str) -> ContrastRecord | None:
+        rows = list(self._rows("contrasts", "id = ?", [contrast_id]))
+        return self._contrast(rows[0]) if rows else None
+
+    def contrast_ids(self, ids: Iterable[str]) -> set[str]:
+        """The ids among `ids` that have a stored contrastive reply."""
+        wanted = set(ids)
+        return {r[0] for r in self._db.execute("select id from contrasts").fetchall() if r[0] in wanted}
+
+    def contrast_outcomes(self, ids: Iterable[str]) -> Counter:
+        """The stored replies among `ids`, counted by outcome (`ContrastOutcome` value)."""
+        wanted = set(ids)
+        return Counter(o for i, o in self._db.execute("select id, outcome from contrasts").fetchall() if i in wanted)
+
+    def contrasts(self, episode_ids: Iterable[str], model: str | None = None) -> list[ContrastRecord]:
+        """The stored contrastive replies to these episodes' lines (by `model` only, if given), by episode, line
+        and time stored."""
+        wanted = set(episode_ids)
+        where, args = (None, []) if model is None else ("model = ?", [model])
+        return [self._contrast(r) for r in self._rows("contrasts", where, args,
+                                                      order_by="episode_id, turn_index, created, id")
+                if r["episode_id"] in wanted]
+
+    @staticmethod
+    def _contrast(r: dict) -> ContrastRecord:
+        try:
+            return ContrastRecord(**{**r, "prompt_versions": _loads(r["prompt_versions"]) or {},
+                                     "config": _loads(r["config"]), "usage": _loads(r["usage"])})
+        except ValueError:
+            raise StoreError(f"contrasts: {r['id']}: outcome {r['outcome']!r} is not one of "
+                             f"{', '.join(o.value for o in ContrastOutcome)}") from None
 
     # ------------------------------------------------------------ failures
 

@@ -1,8 +1,6 @@
 """training.dataset: exact rows from a hand-written episode, DPO pairs, stats, split, and simulation -> training."""
 
-import asyncio
 import json
-import re
 from collections import Counter
 
 import pytest
@@ -10,11 +8,10 @@ import pytest
 from agents.models import Model, ScriptedBackend
 from agents.prompts import Prompts
 from agents.records import Action, Intent, Turn
-from graphs.store import EpisodeRecord
 from graphs.judge import Verdict
+from graphs.store import EpisodeRecord
 from training.dataset import (
     Episode,
-    contrastive_pairs,
     dialogue_messages,
     intent_messages,
     judged_pairs,
@@ -140,42 +137,6 @@ def test_judged_pair_keeps_the_shared_multi_turn_context(scenario, culture):
         "judged", "ep-good", "ep-bad", 0)
 
 
-def test_contrastive_pairs_differ_only_in_the_grounding(teahouse, culture):
-    by_turn = {"0": "ACTION: speak\nOUTPUT: Good evening, Xiao Chen.", "2": "no format at all",
-               "5": "ACTION: speak\nOUTPUT: Fine, take it."}
-    backend = ScriptedBackend(lambda messages, task: by_turn[re.search(r"Turn #(\d+)", messages[-1]["content"])[1]])
-    counts = Counter()
-    kept = episode(teahouse.scenario, teahouse.turns, config={"temperature": 0.3, "top_p": 0.9})
-    dropped = episode(teahouse.scenario, teahouse.turns, verdict=DROPPED, ep_id="ep-2")
-    pairs = asyncio.run(contrastive_pairs(Prompts(), [kept, dropped], culture, Model(backend, "m", structured=False),
-                                          seed=0, concurrency=2, counts=counts))
-    # spoken lines of the kept episode: turns 0, 2, 4 and 5; turn 4 follows Li Wei's own line (Chen Jing
-    # was silent), so it has no partner line to answer and is skipped
-    assert sorted(re.search(r"Turn #(\d+)", r[-1]["content"])[1] for _, r in backend.requests) == ["0", "2", "5"]
-    assert counts == Counter({
-        "contrastive generations": 3, "contrastive generations invalid or silent (no pair)": 1,
-        "contrastive generations identical to the grounded line (no pair)": 1,
-        "contrastive lines after a silent partner turn (skipped)": 1,
-    })
-    assert len(pairs) == 1
-    pair = pairs[0]
-    assert pair["prompt"] == [
-        {"role": "system", "content": SYSTEM_CHEN},
-        {"role": "user", "content": "Good evening, Xiao Chen."},
-        {"role": "assistant", "content": "bows slightly"},
-        {"role": "user", "content": "Could I borrow your ladder?\nJust for one afternoon."},
-    ]
-    assert pair["chosen"] == [{"role": "assistant", "content": "Of course, uncle Li."}]
-    assert pair["rejected"] == [{"role": "assistant", "content": "Fine, take it."}]
-    assert (pair["kind"], pair["perspective"], pair["rejected_episode_id"]) == ("contrastive", 1, "")
-    # the generation request is the episode's role-play view minus the culture: no demonym, no dimensions
-    task, request = next(r for r in backend.requests if "Turn #5" in r[1][-1]["content"])
-    assert task == "contrastive"
-    assert "Chinese" not in request[0]["content"] and "hierarchical" not in request[0]["content"]
-    assert "Imagine you are Chen Jing." in request[0]["content"] and "Keep her weekend free" in request[0]["content"]
-    assert request[1] == {"role": "user", "content": "Li Wei - ACTION: speak\nOUTPUT: Good evening, Xiao Chen."}
-
-
 def test_table9_counts_kept_conversations_only(teahouse, scenario):
     dropped = episode(scenario, [turn(0, "one two three"), turn(1, "four")], verdict=DROPPED, ep_id="ep-2")
     assert table9([teahouse, dropped]) == {
@@ -242,9 +203,12 @@ def test_export_end_to_end_loads_in_training(judged_store, tmp_path, tiny_model_
     from training.common import ScriptArguments, load_splits
 
     store, _ = judged_store
-    # the contrastive model is a scripted fake standing in for the spec given on the command line
+    from graphs import contrast
+    from graphs.batch import run
+
+    # the contrastive replies, from a scripted model standing in for the one that played the episodes
     fake = Model(ScriptedBackend(lambda m, t: '{"action": "speak", "text": "Something generic."}'), "fake")
-    monkeypatch.setattr("training.dataset.load_model", lambda spec, **kwargs: fake)
+    run(contrast.STAGE, contrast.ContrastRequest(culture="CHN", model="fake", db=str(store.path)), model=fake)
     out = tmp_path / "data"
     stats = main(["--culture", "CHN", "--out", str(out), "--db", str(store.path), "--contrastive-model", "fake",
                   "--validation-fraction", "0.5"])

@@ -145,7 +145,7 @@ def test_a_planted_key_is_sent_to_the_endpoint_and_never_written_anywhere(tmp_pa
     from eval.wvs.respondents import write_synthetic_file
     from eval.wvs.run import main as wvs_main
     from eval.wvs.survey import country
-    from graphs import adapt, judge, simulate, view
+    from graphs import adapt, contrast, judge, simulate, view
     from training import dataset, sft
 
     key = "sk-test-planted-" + secrets.token_hex(16)
@@ -159,6 +159,7 @@ def test_a_planted_key_is_sent_to_the_endpoint_and_never_written_anywhere(tmp_pa
         simulate.main(["--culture", "JPN", "--episodes", "2", "--max-turns", "4", "--model", spec, "--db", db,
                        "--no-progress"])
         judge.main(["--culture", "JPN", "--model", spec, "--db", db, "--no-progress"])
+        contrast.main(["--culture", "JPN", "--model", spec, "--db", db, "--no-progress"])
         data = tmp_path / "data"
         dataset.main(["--culture", "JPN", "--db", db, "--out", str(data), "--judge-model", spec,
                       "--contrastive-model", spec, "--validation-fraction", "0"])
@@ -230,7 +231,7 @@ def test_every_template_environment_is_sandboxed():
     assert loaders == {"graphs/view.py": ["ASSETS"], "training/dataset.py": ["CARD_TEMPLATE.parent"],
                        "training/run.py": ["TEMPLATES"]}
     for path, [name] in loaders.items():
-        assert re.search(rf"^{name.split('.')[0]} = Path\(__file__\)", (ROOT / path).read_text(), re.M)
+        assert re.search(rf"^{name.split('.')[0]} = Path\(__file__\)", (ROOT / path).read_text(), re.MULTILINE)
 
 
 # ------------------------------------------------------------------ servers listen on loopback
@@ -320,8 +321,7 @@ def test_the_managed_llama_server_is_not_sent_the_users_key(tmp_path, monkeypatc
     from types import SimpleNamespace
 
     from agents.answers import TurnAnswer
-    from agents.models import GenerationParams
-    from agents.models import llama_server
+    from agents.models import GenerationParams, llama_server
 
     monkeypatch.setenv("OPENAI_API_KEY", PLANTED)
     server = PuppetServer()

@@ -386,11 +386,17 @@ def test_langgraph_dev_adapt_then_simulate_then_judge_batches(server):
     judged = run("judge_batch")
     assert judged["summary"]["this_run"] == {"skipped": 0, "judged": 3, "failed": 0}
     assert run("judge_batch")["summary"]["this_run"] == {"skipped": 3, "judged": 0, "failed": 0}
+    contrasted = run("contrast_batch", filter="none")
+    lines = contrasted["summary"]["lines"]
+    assert lines > 0 and contrasted["summary"]["this_run"] == {"skipped": 0, "asked": lines, "failed": 0}
+    assert run("contrast_batch", filter="none")["summary"]["this_run"] == {"skipped": lines, "asked": 0, "failed": 0}
     db = sqlite3.connect(server.root / "runs" / "stages.db")
     assert db.execute("select count(*) from scenarios where status = 'ok' and culture = 'DEU'").fetchone()[0] == 3
     assert db.execute("select count(distinct episode_id) from judgements").fetchone()[0] == 3
+    assert db.execute("select count(*) from contrasts").fetchone()[0] == lines
     commands = [c for (c,) in db.execute("select command from runs order by started")]
-    assert [c.split(":")[0] for c in commands] == ["served adapt", "served simulate", "served judge", "served judge"]
+    assert [c.split(":")[0] for c in commands] == ["served adapt", "served simulate", "served judge", "served judge",
+                                                     "served contrast", "served contrast"]
 
 
 def test_readme_serving_script_runs(server):

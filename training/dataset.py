@@ -1,7 +1,8 @@
 """Export judged episodes as TRL datasets: SFT conversations and DPO preference pairs (CLCA section 2).
 
     python -m training.dataset --culture CHN --out runs/CHN-data
-    python -m training.dataset --culture CHN --out runs/CHN-data --contrastive-model smollm2
+    python -m graphs.contrast --culture CHN --model smollm2 && \
+        python -m training.dataset --culture CHN --out runs/CHN-data --contrastive-model smollm2
     python -m training.dataset --culture CHN --out runs/CHN-paper --views dialogue,intent --swap-perspectives-like-release
 
 Episodes pass the judge's filter (`graphs.filter`, the paper's rule by default); each kept episode
@@ -16,9 +17,11 @@ DPO rows (`prompt`, `chosen`, `rejected`, conversational) are not in the paper; 
 
 - `judged`: two episodes of the same scenario, one kept and one dropped, from the same persona's side; the
   prompt is what both share and the replies are where they part.
-- `contrastive` (only with `--contrastive-model`): for each line of a kept episode, the prompt is the whole
-  conversation before it, chosen is the culture-grounded persona's line, rejected is what the same model says
-  for the same persona and history when its system prompt leaves the culture out.
+- `contrastive` (only with `--contrastive-model M`): for each line of a kept episode, the prompt is the whole
+  conversation before it, chosen is the culture-grounded persona's line, rejected is what M said for the same
+  persona and history when its system prompt left the culture out, as `graphs.contrast` stored it.
+
+The exporter reads the store and writes files: it calls no model and plays no role-play.
 
 Rows are split into train and validation by scenario (seeded, deterministic), every row is checked with TRL's
 `is_conversational`, and every file is read back with `datasets.load_dataset("json", ...)`. `stats.json` holds
@@ -28,39 +31,24 @@ the paper's Table 9 columns and counts before and after filtering; `README.md` i
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import sys
 from collections import Counter
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from agents import cli
-from agents.answers import TurnAnswer
 from agents.cultures import CultureError, load_culture
-from agents.models import UNSTRUCTURED_HELP, Message, Model, ModelSpecError, load_model
 from agents.prompts import PromptError, Prompts, Rendered
-from agents.records import Action, Culture, Intent, Scenario, Turn
-from agents.seeding import call_seed
-from graphs.episode import EpisodeContext, make_turn, speaker_view
-from graphs.filter import (
-    FilterRule,
-    FilterRuleError,
-    Verdict,
-    add_filter_arguments,
-    aspect_summary,
-    screen,
-    valid_turns,
-    verdicts,
-)
-from graphs.store import DEFAULT_DB, FINAL, EpisodeRecord, Judgement, Store, git_commit, now
+from agents.records import Action, Culture, Message, Turn
+from graphs.filter import FilterRule, FilterRuleError, add_filter_arguments, aspect_summary
+from graphs.judged import Episode, JudgedError, judged_episodes, sole_judge
+from graphs.store import DEFAULT_DB, ContrastOutcome, ContrastRecord, Store, git_commit, now
 
 VIEWS = ("dialogue", "intent")
 PROMPT_NAMES = ["sft_dialogue_system", "sft_intent_system"]
-CONTRASTIVE_PROMPT_NAMES = ["roleplay_system_ungrounded", "roleplay_turn"]
 FILES = ("sft_train.jsonl", "sft_validation.jsonl", "dpo_train.jsonl", "dpo_validation.jsonl", "stats.json",
          "README.md")
 CARD_TEMPLATE = Path(__file__).with_name("templates") / "dataset_card.md.j2"
@@ -68,40 +56,6 @@ CARD_TEMPLATE = Path(__file__).with_name("templates") / "dataset_card.md.j2"
 
 class DatasetError(ValueError):
     """Bad input to the exporter (nothing to export, unknown judge, bad option), reported as one line."""
-
-
-@dataclass(frozen=True)
-class Episode:
-    """One judgeable episode with what the exporter needs: its valid turns, intents, verdict and the judge
-    model's judgements it rests on."""
-
-    id: str
-    row: EpisodeRecord
-    scenario: Scenario
-    turns: tuple[Turn, ...]
-    intents: dict[int, Intent]
-    verdict: Verdict
-    judgements: tuple[Judgement, ...] = ()
-
-
-def load_episodes(store: Store, culture: str, judge_model: str | None, rule: FilterRule
-                  ) -> tuple[list[Episode], Counter]:
-    """(the culture's judgeable episodes in id order, with their verdicts under `rule` from `judge_model`'s
-    judgements (none when None); why each other finished episode is left out), read from the store and
-    decided by `graphs.filter`."""
-    finished = [(e, store.turns(e.id)) for e in store.episodes(culture) if e.status in FINAL]
-    turns = {e.id: t for e, t in finished}
-    judgeable, left_out = screen(finished, rule.quality_gate)
-    judged = [(e, tuple(store.judgements(e.id, judge_model)) if judge_model else ()) for e in judgeable]
-    episodes = []
-    for (row, v), (_, judgements) in zip(verdicts(judged, rule), judged):
-        scenario = store.scenario(row.scenario_id)
-        if scenario is None:
-            raise DatasetError(f"{store.path}: episode {row.id} names scenario {row.scenario_id!r}, which is "
-                               "not in the store")
-        intents = {i.turn_index: i for i in store.intents(row.id)}
-        episodes.append(Episode(row.id, row, scenario, tuple(valid_turns(turns[row.id])), intents, v, judgements))
-    return episodes, left_out
 
 
 # ------------------------------------------------------------------ SFT rows
@@ -223,44 +177,44 @@ def judged_pairs(prompts: Prompts, episodes: list[Episode], culture: Culture) ->
     return rows
 
 
-async def contrastive_pairs(prompts: Prompts, episodes: list[Episode], culture: Culture, model: Model, *,
-                            seed: int, concurrency: int, counts: Counter) -> list[dict]:
-    """For every spoken line of a kept episode: that line against the ungrounded persona's line in its place.
+def contrastive_pairs(prompts: Prompts, episodes: list[Episode], culture: Culture, replies: list[ContrastRecord],
+                      counts: Counter) -> list[dict]:
+    """For every spoken line of a kept episode with a stored ungrounded reply that makes a pair (`graphs.contrast`):
+    the conversation before the line, the grounded line (chosen) and the reply (rejected). Where a line has several
+    stored replies (other seeds, template versions), the latest is used; lines without one are counted."""
+    latest = {(r.episode_id, r.turn_index): r for r in replies}  # `Store.contrasts` orders by time stored
+    counts["contrastive replies superseded by a later one"] += len(replies) - len(latest)
+    rows = []
+    for ep in episodes:
+        if not ep.verdict.kept:
+            continue
+        for i, turn in enumerate(ep.turns):
+            if turn.action is not Action.SPEAK or not turn.text:
+                continue
+            reply = latest.get((ep.id, turn.index))
+            if reply is None:
+                counts["contrastive lines without a stored reply"] += 1
+                continue
+            if reply.outcome is not ContrastOutcome.PAIR:
+                counts[f"contrastive replies {reply.outcome.value} (no pair)"] += 1
+                continue
+            prompt = render_dialogue(dialogue_system(prompts, ep, culture, turn.speaker).text, ep.turns[:i],
+                                     turn.speaker)
+            rows.append(pair_row(prompt, turn.text, reply.text, "contrastive", ep, culture, turn.speaker, None))
+    return rows
 
-    The ungrounded reply is generated exactly as the episode's own lines were (`graphs.episode.speaker_view`,
-    the episode's decoding settings) except for the system turn, so the culture is the only difference.
-    """
-    gate = asyncio.Semaphore(concurrency)
 
-    async def one(ep: Episode, i: int) -> dict | None:
-        turn, history = ep.turns[i], list(ep.turns[:i])
-        prompt = render_dialogue(dialogue_system(prompts, ep, culture, turn.speaker).text, history, turn.speaker)
-        if prompt[-1]["role"] == "assistant":  # the partner said nothing since this persona's last line
-            counts["contrastive lines after a silent partner turn (skipped)"] += 1
-            return None
-        config = ep.row.config or {}
-        params = replace(
-            EpisodeContext.speaker_params, seed=call_seed(seed, i, f"contrastive:{ep.id}"),
-            **{k: config[k] for k in ("temperature", "top_p", "max_new_tokens") if config.get(k) is not None},
-        )
-        ctx = EpisodeContext(scenario=ep.scenario, culture=culture, model=model, prompts=prompts,
-                             system_template="roleplay_system_ungrounded")
-        async with gate:
-            asked = await model.aanswer(speaker_view(ctx, turn.speaker, history), TurnAnswer, task="contrastive",
-                                        params=params)
-        counts["contrastive generations"] += 1
-        reply = make_turn(asked, i, turn.speaker, turn.name)
-        if not reply.valid or not reply.text:
-            counts["contrastive generations invalid or silent (no pair)"] += 1
-            return None
-        if reply.text == turn.text:
-            counts["contrastive generations identical to the grounded line (no pair)"] += 1
-            return None
-        return pair_row(prompt, turn.text, reply.text, "contrastive", ep, culture, turn.speaker, None)
-
-    jobs = [one(ep, i) for ep in episodes if ep.verdict.kept for i, t in enumerate(ep.turns)
-            if t.action is Action.SPEAK and t.text]
-    return [row for row in await asyncio.gather(*jobs) if row is not None]
+def contrastive_replies(store: Store, episodes: list[Episode], model: str) -> list[ContrastRecord]:
+    """`model`'s stored replies to the kept episodes' lines; DatasetError (one line, with the command that makes
+    them) when there is none."""
+    kept = [e for e in episodes if e.verdict.kept]
+    replies = store.contrasts([e.id for e in kept], model)
+    if not replies:
+        culture = kept[0].row.culture if kept else "?"
+        raise DatasetError(f"{store.path}: no contrastive replies by {model} to the kept {culture} episodes: run "
+                           f"`python -m graphs.contrast --culture {culture} --db {store.path} --model {model}` "
+                           "first (with the same --judge-model and --filter)")
+    return replies
 
 
 # ------------------------------------------------------------------ split, stats, files
@@ -338,10 +292,10 @@ def read_back(out: Path, names: list[str]) -> dict[str, int]:
 
 def export(store: Store, out: Path, *, culture: Culture, prompts: Prompts, judge_model: str | None,
            rule: FilterRule, views: tuple[str, ...], swap_like_release: bool = False,
-           validation_fraction: float = 0.1, seed: int = 0, contrastive_model: Model | None = None,
-           concurrency: int = 8, command: str = "") -> dict:
+           validation_fraction: float = 0.1, seed: int = 0, contrastive_model: str | None = None,
+           command: str = "") -> dict:
     """Write the dataset folder; returns the stats written to stats.json."""
-    episodes, not_judgeable = load_episodes(store, culture.code, judge_model, rule)
+    episodes, not_judgeable = judged_episodes(store, culture.code, judge_model, rule)
     kept = [e for e in episodes if e.verdict.kept]
     if not kept:
         left_out = "".join(f", {n} more left out: {reason}" for reason, n in not_judgeable.items())
@@ -350,9 +304,8 @@ def export(store: Store, out: Path, *, culture: Culture, prompts: Prompts, judge
     counts: Counter = Counter()
     sft = [row for ep in kept for row in sft_rows(prompts, ep, culture, views, swap_like_release, counts)]
     dpo = judged_pairs(prompts, episodes, culture)
-    if contrastive_model is not None:
-        dpo += asyncio.run(contrastive_pairs(prompts, episodes, culture, contrastive_model, seed=seed,
-                                             concurrency=concurrency, counts=counts))
+    replies = contrastive_replies(store, episodes, contrastive_model) if contrastive_model else []
+    dpo += contrastive_pairs(prompts, episodes, culture, replies, counts)
     if not sft and not dpo:  # checked before the folder is touched: an earlier export there stays as it was
         why = "; ".join(f"{reason}: {n}" for reason, n in counts.items() if n) or "no rows for the chosen views"
         raise DatasetError(f"{store.path}: {len(kept)} {culture.code} episodes pass the filter but give no training "
@@ -376,8 +329,7 @@ def export(store: Store, out: Path, *, culture: Culture, prompts: Prompts, judge
 
     statuses = store.counts(culture=culture.code).statuses
     attributes = attribute_names(kept)
-    used_prompts = PROMPT_NAMES + (CONTRASTIVE_PROMPT_NAMES if contrastive_model else []) + \
-        (["persona_attributes"] if attributes else [])
+    used_prompts = PROMPT_NAMES + (["persona_attributes"] if attributes else [])
     stats = {
         "culture": culture.code,
         "table9": table9(episodes),
@@ -408,8 +360,12 @@ def export(store: Store, out: Path, *, culture: Culture, prompts: Prompts, judge
             "judge_model": judge_model, "filter": str(rule), "views": list(views),
             "swap_perspectives_like_release": swap_like_release,
             "episode_models": sorted({e.row.model for e in kept}),
-            "contrastive_model": contrastive_model.spec if contrastive_model else None,
-            "contrastive_usage": contrastive_model.usage.totals() if contrastive_model else None,
+            "contrastive_model": contrastive_model,
+            # what made the stored replies (graphs.contrast): its runs, seeds and template versions
+            "contrastive_replies": {
+                "runs": sorted({r.run_id for r in replies if r.run_id}), "seeds": sorted({r.seed for r in replies}),
+                "prompt_versions": sorted({json.dumps(r.prompt_versions, sort_keys=True) for r in replies}),
+            } if contrastive_model else None,
             "prompt_versions": prompts.versions(used_prompts),
             "episode_prompt_versions": sorted({json.dumps(e.row.prompt_versions, sort_keys=True)
                                                if e.row.prompt_versions is not None else "" for e in kept}),
@@ -424,18 +380,6 @@ def export(store: Store, out: Path, *, culture: Culture, prompts: Prompts, judge
     return stats
 
 
-def default_judge(store: Store, culture: str) -> str:
-    """The one judge model that judged this culture's episodes; ambiguity or absence is an error."""
-    models = store.judge_models(culture)
-    if len(models) == 1:
-        return models[0]
-    if not models:
-        raise DatasetError(f"{store.path}: no {culture} episode has been judged: run `python -m graphs.judge "
-                           f"--culture {culture} --model SPEC` first, or pass --filter none")
-    raise DatasetError(f"{store.path}: {culture} episodes were judged by several models ({', '.join(models)}): "
-                       "pick one with --judge-model")
-
-
 def make_parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(prog="python -m training.dataset", description=__doc__.split("\n\n")[0])
     p.add_argument("--culture", required=True, help="ISO-3 code of the culture to export, e.g. CHN")
@@ -448,12 +392,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--swap-perspectives-like-release", action="store_true",
                    help="pair each persona with the OTHER participant's lines, as the paper's code release does")
     p.add_argument("--validation-fraction", type=float, default=0.1, help="share of scenarios held out")
-    p.add_argument("--seed", type=int, default=0, help="seeds the split and the contrastive generations")
+    p.add_argument("--seed", type=int, default=0, help="seeds the split")
     p.add_argument("--contrastive-model", default=None,
-                   help="model spec that writes the ungrounded replies of contrastive DPO pairs; use the model "
-                        "that played the episodes (default: no contrastive pairs)")
-    p.add_argument("--concurrency", type=int, default=8, help="contrastive generations at once")
-    p.add_argument("--unstructured", action="store_true", help=UNSTRUCTURED_HELP)
+                   help="add contrastive DPO pairs from this model's replies stored by `python -m graphs.contrast` "
+                        "(default: no contrastive pairs)")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="no effect: contrastive replies are generated by graphs.contrast (kept so old commands run)")
+    p.add_argument("--unstructured", action="store_true",
+                   help="no effect: contrastive replies are generated by graphs.contrast (kept so old commands run)")
     p.add_argument("--prompts", default=None, help="directory whose templates override the built-in ones")
     p.add_argument("--cultures-dir", default=None, help="directory of extra culture YAML files")
     return p
@@ -471,18 +417,19 @@ def main(argv: list[str] | None = None) -> dict:
         rule = FilterRule.parse(args.filter, args.on_invalid, args.quality_gate)
         culture = load_culture(args.culture, args.cultures_dir)
         prompts = Prompts(args.prompts)
-        prompts.versions(PROMPT_NAMES + (CONTRASTIVE_PROMPT_NAMES if args.contrastive_model else []))
+        prompts.versions(PROMPT_NAMES)
         if not Path(args.db).is_file():
             raise DatasetError(f"--db {args.db}: no such file (run graphs.simulate and graphs.judge first)")
-        store = Store(args.db)
-        judge = args.judge_model or (None if rule.keep_all else default_judge(store, culture.code))
-        model = load_model(args.contrastive_model, max_batch=args.concurrency, structured=not args.unstructured,
-                           log_dir=Path(args.db).parent) if args.contrastive_model else None
-        stats = export(store, Path(args.out), culture=culture, prompts=prompts, judge_model=judge, rule=rule,
-                       views=views, swap_like_release=args.swap_perspectives_like_release,
-                       validation_fraction=args.validation_fraction, seed=args.seed, contrastive_model=model,
-                       concurrency=args.concurrency, command=command)
-    except (DatasetError, FilterRuleError, CultureError, PromptError, ModelSpecError) as exc:
+        if args.concurrency is not None or args.unstructured:
+            print("note: --concurrency and --unstructured have no effect here: contrastive replies are generated "
+                  "by python -m graphs.contrast", file=sys.stderr)
+        with Store(args.db) as store:
+            judge = args.judge_model or (None if rule.keep_all else sole_judge(store, culture.code))
+            stats = export(store, Path(args.out), culture=culture, prompts=prompts, judge_model=judge, rule=rule,
+                           views=views, swap_like_release=args.swap_perspectives_like_release,
+                           validation_fraction=args.validation_fraction, seed=args.seed,
+                           contrastive_model=args.contrastive_model, command=command)
+    except (DatasetError, JudgedError, FilterRuleError, CultureError, PromptError) as exc:
         sys.exit(f"error: {exc}")
     t9, e, rows = stats["table9"], stats["episodes"], stats["rows"]
     print(

@@ -20,10 +20,10 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from agents.answers import Answer, json_schema, parse_answer, token_budget
 from agents.freetext import parse_labelled
+from agents.records import Message
 
 log = logging.getLogger(__name__)
 
-Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 
 
 # Every model spec `load_model` takes, as error messages and --model helps list them.

@@ -32,7 +32,6 @@ import operator
 import random
 import re
 import time
-from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypedDict
@@ -81,6 +80,7 @@ from graphs.batch import (
     required,
     stage_model,
     store_file,
+    total_usage,
     unfit_items,
 )
 from graphs.scenarios import ScenarioFileError, read_scenarios
@@ -549,9 +549,7 @@ async def _adapt_one(a: Adaptation, item: dict, run_id: str, graph) -> dict:
 
 async def _summarize(a: Adaptation, state: dict) -> dict:
     results = state.get("results", [])
-    usage = Counter()
-    for r in results:
-        usage.update(r["usage"])
+    usage = total_usage(results)
     summary = {"skipped": state["skipped"], "adapted": sum(r["status"] == "adapted" for r in results),
                "failed": sum(r["status"] == "failed" for r in results),
                "errors": sum(bool(r.get("error")) for r in results),  # failed on a model error, not an answer

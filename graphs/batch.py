@@ -58,7 +58,7 @@ from agents.models.base import PermanentModelError
 from agents.records import first_error
 from graphs.serving import ServedInputError, shared_model, strict, unknown_keys
 from graphs.store import sqlite_problem
-from graphs.store_io import close_checkpointers, close_store
+from graphs.store_io import close_checkpointers, close_store, on_store
 
 USAGE_KEYS = ("calls", "prompt_tokens", "completion_tokens", "invalid_answers", "retries")  # Usage.totals()
 
@@ -246,6 +246,21 @@ def failure_of(exc: BaseException) -> Failure:
         permanent = 400 <= status < 500 and status not in RETRYABLE_4XX
         return Failure(f"HTTP {status} ({type(exc).__name__})", error, permanent)
     return Failure(error[:200], error, False)
+
+
+def total_usage(results: list[dict]) -> dict:
+    """The model usage of a run's finished items (each result row's "usage"), added up."""
+    usage = Counter()
+    for r in results:
+        usage.update(r["usage"])
+    return dict(usage)
+
+
+async def store_failure(db: Path, stage: str, item_id: str, model: str, failure: Failure, run_id: str) -> None:
+    """Store why `item_id` failed in `stage` under `model` (`Store.put_failure`), on the store's thread."""
+    await on_store(db, lambda store: store.put_failure(stage, item_id, model, reason=failure.reason,
+                                                       error=failure.error, permanent=failure.permanent,
+                                                       run_id=run_id))
 
 
 def failure_lines(rows: list[dict]) -> list[dict]:

@@ -62,7 +62,9 @@ from graphs.batch import (
     provenance,
     required,
     stage_model,
+    store_failure,
     store_file,
+    total_usage,
     unfit_items,
 )
 from graphs.episode import EpisodeContext, make_turn, speaker_view
@@ -292,14 +294,10 @@ async def _unfit(c: Contrasting, todo: list[dict], run_id: str) -> set[str]:
         return [speaker_view(ctx.episode, ctx.speaker, list(ctx.history))]
 
     async def store(item: dict, failure: Failure) -> None:
-        await on_store(c.db, _store_failure, item["id"], c.model.spec, failure, run_id)
+        await store_failure(c.db, FAILURES, item["id"], c.model.spec, failure, run_id)
 
     return {item["id"] for item in await unfit_items(c.model, todo, prompts, store)}
 
-
-def _store_failure(store: Store, item_id: str, model: str, failure: Failure, run_id: str) -> None:
-    store.put_failure(FAILURES, item_id, model, reason=failure.reason, error=failure.error,
-                      permanent=failure.permanent, run_id=run_id)
 
 
 async def _contrast_one(c: Contrasting, item: dict, run_id: str, graph) -> dict:
@@ -311,7 +309,7 @@ async def _contrast_one(c: Contrasting, item: dict, run_id: str, graph) -> dict:
             state = await graph.ainvoke({}, context=ctx)
         except Exception as exc:  # noqa: BLE001 - counted, reported, retried on rerun unless permanent
             failure = failure_of(exc)
-            await on_store(c.db, _store_failure, item["id"], c.model.spec, failure, run_id)
+            await store_failure(c.db, FAILURES, item["id"], c.model.spec, failure, run_id)
             return {"id": item["id"], "status": "failed", "usage": model.usage.totals(), "error": failure.error}
     reply = Turn.model_validate(state["reply"])
     outcome = outcome_of(reply, grounded)
@@ -327,9 +325,6 @@ async def _contrast_one(c: Contrasting, item: dict, run_id: str, graph) -> dict:
 
 async def _summarize(c: Contrasting, state: dict) -> dict:
     results = state.get("results", [])
-    usage = Counter()
-    for r in results:
-        usage.update(r["usage"])
     ids = state["ids"]
 
     def read(store: Store) -> tuple[Counter, list[dict]]:
@@ -340,7 +335,7 @@ async def _summarize(c: Contrasting, state: dict) -> dict:
                                                                                for o in ContrastOutcome},
                "this_run": {"skipped": state["skipped"], "asked": sum(r["status"] != "failed" for r in results),
                             "failed": sum(r["status"] == "failed" for r in results)},
-               "judge_model": c.judge_model, "rule": str(c.rule), "usage": dict(usage),
+               "judge_model": c.judge_model, "rule": str(c.rule), "usage": total_usage(results),
                "wall_s": round(time.time() - state["started"], 1), "not_retried": state.get("not_retried", 0),
                "failures": failure_lines(failures)}
     await on_store(c.db, Store.finish_run, state["run_id"], summary)

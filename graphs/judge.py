@@ -75,7 +75,9 @@ from graphs.batch import (
     provenance,
     required,
     stage_model,
+    store_failure,
     store_file,
+    total_usage,
     unfit_items,
 )
 from graphs.episode import answer_format_for
@@ -372,14 +374,10 @@ async def _unfit(j: Judging, todo: list[dict], run_id: str) -> set[str]:
         return [judge_messages(ctx, "meta", quality=None, alignment=None)[0]]  # the longest of the three
 
     async def store(item: dict, failure: Failure) -> None:
-        await on_store(j.db, _store_failure, item["id"], j.model.spec, failure, run_id)
+        await store_failure(j.db, FAILURES, item["id"], j.model.spec, failure, run_id)
 
     return {item["id"] for item in await unfit_items(j.model, todo, prompts, store)}
 
-
-def _store_failure(store: Store, ep_id: str, judge_model: str, failure: Failure, run_id: str) -> None:
-    store.put_failure(FAILURES, ep_id, judge_model, reason=failure.reason, error=failure.error,
-                      permanent=failure.permanent, run_id=run_id)
 
 
 async def _context(j: Judging, item: dict, model: Model) -> JudgeContext:
@@ -398,7 +396,7 @@ async def _judge_one(j: Judging, item: dict, run_id: str, graph) -> dict:
             state = await (JUDGE_SOTOPIA if j.request.sotopia else graph).ainvoke({"judgements": []}, context=ctx)
         except Exception as exc:  # noqa: BLE001 - counted, reported, retried on rerun unless permanent
             failure = failure_of(exc)
-            await on_store(j.db, _store_failure, item["id"], j.model.spec, failure, run_id)
+            await store_failure(j.db, FAILURES, item["id"], j.model.spec, failure, run_id)
             return {"id": item["id"], "status": "failed", "usage": model.usage.totals(), "error": failure.error}
     await on_store(j.db, Store.put_judgements, item["id"], j.model.spec,
                    [Judgement(**row, run_id=run_id) for row in state["judgements"]])
@@ -408,13 +406,10 @@ async def _judge_one(j: Judging, item: dict, run_id: str, graph) -> dict:
 
 async def _summarize(j: Judging, state: dict) -> dict:
     results = state.get("results", [])
-    usage = Counter()
-    for r in results:
-        usage.update(r["usage"])
     counts = {"skipped": state["skipped"], "judged": sum(r["status"] == "judged" for r in results),
               "failed": sum(r["status"] == "failed" for r in results)}
     summary = await on_store(j.db, judgement_summary, j.culture.code, j.model.spec, j.rule)
-    summary.update(this_run=counts, usage=dict(usage), wall_s=round(time.time() - state["started"], 1),
+    summary.update(this_run=counts, usage=total_usage(results), wall_s=round(time.time() - state["started"], 1),
                    repetition={"requested": str(j.params.repetition),
                                "applied": j.model.repetition_controls(j.params.repetition)},
                    not_retried=state.get("not_retried", 0),

@@ -65,6 +65,7 @@ from graphs.batch import (
     required,
     stage_model,
     store_file,
+    total_usage,
     unfit_items,
 )
 from graphs.episode import (
@@ -334,9 +335,7 @@ async def _summarize(sim: Simulation, state: dict) -> dict:
     results = state.get("results", [])
     counts = {"skipped": state["skipped"], "done": 0, "invalid": 0, "failed": 0, "elsewhere": 0,
               **Counter(r["status"] for r in results)}
-    usage = Counter()
-    for r in results:
-        usage.update(r["usage"])
+    usage = total_usage(results)
     wall_s = time.time() - state["started"]
     summary = await on_store(sim.db, summarize, state["ids"], counts, dict(usage), wall_s)
     summary["repetition"] = repetition_summary(sim.model, sim.speaker_params.repetition)

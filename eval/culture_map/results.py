@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from eval.wvs.map_indicators import MapError, indicator_values, map_items
-from eval.wvs.map_position import published_position
 from eval.wvs.map_projection import load_projection
 
 

@@ -121,7 +121,7 @@ def _cell(v: float | None, signed: bool = False) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m eval.compare", description=__doc__.splitlines()[0])
     parser.add_argument("base", help="results JSON of the base model")
     parser.add_argument("adapted", help="results JSON of the adapted model")
     parser.add_argument("--bootstrap", type=int, default=2000, help="paired bootstrap replicates (default 2000)")

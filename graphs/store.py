@@ -17,7 +17,6 @@ would let one block the event loop while the other holds the write lock.
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import hashlib
 import json
@@ -37,6 +36,7 @@ from typing import Any
 import sqlite_utils
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random
 
+from agents import cli
 from agents.provenance import git_commit
 from agents.records import Aspect, Intent, Scenario, Turn
 
@@ -777,7 +777,7 @@ def _backup_file(src: Path, dst: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m graphs.store backup SRC DST`."""
-    p = argparse.ArgumentParser(prog="python -m graphs.store", description="Work on a store file.")
+    p = cli.ArgumentParser(prog="python -m graphs.store", description="Work on a store file.")
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("backup", help="copy a store consistently with SQLite's online backup, safe while other "
                                       "processes write it (a plain file copy may miss what its -wal holds)")

@@ -20,7 +20,7 @@ from typing import Iterable
 
 import trl
 
-from agents.cli import OneLineErrors, with_suggestion
+from agents.cli import OneLineErrors
 from agents.models import ModelSpecError, hf_source, load_causal_lm
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class OneLineParser(OneLineErrors, trl.TrlParser):
     file values are read as the command line would read them (type and choices checked), not taken as they are."""
 
     def error(self, message):
-        sys.exit(f"error: {with_suggestion(self, message)}")
+        sys.exit(f"error: {self.one_line(message)}")
 
     def set_defaults_with_config(self, **kwargs) -> list[str]:
         actions = {action.dest: action for action in self._actions}

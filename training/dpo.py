@@ -62,7 +62,7 @@ class DPOScriptArguments(ScriptArguments):
 
 
 def make_parser() -> OneLineParser:
-    return OneLineParser((DPOScriptArguments, DPOConfig, ModelConfig))
+    return OneLineParser((DPOScriptArguments, DPOConfig, ModelConfig), prog="python -m training.dpo")
 
 
 def build_trainer(script_args: DPOScriptArguments, training_args: DPOConfig, model_args: ModelConfig):

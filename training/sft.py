@@ -59,7 +59,7 @@ class SFTScriptArguments(ScriptArguments):
 
 
 def make_parser() -> OneLineParser:
-    return OneLineParser((SFTScriptArguments, SFTConfig, ModelConfig))
+    return OneLineParser((SFTScriptArguments, SFTConfig, ModelConfig), prog="python -m training.sft")
 
 
 def build_trainer(script_args: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig):

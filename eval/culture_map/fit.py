@@ -88,7 +88,7 @@ def build() -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m eval.culture_map.fit", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(PROJECTION_FILE), help="where to write the projection JSON")
     parser.add_argument("--check", action="store_true", help="refit and compare with the stored file, write nothing")
     args = parser.parse_args(argv)

@@ -2,7 +2,7 @@
 
 A recipe adds the nodes it needs to a `study.pipeline.Builder` for one culture and student, ending in the
 evaluations its report row reads. Arms that need the same stage share its node. `ARMS` maps each name to its
-recipe. `PLANNED` names the arms not built yet; a config that names one is refused in one line.
+recipe.
 """
 
 from __future__ import annotations
@@ -53,6 +53,24 @@ def culture_free(b: Builder, culture: str, student: Student) -> None:
     b.trained("culture_free", culture, student, matched)
 
 
+def dpo(b: Builder, culture: str, student: Student) -> None:
+    """DPO from the clca adapter (the same SFT run as the clca arm, shared) on the export's preference pairs: judged
+    pairs (a kept and a dropped episode of one scenario) and contrastive pairs (each kept line against what the
+    ungrounded persona said in its place, `graphs.contrast`). Not in the paper, which trains with SFT only."""
+    sft_data = b.dataset(culture, "cultural")
+    pairs = b.dataset(culture, "cultural", contrastive=True)
+    for seed in b.study.seeds:
+        adapter = b.dpo(culture, b.sft(culture, sft_data, student, seed), pairs, student, seed)
+        b.evaluate("dpo", culture, student, adapter=adapter, seed=seed)
+
+
+def survey_sft(b: Builder, culture: str, student: Student) -> None:
+    """Fine-tuning on survey answers (the SubPOP-style baseline): the culture's WVS shares of the train items, each
+    asked as the evaluation asks it and answered in proportion to the shares (`training.survey_rows`), with the
+    same SFT preset; scored, like every arm of such a study, on the held-out test items only."""
+    b.trained("survey_sft", culture, student, b.survey_rows(culture))
+
+
 @dataclass(frozen=True)
 class Arm:
     name: str
@@ -66,10 +84,5 @@ class Arm:
 ARMS = {a.name: a for a in (
     Arm("base", base), Arm("cultural_prompt", cultural_prompt), Arm("clca", clca),
     Arm("dialogue_only", dialogue_only), Arm("intent_only", intent_only), Arm("no_filter", no_filter),
-    Arm("culture_free", culture_free),
+    Arm("culture_free", culture_free), Arm("dpo", dpo), Arm("survey_sft", survey_sft),
 )}
-# Arms of issue 25 that have no recipe yet: a config naming one is refused (one line), never half-run.
-PLANNED = {
-    "dpo": "DPO from the clca adapter on contrastive pairs (a kept line against the ungrounded persona's line)",
-    "survey_sft": "fine-tuning on the survey shares of the train items, scored on the held-out test items",
-}

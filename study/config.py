@@ -64,6 +64,8 @@ class Training:
 
     preset: str  # a training.sft YAML (configs/sft_demo.yaml, configs/sft_paper.yaml), relative to the study file
     overrides: dict = field(default_factory=dict)  # training.sft flag -> value, e.g. {max_steps: 2}
+    dpo_preset: str | None = None  # the dpo arm's training.dpo YAML (configs/dpo_demo.yaml); needed by that arm
+    dpo_overrides: dict = field(default_factory=dict)  # training.dpo flag -> value
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class Sizes:
     episodes: int = 16  # episodes simulated per culture and pipeline (graphs.simulate --episodes)
     samples: int = 2  # episodes per scenario
     rounds: int = 3  # rounds per episode, one utterance from each participant (--max-turns)
+    survey_rows: int = 20  # survey_sft: answers drawn per train item and format (training.survey_rows)
 
 
 @dataclass(frozen=True)
@@ -219,7 +222,7 @@ def _line_of(node: yaml.MappingNode, *keys: str) -> int:
 
 def _check(study: Study, root: yaml.MappingNode, path: Path) -> None:
     """What the types cannot say: known arms, cultures, items, readings and formats; sizes; the preset."""
-    from study.arms import ARMS, PLANNED
+    from study.arms import ARMS
 
     def fail(message: str, *keys: str) -> None:
         raise StudyConfigError(f"{path}:{_line_of(root, *keys)}: {message}")
@@ -228,10 +231,8 @@ def _check(study: Study, root: yaml.MappingNode, path: Path) -> None:
         if not getattr(study, name):
             fail(f"{name}: at least one is needed", name)
     for arm in study.arms:
-        if arm in PLANNED:
-            fail(f"arms: {arm!r} is not built yet ({PLANNED[arm]}); see docs/studies.md", "arms")
         if arm not in ARMS:
-            near = difflib.get_close_matches(arm, [*ARMS, *PLANNED], n=1)
+            near = difflib.get_close_matches(arm, ARMS, n=1)
             hint = f"did you mean {near[0]!r}?" if near else f"known: {', '.join(ARMS)}"
             fail(f"arms: unknown arm {arm!r} ({hint})", "arms")
     for key in ("cultures", "arms", "seeds"):
@@ -249,7 +250,7 @@ def _check(study: Study, root: yaml.MappingNode, path: Path) -> None:
         except CultureError as exc:
             fail(f"cultures: {exc}", "cultures")
     s = study.sizes
-    for name in ("seeds", "episodes", "samples", "rounds"):
+    for name in ("seeds", "episodes", "samples", "rounds", "survey_rows"):
         if getattr(s, name) < 1:
             fail(f"sizes.{name}: must be at least 1", "sizes", name)
     for role in ("roleplay", "judge"):
@@ -278,12 +279,25 @@ def _check(study: Study, root: yaml.MappingNode, path: Path) -> None:
             fail(f"evaluation.{name}: must be at least 1", "evaluation", name)
     if not preset_path(study).is_file():
         fail(f"training.preset: {study.training.preset}: no such file", "training", "preset")
+    if "dpo" in study.arms:
+        if not study.training.dpo_preset:
+            fail("training.dpo_preset: the dpo arm needs a training.dpo preset (configs/dpo_demo.yaml)", "training")
+        if not preset_path(study, study.training.dpo_preset).is_file():
+            fail(f"training.dpo_preset: {study.training.dpo_preset}: no such file", "training", "dpo_preset")
+    if "survey_sft" in study.arms:
+        from eval.wvs.items import split_names
+
+        for spec in e.items:
+            name, _, part = spec.partition(":")
+            if part != "test" or f"{name}:train" not in split_names():
+                fail(f"evaluation.items: {spec}: the survey_sft arm trains on the train split, so every arm is "
+                     f"scored on held-out items only (use a test split such as clca44:test)", "evaluation", "items")
 
 
-def preset_path(study: Study) -> Path:
-    """The training preset: as given if it exists from here, else relative to the study file's folder and its
-    parents (a study in configs/studies/ may name configs/sft_demo.yaml)."""
-    given = Path(study.training.preset)
+def preset_path(study: Study, preset: str | None = None) -> Path:
+    """A training preset (default: the SFT one): as given if it exists from here, else relative to the study
+    file's folder and its parents (a study in configs/studies/ may name configs/sft_demo.yaml)."""
+    given = Path(preset or study.training.preset)
     if given.is_absolute() or given.exists() or not study.source:
         return given
     for folder in Path(study.source).absolute().parents:

@@ -1,6 +1,7 @@
 """A study's stages as a graph of nodes, each keyed by a hash of what determines its output.
 
-A `Node` is one stage run: its kind (adapt, simulate, judge, dataset, match_rows, sft, evaluate), the culture it is
+A `Node` is one stage run: its kind (adapt, simulate, judge, contrast, dataset, match_rows, survey_rows, sft, dpo,
+evaluate), the culture it is
 for, its parameters (the fields of the stage's request that decide its output; paths relative to the study's
 folder) and the nodes it reads. Its id is `<kind>-<culture>-<sha256 of kind, parameters and inputs' ids>[:10]`, so
 two arms that need the same stage get the same node (clca and its ablations share adaptation, simulation and
@@ -84,12 +85,33 @@ class Builder:
                                                 "db": self.store(culture, pipeline)},
                              (self.simulate(culture, pipeline),)))
 
-    def dataset(self, culture: str, pipeline: str, views: str = "dialogue,intent", filter: str = PAPER_FILTER) -> str:
-        """training.dataset's export; `filter` none skips the judge (nothing is filtered)."""
+    def contrast(self, culture: str) -> str:
+        """graphs.contrast on the cultural pipeline's kept episodes: each line asked again without the culture."""
+        m = self.study.roleplay
+        return self.add(Node("contrast", culture, {"model": m.model, "judge_model": self.study.judge_model.model,
+                                                   "seed": 0, "unstructured": m.unstructured,
+                                                   "db": self.store(culture, "cultural")},
+                             (self.judge(culture, "cultural"),)))
+
+    def dataset(self, culture: str, pipeline: str, views: str = "dialogue,intent", filter: str = PAPER_FILTER,
+                contrastive: bool = False) -> str:
+        """training.dataset's export; `filter` none skips the judge (nothing is filtered); `contrastive` adds
+        the contrastive DPO pairs (graphs.contrast's replies)."""
         source = self.judge(culture, pipeline) if filter != "none" else self.simulate(culture, pipeline)
         params = {"views": views, "filter": filter, "seed": 0, "db": self.store(culture, pipeline),
                   "judge_model": self.study.judge_model.model if filter != "none" else None}
-        return self.add(Node("dataset", culture, params, (source,)))
+        inputs: tuple[str, ...] = (source,)
+        if contrastive:  # only then a key, so the ids of exports without pairs stay what they were
+            params["contrastive_model"] = self.study.roleplay.model
+            inputs += (self.contrast(culture),)
+        return self.add(Node("dataset", culture, params, inputs))
+
+    def survey_rows(self, culture: str) -> str:
+        """training.survey_rows on the train split of the evaluation's item sets (config checks they are splits)."""
+        e = self.study.evaluation
+        train = ",".join(dict.fromkeys(spec.partition(":")[0] + ":train" for spec in e.items))
+        return self.add(Node("survey_rows", culture, {"items": train, "formats": list(e.formats),
+                                                      "rows_per_item": self.study.sizes.survey_rows, "seed": 0}))
 
     def match_rows(self, culture: str, dataset: str, like: str) -> str:
         """`dataset`'s SFT training rows drawn (seeded) to as many as `like` has."""
@@ -99,6 +121,12 @@ class Builder:
         t = self.study.training
         return self.add(Node("sft", culture, {"model": student.model, "seed": seed, "preset": t.preset,
                                               "overrides": t.overrides}, (dataset,)))
+
+    def dpo(self, culture: str, sft: str, dataset: str, student: Student, seed: int) -> str:
+        """training.dpo from the `sft` node's adapter on `dataset`'s DPO pairs."""
+        t = self.study.training
+        return self.add(Node("dpo", culture, {"model": student.model, "seed": seed, "preset": t.dpo_preset,
+                                              "overrides": t.dpo_overrides}, (sft, dataset)))
 
     # ------------------------------------------------------------ evaluation
 

@@ -6,10 +6,12 @@ Counts per stage (upper bounds where the models decide: an episode can end early
 - simulate: episodes; turns <= episodes x rounds x 2 (one utterance from each participant per round); model calls
   <= turns x 2 (each turn and the observer's label of it);
 - judge: episodes; model calls = episodes x 3 (quality, culture, meta);
+- contrast: model calls <= the kept episodes' lines (each line asked again without the culture);
 - dataset: training rows <= episodes x rows per kept episode (dialogue: one per participant, intent: one),
   before the validation split;
 - match_rows: as many training rows as the clca export it matches;
-- sft: training rows, the preset's max_steps (or its epochs);
+- survey_rows: training rows = train items with survey data x formats x draws per item (before the split);
+- sft: training rows, the preset's max_steps (or its epochs); dpo: the preset's steps;
 - evaluate: prompts = items with survey data for the culture x formats x units (1 per country prompt with logprob
   or distribution, `samples` with generate, `personas` with a respondent file); one model call each.
 """
@@ -71,6 +73,13 @@ def _counts(study: Study, b: Builder, node: Node, rows: dict[str, int]) -> dict:
         return {"episodes": s.episodes, "turns": turns, "model calls": turns * 2}
     if node.kind == "judge":
         return {"episodes": s.episodes, "model calls": s.episodes * JUDGE_ASPECTS}
+    if node.kind == "contrast":
+        return {"model calls": s.episodes * s.rounds * 2}
+    if node.kind == "survey_rows":
+        rows[node.id] = _survey_items(node) * len(_formats(p["formats"])) * p["rows_per_item"]
+        return {"training rows": rows[node.id]}
+    if node.kind == "dpo":
+        return _steps(study, p["preset"], study.training.dpo_overrides)
     if node.kind == "dataset":
         rows[node.id] = s.episodes * sum(ROWS_PER_EPISODE[v] for v in p["views"].split(","))
         return {"training rows": rows[node.id]}
@@ -79,19 +88,27 @@ def _counts(study: Study, b: Builder, node: Node, rows: dict[str, int]) -> dict:
         return {"training rows": rows[node.id]}
     if node.kind == "sft":
         rows[node.id] = rows[node.inputs[0]]
-        return {"training rows": rows[node.id], **_steps(study)}
+        return {"training rows": rows[node.id], **_steps(study, study.training.preset, study.training.overrides)}
     if node.kind == "evaluate":
         n = _prompts(study, node)
         return {"evaluation prompts": n, "model calls": n}
     raise ValueError(f"unknown stage kind {node.kind!r}")
 
 
-def _steps(study: Study) -> dict:
-    preset = yaml.safe_load(preset_path(study).read_text()) or {}
-    preset.update(study.training.overrides)
+def _steps(study: Study, preset_file: str, overrides: dict) -> dict:
+    preset = yaml.safe_load(preset_path(study, preset_file).read_text()) or {}
+    preset.update(overrides)
     if preset.get("max_steps", -1) > 0:
         return {"steps": preset["max_steps"]}
     return {"epochs": preset.get("num_train_epochs", 3)}
+
+
+def _survey_items(node: Node) -> int:
+    from eval.wvs.items import select_items
+    from eval.wvs.survey import BundledShares
+
+    shares = BundledShares()
+    return sum(shares.distribution(node.culture, it) is not None for it in select_items(node.params["items"]))
 
 
 def _prompts(study: Study, node: Node) -> int:
@@ -156,9 +173,16 @@ def _label(node: Node) -> str:
         where = "seeds, ungrounded" if p.get("use_seeds") else "adapted"
         return f"{node.kind} {node.culture} {p['model']} ({where if node.kind == 'simulate' else p['db']})"
     if node.kind == "dataset":
-        return f"dataset {node.culture} {p['db']} views={p['views']} filter={p['filter']}"
+        pairs = " + contrastive pairs" if p.get("contrastive_model") else ""
+        return f"dataset {node.culture} {p['db']} views={p['views']} filter={p['filter']}{pairs}"
     if node.kind == "match_rows":
         return f"match_rows {node.culture} {node.inputs[0]} to {node.inputs[1]}"
+    if node.kind == "contrast":
+        return f"contrast {node.culture} {p['model']} ({p['db']})"
+    if node.kind == "survey_rows":
+        return f"survey_rows {node.culture} {p['items']} x{p['rows_per_item']}"
+    if node.kind == "dpo":
+        return f"dpo {node.culture} {p['model']} seed {p['seed']} from {node.inputs[0]} on {node.inputs[1]}"
     if node.kind == "sft":
         return f"sft {node.culture} {p['model']} seed {p['seed']} on {node.inputs[0]}"
     adapter = f" + {node.inputs[0]}" if node.inputs else ""

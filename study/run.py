@@ -146,6 +146,15 @@ class _Runner:
                                concurrency=m.concurrency, seed=p["seed"], unstructured=p["unstructured"])
         return self._batch("graphs.judge", request, self._model(m.model, m.unstructured, m.concurrency))
 
+    def contrast(self, node: Node, folder: Path) -> dict:
+        from graphs.contrast import ContrastRequest
+
+        m, p = self.study.roleplay, node.params
+        request = ContrastRequest(culture=node.culture, model=p["model"], db=str(self.out / p["db"]),
+                                  judge_model=p["judge_model"], concurrency=m.concurrency, seed=p["seed"],
+                                  unstructured=p["unstructured"])
+        return self._batch("graphs.contrast", request, self._model(m.model, m.unstructured, m.concurrency))
+
     # ------------------------------------------------------------ training
 
     def dataset(self, node: Node, folder: Path) -> dict:
@@ -155,6 +164,8 @@ class _Runner:
         argv = ["--culture", node.culture, "--db", str(self.out / p["db"]), "--out", str(folder / "data"),
                 "--views", p["views"], "--seed", str(p["seed"])]
         argv += ["--filter", "none"] if p["filter"] == "none" else ["--judge-model", p["judge_model"]]
+        if p.get("contrastive_model"):
+            argv += ["--contrastive-model", p["contrastive_model"]]
         stats = _entry_point(dataset.main, argv, "training.dataset")
         return {"rows": {k: v["total"] for k, v in stats["rows"].items()}}
 
@@ -184,6 +195,15 @@ class _Runner:
         _write_json(data / "stats.json", stats)
         return {"rows": {"sft_train.jsonl": target}, "available": len(rows)}
 
+    def survey_rows(self, node: Node, folder: Path) -> dict:
+        from training import survey_rows
+
+        p = node.params
+        argv = ["--culture", node.culture, "--items", p["items"], "--formats", ",".join(p["formats"]),
+                "--rows-per-item", str(p["rows_per_item"]), "--seed", str(p["seed"]), "--out", str(folder / "data")]
+        stats = _entry_point(survey_rows.main, argv, "training.survey_rows")
+        return {"rows": {k: v["total"] for k, v in stats["rows"].items()}}
+
     def sft(self, node: Node, folder: Path) -> dict:
         from training import sft
 
@@ -191,10 +211,19 @@ class _Runner:
         argv = ["--config", str(preset_path(self.study)), "--model_name_or_path", p["model"],
                 "--dataset_name", str(self.folder(node.inputs[0]) / "data"), "--output_dir", str(folder / "adapter"),
                 "--seed", str(p["seed"]), "--data_seed", str(p["seed"]), "--report_to", "none"]
-        for key, value in p["overrides"].items():
-            values = value if isinstance(value, list) else [value]
-            argv += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
-        metrics = _entry_point(sft.main, argv, "training.sft")
+        metrics = _entry_point(sft.main, argv + _flags(p["overrides"]), "training.sft")
+        return {"metrics": metrics if isinstance(metrics, dict) else None}
+
+    def dpo(self, node: Node, folder: Path) -> dict:
+        from training import dpo
+
+        p = node.params
+        start, pairs = node.inputs
+        argv = ["--config", str(preset_path(self.study, p["preset"])), "--model_name_or_path", p["model"],
+                "--adapter", str(self.folder(start) / "adapter"), "--dataset_name", str(self.folder(pairs) / "data"),
+                "--output_dir", str(folder / "adapter"), "--seed", str(p["seed"]), "--data_seed", str(p["seed"]),
+                "--report_to", "none"]
+        metrics = _entry_point(dpo.main, argv + _flags(p["overrides"]), "training.dpo")
         return {"metrics": metrics if isinstance(metrics, dict) else None}
 
     # ------------------------------------------------------------ evaluation
@@ -220,6 +249,15 @@ class _Runner:
         except (WVSError, ModelSpecError, PromptError) as exc:
             raise StudyRunError(f"eval.wvs {node.culture}: {exc}") from None
         return {"results": "results.json"}
+
+
+def _flags(overrides: dict) -> list[str]:
+    """A training preset's overrides as flags: {max_steps: 2, lora_target_modules: [q, v]} -> --max_steps 2 ..."""
+    argv = []
+    for key, value in overrides.items():
+        values = value if isinstance(value, list) else [value]
+        argv += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
+    return argv
 
 
 def _entry_point(main: Callable, argv: list[str], name: str):

@@ -36,7 +36,7 @@ def write(tmp_path, text: str) -> Path:
     ("sizes: {seeds: 3,", "sizes: {sedes: 3,", ":8: sizes.sedes: unknown key (did you mean 'seeds'?)"),
     ("sizes: {seeds: 3,", "sizes: {seeds: three,", ":8: sizes.seeds: expected an integer, got 'three'"),
     ("arms: [base,", "arms: [bsae,", ":5: arms: unknown arm 'bsae' (did you mean 'base'?)"),
-    ("arms: [base,", "arms: [dpo,", ":5: arms: 'dpo' is not built yet"),
+    ("arms: [base,", "arms: [dpo,", ":7: training.dpo_preset: the dpo arm needs a training.dpo preset"),
     ("cultures: [CHN]", "cultures: [XXX]", ":2: cultures: "),
     ("name: t", "nmae: t", ":1: nmae: unknown key (did you mean 'name'?)"),
     ("seeds: [1, 2]", "seeds: [1, 1]", ":6: seeds: 1 given twice"),
@@ -53,6 +53,13 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, capsys, old, new, messa
     with pytest.raises(SystemExit) as exit_:
         main(["plan", str(path)])
     assert exit_.value.code == f"error: {err.value}"
+
+
+def test_survey_sft_needs_held_out_items(tmp_path):
+    text = GOOD.replace("arms: [base,", "arms: [survey_sft, base,").replace("items: [clca44:test]", "items: [clca44]")
+    with pytest.raises(StudyConfigError, match=r":9: evaluation.items: clca44: the survey_sft arm trains on the "
+                                               r"train split"):
+        load_study(write(tmp_path, text))
 
 
 def test_missing_preset_is_named(tmp_path):
@@ -83,6 +90,31 @@ def test_shared_stages_are_planned_once_with_their_counts(tmp_path):
     for p in planned:
         assert set(p.node.inputs) <= seen
         seen.add(p.node.id)
+
+
+def test_dpo_shares_clca_training_and_survey_sft_trains_on_the_train_split(tmp_path):
+    text = (GOOD.replace("arms: [base, cultural_prompt, clca, dialogue_only, intent_only, no_filter, culture_free]",
+                         "arms: [clca, dpo, survey_sft]")
+            .replace("training: {preset: %s}" % (ROOT / "configs" / "sft_demo.yaml"),
+                     "training: {preset: %s, dpo_preset: %s, dpo_overrides: {max_steps: 3}}"
+                     % (ROOT / "configs" / "sft_demo.yaml", ROOT / "configs" / "dpo_demo.yaml"))
+            .replace("rounds: 2}", "rounds: 2, survey_rows: 5}"))
+    _, planned = plan(load_study(write(tmp_path, text)))
+    kinds = totals(planned)
+    # per seed: clca's SFT run (dpo starts from it) and survey_sft's; one DPO run; one contrastive stage
+    assert kinds["sft"]["stages"] == 2 * 2 and kinds["dpo"]["stages"] == 2 and kinds["contrast"]["stages"] == 1
+    assert kinds["dpo"]["steps"] == 2 * 3
+    dpo = next(p for p in planned if p.node.kind == "dpo")
+    sft = {p.node.id: p.node for p in planned if p.node.kind == "sft"}
+    assert dpo.node.inputs[0] in sft and set(next(p for p in planned if p.node.id == dpo.node.inputs[0]).used_by) == {
+        "clca", "dpo"}
+    survey = next(p for p in planned if p.node.kind == "survey_rows")
+    assert survey.node.params["items"] == "clca44:train"
+    from eval.wvs.items import select_items
+    from eval.wvs.survey import BundledShares
+
+    asked = sum(BundledShares().distribution("CHN", it) is not None for it in select_items("clca44:train"))
+    assert survey.counts == {"training rows": asked * 2 * 5}  # items with CHN shares x 2 formats x 5 draws
 
 
 def test_plan_on_the_shipped_configs_loads_no_model():

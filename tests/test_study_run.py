@@ -26,21 +26,24 @@ training:
   preset: %(preset)s
   overrides: {max_steps: 1, per_device_train_batch_size: 2, lora_r: 4, lora_alpha: 8,
               lora_target_modules: [q_proj, v_proj], save_strategy: "no", disable_tqdm: true, max_length: 2048}
-sizes: {seeds: 3, episodes: 4, samples: 2, rounds: 2}
+  dpo_preset: %(dpo_preset)s
+  dpo_overrides: {max_steps: 1, per_device_train_batch_size: 2, save_strategy: "no", disable_tqdm: true}
+sizes: {seeds: 3, episodes: 4, samples: 2, rounds: 2, survey_rows: 2}
 evaluation: {items: [clca44:test], readings: [logprob], formats: [default, reversed], bootstrap: 50}
 """
 
 
 def study_file(tmp_path, model: str, arms: str) -> Path:
     path = tmp_path / "study.yaml"
-    path.write_text(STUDY % {"model": model, "arms": arms, "preset": ROOT / "configs" / "sft_demo.yaml"})
+    path.write_text(STUDY % {"model": model, "arms": arms, "preset": ROOT / "configs" / "sft_demo.yaml",
+                             "dpo_preset": ROOT / "configs" / "dpo_demo.yaml"})
     return path
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("study")
-    arms = "base, cultural_prompt, clca, dialogue_only, intent_only, no_filter, culture_free"
+    arms = "base, cultural_prompt, clca, dialogue_only, intent_only, no_filter, culture_free, dpo, survey_sft"
     study = load_study(study_file(tmp, tiny_model_dir, arms))
     out = tmp / "out"
     first = run_study(study, out, log=lambda line: None)
@@ -51,10 +54,13 @@ def test_every_arm_runs_and_shared_stages_run_once(finished):
     _, out, first = finished
     kinds = [i.split("-")[0] for i in first["ran"]]
     assert len(first["ran"]) == len(set(first["ran"])) and not first["skipped"]
-    # one adaptation; the adapted and the ungrounded pipeline each simulated and judged once for all five arms
+    # one adaptation; the adapted and the ungrounded pipeline each simulated and judged once for all six arms
     assert kinds.count("adapt") == 1 and kinds.count("simulate") == 2 and kinds.count("judge") == 2
-    assert kinds.count("dataset") == 5 and kinds.count("match_rows") == 1 and kinds.count("sft") == 5
-    assert kinds.count("evaluate") == 7
+    # clca's export, its three ablations', the control's, and the export with contrastive pairs for dpo
+    assert kinds.count("dataset") == 6 and kinds.count("match_rows") == 1 and kinds.count("contrast") == 1
+    # dpo starts from clca's own SFT run: six SFT runs (clca, three ablations, culture_free, survey_sft), one DPO
+    assert kinds.count("sft") == 6 and kinds.count("dpo") == 1 and kinds.count("survey_rows") == 1
+    assert kinds.count("evaluate") == 9
     # the stores hold one run per pipeline stage: nothing was simulated twice
     import sqlite3
 
@@ -76,6 +82,21 @@ def test_every_arm_runs_and_shared_stages_run_once(finished):
     assert clca_rows == {len((stages / like / "data" / "sft_train.jsonl").read_text().splitlines())}
     for adapter in stages.glob("sft-*/adapter"):
         assert (adapter / "adapter_model.safetensors").is_file()
+    # dpo continues clca's own SFT adapter, on the export that holds the contrastive pairs
+    dpo = next(stages.glob("dpo-*"))
+    start, pairs = json.loads((dpo / "request.json").read_text())["inputs"]
+    record = json.loads((dpo / "adapter" / "provenance.json").read_text())
+    assert record["start_adapter"]["path"] == str(stages / start / "adapter")
+    assert json.loads((stages / pairs / "request.json").read_text())["params"]["contrastive_model"] == "puppet"
+    assert "contrastive" in {json.loads(r)["kind"] for r in (stages / pairs / "data" / "dpo_train.jsonl").open()}
+    # survey_sft trains on the train items' survey answers; every arm is scored on the test items
+    from eval.wvs.items import select_items
+
+    survey = json.loads((next(stages.glob("survey_rows-*")) / "data" / "stats.json").read_text())
+    train, test = ({it.qid for it in select_items(f"clca44:{part}")} for part in ("train", "test"))
+    assert survey["asked"] and set(survey["asked"]) <= train and not train & test
+    for evaluation in stages.glob("evaluate-*"):
+        assert json.loads((evaluation / "request.json").read_text())["params"]["items"] == "clca44:test"
 
 
 def test_rerun_skips_every_finished_stage_and_gives_the_same_results(finished):

@@ -270,6 +270,29 @@ def pick_splits(splits, args: ScriptArguments):
     return splits[args.dataset_train_split], splits.get(args.dataset_test_split)
 
 
+ROW = "__clca_row"  # column holding each row's index in its split, so a dropped row is named by its file line
+
+
+def selected_rows(args: ScriptArguments, splits, source: dict, check, column: str, flag: str, nothing: str):
+    """(raw train split, train rows, eval rows or None): each split checked row by row (`check(split, name)`
+    raises TrainingSetupError naming the row), then cut to the values `--flag` selects in `column`
+    (`filter_column`), every row keeping its position in ROW. TrainingSetupError when no training row is left
+    ("--flag VALUE: no `nothing` left in DATASET")."""
+    raw_train, raw_eval = pick_splits(splits, args)
+    wanted = getattr(args, flag)
+    checked = {}
+    for name, split in ((args.dataset_train_split, raw_train), (args.dataset_test_split, raw_eval)):
+        if split is None:
+            continue
+        check(split, name)
+        checked[name] = filter_column(split.add_column(ROW, list(range(split.num_rows))), column, wanted, flag,
+                                      f"{args.dataset_name} {name}", require_all=split is raw_train)
+    train, evaluation = checked[args.dataset_train_split], checked.get(args.dataset_test_split)
+    if train.num_rows == 0:
+        raise TrainingSetupError(f"--{flag} {wanted}: no {nothing} left in {args.dataset_name}")
+    return raw_train, train, evaluation
+
+
 def filter_column(dataset, column: str, wanted: str, flag: str, where: str, require_all: bool = True):
     """Rows whose `column` is one of the comma-separated `wanted` values (all rows if the column is absent).
 

@@ -33,15 +33,14 @@ from training.common import (
     TrainingSetupError,
     adapter_base_spec,
     check_messages,
-    filter_column,
     load_base,
     load_splits,
     load_tokenizer,
     parse,
-    pick_splits,
     row_label,
+    selected_rows,
 )
-from training.lengths import ROW, announce, check_prediction, measure_dpo, measure_splits, rows_used
+from training.lengths import announce, check_prediction, measure_dpo, measure_splits, rows_used
 from training.run import train_and_save
 
 log = logging.getLogger(__name__)
@@ -71,25 +70,14 @@ def build_trainer(script_args: DPOScriptArguments, training_args: DPOConfig, mod
     from trl import DPOTrainer, get_peft_config
 
     splits, source = load_splits(script_args, "dpo")
-    raw_train, raw_eval = pick_splits(splits, script_args)
-    checked = {}
-    for split_name, split in ((script_args.dataset_train_split, raw_train), (script_args.dataset_test_split, raw_eval)):
-        if split is None:
-            continue
-        missing = {"prompt", "chosen", "rejected"} - set(split.column_names)
-        if missing:
-            raise TrainingSetupError(f"{row_label(source, split_name, 0)}: DPO rows need columns {sorted(missing)}")
+
+    def check(split, name: str) -> None:
+        if missing := {"prompt", "chosen", "rejected"} - set(split.column_names):
+            raise TrainingSetupError(f"{row_label(source, name, 0)}: DPO rows need columns {sorted(missing)}")
         for i, row in enumerate(split.select_columns(["prompt", "chosen", "rejected"])):
-            _check_pair(row, row_label(source, split_name, i))
-        where = f"{script_args.dataset_name} {split_name}"
-        rows = filter_column(
-            split.add_column(ROW, list(range(split.num_rows))), "kind", script_args.pair_kinds, "pair_kinds", where,
-            require_all=split is raw_train,
-        )
-        checked[split_name] = rows
-    train, evaluation = checked[script_args.dataset_train_split], checked.get(script_args.dataset_test_split)
-    if train.num_rows == 0:
-        raise TrainingSetupError(f"--pair_kinds {script_args.pair_kinds}: no pairs left in {script_args.dataset_name}")
+            _check_pair(row, row_label(source, name, i))
+
+    raw_train, train, evaluation = selected_rows(script_args, splits, source, check, "kind", "pair_kinds", "pairs")
 
     start_adapter = None
     if script_args.adapter:

@@ -23,9 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.common import TrainingSetupError, row_label
-
-ROW = "__clca_row"  # column holding each row's index in its split, so a dropped row is named by its file line
+from training.common import ROW, TrainingSetupError, row_label
 
 
 @dataclass

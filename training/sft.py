@@ -33,15 +33,14 @@ from training.common import (
     SFTConfig,
     TrainingSetupError,
     check_messages,
-    filter_column,
     load_base,
     load_splits,
     load_tokenizer,
     parse,
-    pick_splits,
     row_label,
+    selected_rows,
 )
-from training.lengths import ROW, announce, check_prediction, measure_sft, measure_splits, rows_used
+from training.lengths import announce, check_prediction, measure_sft, measure_splits, rows_used
 from training.run import train_and_save
 
 log = logging.getLogger(__name__)
@@ -67,24 +66,14 @@ def build_trainer(script_args: SFTScriptArguments, training_args: SFTConfig, mod
     from trl import SFTTrainer, get_peft_config
 
     splits, source = load_splits(script_args, "sft")
-    raw_train, raw_eval = pick_splits(splits, script_args)
-    checked = {}
-    for split_name, split in ((script_args.dataset_train_split, raw_train), (script_args.dataset_test_split, raw_eval)):
-        if split is None:
-            continue
+
+    def check(split, name: str) -> None:
         if "messages" not in split.column_names:
-            raise TrainingSetupError(f"{row_label(source, split_name, 0)}: SFT rows need a 'messages' column")
+            raise TrainingSetupError(f"{row_label(source, name, 0)}: SFT rows need a 'messages' column")
         for i, messages in enumerate(split["messages"]):
-            check_messages(messages, row_label(source, split_name, i))
-        where = f"{script_args.dataset_name} {split_name}"
-        rows = filter_column(
-            split.add_column(ROW, list(range(split.num_rows))), "view", script_args.views, "views", where,
-            require_all=split is raw_train,
-        )
-        checked[split_name] = rows
-    train, evaluation = checked[script_args.dataset_train_split], checked.get(script_args.dataset_test_split)
-    if train.num_rows == 0:
-        raise TrainingSetupError(f"--views {script_args.views}: no training rows left in {script_args.dataset_name}")
+            check_messages(messages, row_label(source, name, i))
+
+    raw_train, train, evaluation = selected_rows(script_args, splits, source, check, "view", "views", "training rows")
 
     tokenizer = load_tokenizer(model_args)
     template = choose_chat_template(tokenizer, raw_train, training_args, source, script_args.dataset_train_split)

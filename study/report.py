@@ -137,22 +137,21 @@ def write_report(out: str | Path) -> dict[str, Path]:
     for metric in METRICS:
         for c in [*cultures, "average"]:
             header += [f"{metric}_{c}", f"{metric}_{c}_lo", f"{metric}_{c}_hi", f"{metric}_{c}_seed_sd"]
-    header += [f"{x}_{ref}" for ref in REFERENCES for x in ("verdict", "delta_js", "p_holm_max")]
-    table, md_rows, verdicts = [], defaultdict(list), []
+    header += [f"{x}_{ref}" for ref in REFERENCES for x in ("verdict", "delta_js", "p_holm_max")] + ["evaluations"]
+    table, verdicts = [], []
     for key in rows:
         arm, student, items, reading = key
         cultures_runs = rows[key]
         seeds = sorted({s for runs in cultures_runs.values() for s, _, _ in runs if s is not None})
         line = {"arm": arm, "student": student, "items": items, "reading": reading,
-                "seeds": " ".join(map(str, seeds))}
+                "seeds": " ".join(map(str, seeds)),  # which stored evaluations the row's numbers are from
+                "evaluations": " ".join(sorted(p.parent.name for runs in cultures_runs.values() for _, _, p in runs))}
         for metric in METRICS:
             cells = [_cell(cultures_runs[c], metric) if c in cultures_runs else None for c in cultures]
             for c, cell in zip([*cultures, "average"], [*cells, _average(cells)]):
                 for k in ("value", "lo", "hi", "seed_sd"):
                     name = f"{metric}_{c}" + ("" if k == "value" else f"_{k}")
                     line[name] = "" if cell is None or cell[k] is None else round(cell[k], 6)
-                if cell is not None:
-                    md_rows[metric].append((key, c, cell))
         label = f"{arm} / {student}" + (f" / {items} / {reading}" if several else "")
         for ref in REFERENCES:
             mine = [t for t in tests if (t["arm"], t["student"], t["items"], t["reading"]) == key
@@ -166,42 +165,100 @@ def write_report(out: str | Path) -> dict[str, Path]:
         writer = csv.DictWriter(fh, fieldnames=header)
         writer.writeheader()
         writer.writerows(table)
-    (out / "report.md").write_text(_markdown(config, cultures, table, verdicts, tests, several))
-    return {"md": out / "report.md", "csv": out / "results.csv"}
+    record = provenance(out, study)
+    (out / "provenance.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    parts = sections(config, cultures, table, verdicts, tests, several)
+    (out / "report.md").write_text(_markdown(config, parts, record))
+    from study.report_html import write_html
+
+    html = write_html(out, config, cultures, table, parts, rows, record)
+    return {"md": out / "report.md", "csv": out / "results.csv", "html": html, "provenance": out / "provenance.json"}
 
 
-def _markdown(config: dict, cultures: list[str], table: list[dict], verdicts: list, tests: list, several: bool) -> str:
-    e = config["evaluation"]
-    lines = [f"# Study {config['name']}", "",
-             (f"Cultures {', '.join(cultures)}; arms {', '.join(config['arms'])}; training seeds "
-             f"{', '.join(map(str, config['seeds']))}; items {', '.join(e['items'])}; readings "
-             f"{', '.join(e['readings'])}; formats {', '.join(e['formats'])}; role-play {config['roleplay']['model']}."),
-             "", "## Verdicts", "", "| arm | against base | against culture_free |", "|---|---|---|"]
-    lines += [f"| {label} | {vb or '-'} | {vc or '-'} |" for label, vb, vc in verdicts]
-    lines += ["", (f"Paired bootstrap on JS, one test per culture and training seed, {len(tests)} tests Holm-corrected "
-              "together (eval.wvs.paired)."), ""]
+def sections(config: dict, cultures: list[str], table: list[dict], verdicts: list, tests: list,
+             several: bool) -> list[dict]:
+    """The report's tables, for every renderer (markdown here, HTML in `study.report_html`): each
+    {"title", "note" (a sentence or ""), "header" [str], "rows" [[str]]}."""
+    out = [{"title": "Verdicts", "note": (f"Paired bootstrap on JS, one test per culture and training seed, {len(tests)} "
+                                          "tests Holm-corrected together (eval.wvs.paired)."),
+            "header": ["arm", "against base", "against culture_free"],
+            "rows": [[label, vb or "-", vc or "-"] for label, vb, vc in verdicts]}]
     for metric in METRICS:
-        if not any(line.get(f"{metric}_average", "") != "" or any(line.get(f"{metric}_{c}", "") != ""
-                                                                      for c in cultures) for line in table):
+        if not any(line.get(f"{metric}_{c}", "") != "" for line in table for c in [*cultures, "average"]):
             continue
         better = "higher" if metric in ("accuracy", "anchored_score") else "lower"
-        lines += [f"## {metric} ({better} is better; mean over seeds and formats [95% interval])", "",
-                  "| arm | student |" + (" items | reading |" if several else "")
-                  + "".join(f" {c} |" for c in [*cultures, "average"]),
-                  "|---|---|" + ("---|---|" if several else "") + "---|" * (len(cultures) + 1)]
+        rows = []
         for line in table:
             cells = []
             for c in [*cultures, "average"]:
                 v = line.get(f"{metric}_{c}", "")
                 cells.append("-" if v == "" else f"{v:.4f} [{line[f'{metric}_{c}_lo']:.4f}, "
                                                  f"{line[f'{metric}_{c}_hi']:.4f}]")
-            lines.append(f"| {line['arm']} | {line['student']} |"
-                         + (f" {line['items']} | {line['reading']} |" if several else "")
-                         + "".join(f" {x} |" for x in cells))
+            rows.append([line["arm"], line["student"], *([line["items"], line["reading"]] if several else []), *cells])
+        out.append({"title": f"{metric} ({better} is better; mean over seeds and formats [95% interval])", "note": "",
+                    "header": ["arm", "student", *(["items", "reading"] if several else []), *cultures, "average"],
+                    "rows": rows})
+    out.append({"title": "Paired tests", "note": "",
+                "header": ["arm", "reference", "culture", "seed", "ΔJS", "95% interval", "p", "Holm p", "verdict"],
+                "rows": [[t["arm"], t["reference"], t["culture"], str(t["seed"]) if t["seed"] is not None else "-",
+                          f"{t['delta']:+.4f}", f"[{t['ci'][0]:+.4f}, {t['ci'][1]:+.4f}]", f"{t['p']:.3g}",
+                          f"{t['p_holm']:.3g}", t["verdict"]] for t in tests]})
+    return out
+
+
+def summary_line(config: dict) -> str:
+    e = config["evaluation"]
+    return (f"Cultures {', '.join(config['cultures'])}; arms {', '.join(config['arms'])}; training seeds "
+            f"{', '.join(map(str, config['seeds']))}; items {', '.join(e['items'])}; readings "
+            f"{', '.join(e['readings'])}; formats {', '.join(e['formats'])}; role-play {config['roleplay']['model']}.")
+
+
+def _markdown(config: dict, parts: list[dict], record: dict) -> str:
+    lines = [f"# Study {config['name']}", "", summary_line(config), ""]
+    for part in parts:
+        lines += [f"## {part['title']}", ""]
+        lines += [part["note"], ""] if part["note"] else []
+        lines += ["| " + " | ".join(part["header"]) + " |", "|" + "---|" * len(part["header"])]
+        lines += ["| " + " | ".join(row) + " |" for row in part["rows"]]
         lines.append("")
-    lines += ["## Paired tests", "", "| arm | reference | culture | seed | ΔJS | 95% interval | p | Holm p | verdict |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {t['arm']} | {t['reference']} | {t['culture']} | {t['seed'] if t['seed'] is not None else '-'} | "
-              f"{t['delta']:+.4f} | [{t['ci'][0]:+.4f}, {t['ci'][1]:+.4f}] | {t['p']:.3g} | {t['p_holm']:.3g} | "
-              f"{t['verdict']} |" for t in tests]
-    return "\n".join(lines) + "\n"
+    lines += ["## Provenance", "", provenance_text(record), ""]
+    return "\n".join(lines)
+
+
+def provenance(out: Path, study: dict) -> dict:
+    """Where every number came from: git commits, model specs, each stage's request and time, the prompt versions
+    of the exports and evaluations, and the content hash of every adapter (sha256 of adapter_model.safetensors)."""
+    import hashlib
+
+    config, stages = study["config"], {}
+    commits, prompts = set(), {}
+    for node_id, node in study["nodes"].items():
+        folder = out / "stages" / node_id
+        done = _load(folder / "done.json") if (folder / "done.json").is_file() else {}
+        entry = {"kind": node["kind"], "culture": node["culture"], "params": node["params"],
+                 "inputs": node["inputs"], "seconds": done.get("seconds")}
+        weights = folder / "adapter" / "adapter_model.safetensors"
+        if weights.is_file():
+            entry["adapter_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+        if (folder / "results.json").is_file():
+            prov = _load(folder / "results.json")["provenance"]
+            commits.add(prov.get("git_commit") or "")
+            prompts.update(prov.get("prompt_versions") or {})
+        if (folder / "data" / "stats.json").is_file():
+            stats = _load(folder / "data" / "stats.json")
+            prompts.update((stats.get("provenance") or stats).get("prompt_versions") or {})
+        stages[node_id] = entry
+    models = {"roleplay": config["roleplay"]["model"], "judge": (config.get("judge") or config["roleplay"])["model"],
+              "students": [s["model"] for s in config["students"]]}
+    return {"git_commits": sorted(c for c in commits if c), "models": models, "prompt_versions": dict(sorted(
+        prompts.items())), "stages": stages}
+
+
+def provenance_text(record: dict) -> str:
+    adapters = {i: s["adapter_sha256"][:16] for i, s in record["stages"].items() if "adapter_sha256" in s}
+    return (f"git {', '.join(c[:12] for c in record['git_commits']) or 'unknown'}; role-play "
+            f"{record['models']['roleplay']}, judge {record['models']['judge']}, students "
+            f"{', '.join(record['models']['students'])}; prompt versions "
+            + ", ".join(f"{k} {v}" for k, v in record["prompt_versions"].items())
+            + "; adapters (sha256) " + (", ".join(f"{i} {h}" for i, h in adapters.items()) or "none")
+            + f"; every stage's request and seconds in provenance.json ({len(record['stages'])} stages).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +121,18 @@ def test_report_has_a_row_per_arm_with_intervals_and_verdicts(finished):
     # every arm but the references is tested against both; the untrained arms against base
     assert by_arm["cultural_prompt"]["verdict_base"] and by_arm["cultural_prompt"]["js_CHN"] != by_arm["base"]["js_CHN"]
     text = (out / "report.md").read_text()
-    assert "## Verdicts" in text and "| clca / tiny |" in text
+    assert "## Verdicts" in text and "| clca / tiny |" in text and "## Provenance" in text
+    # provenance: every stage's request, and the hash of every adapter that produced a number
+    record = json.loads((out / "provenance.json").read_text())
+    adapters = {i for i, s in record["stages"].items() if s["kind"] in ("sft", "dpo")}
+    assert adapters and all(len(record["stages"][i]["adapter_sha256"]) == 64 for i in adapters)
+    assert record["prompt_versions"]["wvs_country"] and record["git_commits"]
+    assert all(r["evaluations"] for r in rows)
+    # report.html stands alone: the figures are inline, nothing is fetched
+    page = (out / "report.html").read_text()
+    assert page.count("<svg") == 1 and "No map: the evaluation did not ask the map's ten items" in page
+    assert not re.search(r"""(src|href)=["'](?!#)""", page)
+    assert all(f"<td>{arm} / tiny</td>" in page for arm in study.arms)
 
 
 def test_a_planted_effect_is_closer_and_a_null_effect_is_not(tmp_path):
@@ -177,3 +189,22 @@ def test_a_planted_effect_is_closer_and_a_null_effect_is_not(tmp_path):
     before = (tmp_path / "out" / "results.csv").read_text()
     write_report(tmp_path / "out")  # rebuilt from the stored results alone
     assert (tmp_path / "out" / "results.csv").read_text() == before
+
+
+def test_the_html_report_places_every_arm_on_the_cultural_map(tmp_path, tiny_model_dir):
+    path = study_file(tmp_path, tiny_model_dir, "base, cultural_prompt, clca")
+    path.write_text(path.read_text().replace("items: [clca44:test]", "items: [iw10]"))
+    out = tmp_path / "out"
+    run_study(load_study(path), out, log=lambda line: None)
+    page = (out / "report.html").read_text()
+    assert page.count("<svg") == 2 and "No map" not in page
+    drawn = list(csv.DictReader((out / "map.csv").open()))
+    labels = {r["label"] for r in drawn if r["kind"] == "model"}
+    assert len(labels) == 3 and any("+ clca" in label for label in labels)
+    assert any("(cultural prompt" in label for label in labels) and any("(country prompt" in label for label in labels)
+    assert rows_of(out, "map_distance_CHN")  # the map distance column is filled for every arm
+
+
+def rows_of(out: Path, column: str) -> list[str]:
+    values = [r[column] for r in csv.DictReader((out / "results.csv").open())]
+    return values if all(values) else []

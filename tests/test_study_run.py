@@ -208,3 +208,38 @@ def test_the_html_report_places_every_arm_on_the_cultural_map(tmp_path, tiny_mod
 def rows_of(out: Path, column: str) -> list[str]:
     values = [r[column] for r in csv.DictReader((out / "results.csv").open())]
     return values if all(values) else []
+
+
+def test_sigkill_at_seeded_points_then_rerun_gives_the_same_results(tmp_path, tiny_model_dir):
+    """`python -m study run` killed (SIGKILL: no handler runs) as seeded stages start, rerun each time until it
+    ends: the same results.csv as a run never interrupted."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    path = study_file(tmp_path, tiny_model_dir, "base, clca, culture_free")
+    whole = tmp_path / "whole"
+    run_study(load_study(path), whole, log=lambda line: None)
+    stages = len(json.loads((whole / "study.json").read_text())["nodes"])
+    kill_at = sorted(random.Random(25).sample(range(1, stages + 1), 3))  # the k-th stage started in a process
+    out, kills = tmp_path / "killed", 0
+    argv = [sys.executable, "-m", "study", "run", str(path), "--out", str(out), "--no-progress"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for attempt in range(len(kill_at) + 1):
+        started = len(list(out.glob("stages/*/done.json")))  # a rerun starts after the finished stages
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        for line in proc.stdout:  # each stage prints "study: <id> ..." as it starts
+            started += line.startswith("study: ")
+            if attempt < len(kill_at) and started == kill_at[attempt]:
+                proc.send_signal(signal.SIGKILL)  # the stage has begun: its request written, its work under way
+                kills += 1
+                break
+        proc.wait(timeout=600)
+        proc.stdout.close()
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL
+    assert kills == len(kill_at) and proc.returncode == 0
+    assert (out / "results.csv").read_text() == (whole / "results.csv").read_text()

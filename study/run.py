@@ -1,8 +1,12 @@
 """`python -m study run CONFIG.yaml --out DIR`: every stage of a study, each through its typed request, resumably.
 
-Each node of the plan (`study.pipeline`) is run by its stage's public entry point: `graphs.batch` for adapt,
-simulate and judge (`AdaptRequest`, `SimulateRequest`, `JudgeRequest`), `training.dataset.main` for the exports,
-`training.sft.main` for the adapters and `eval.wvs.run.evaluate(EvalConfig)` for the evaluations. A node's output
+The study runs as a LangGraph graph (`build_study_graph`: plan -> stage -> plan ... -> report, one stage at a
+time, each stage's start and end on the custom stream), from the command line and served (langgraph.json's
+`study`, input {"config", "out"} under the serving root). Each node of the plan (`study.pipeline`) is run by its
+stage's public entry point: `graphs.batch` for adapt, simulate, judge and contrast (`AdaptRequest`,
+`SimulateRequest`, `JudgeRequest`, `ContrastRequest`), `training.dataset.main` and `training.survey_rows.main` for
+the exports, `training.sft.main` and `training.dpo.main` for the adapters and `eval.wvs.run.evaluate(EvalConfig)`
+for the evaluations. A node's output
 lives in DIR/stages/<node id>/ and `done.json` is written there last, so a node already finished for the same
 request is skipped and a rerun after a kill resumes (the stages themselves resume inside: episodes from their
 checkpoints, SFT from its last checkpoint). The role-play pipelines share one SQLite store per culture and pipeline
@@ -16,15 +20,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import operator
 import os
 import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated, TypedDict
 
-from study.config import Study, preset_path
+from langgraph.config import get_stream_writer
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+
+from study.config import Study, load_study, preset_path
 from study.pipeline import Builder, Node, build
 
 UNGROUNDED = "roleplay_system_ungrounded"
@@ -37,40 +47,130 @@ class StudyRunError(RuntimeError):
 EvalModel = Callable[[Node, str | None], object]  # (evaluate node, adapter folder or None) -> Model or None
 
 
-def run_study(study: Study, out: str | Path, *, progress: bool = False, eval_model: EvalModel | None = None,
-              log: Callable[[str], None] = print) -> dict:
-    """Run every node not done yet, then write the report. Returns {"ran": [ids], "skipped": [ids], "report": Path}.
+@dataclass
+class StudyContext:
+    """What one run of the study graph holds besides its state: how it reports, and the models it has loaded
+    (each role-play model once per run, shared by the stages that use it)."""
 
-    `eval_model` (tests): the model an evaluation reads instead of the one its spec names (None: the spec's)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    built = build(study)
-    _write_json(out / "study.json", {"config": asdict(study), "scored": [asdict(s) for s in built.scored],
-                                     "nodes": {i: asdict(n) for i, n in built.nodes.items()}})
-    runner = _Runner(study, out, built, progress, eval_model)
-    ran, skipped = [], []
-    for node_id, node in built.nodes.items():
-        folder = out / "stages" / node_id
-        if (folder / "done.json").is_file():
-            skipped.append(node_id)
-            continue
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_json(folder / "request.json", asdict(node))
-        log(f"study: {node_id} ...")
-        started = time.time()
-        result = runner.run(node, folder)
-        _write_json(folder / "done.json", {"seconds": round(time.time() - started, 2), **(result or {})})
-        ran.append(node_id)
+    progress: bool = False  # progress bars inside the stages
+    log: Callable[[str], None] = print  # one line as each stage starts
+    eval_model: EvalModel | None = None  # tests: the model an evaluation reads instead of its spec's
+    models: dict = field(default_factory=dict)
+
+
+class StudyState(TypedDict, total=False):
+    config: str  # the study YAML (input)
+    out: str  # the study's folder (input)
+    next: str | None  # the stage to run next, None when every stage is done
+    ran: Annotated[list[str], operator.add]  # stages run by this invocation
+    skipped: list[str]  # stages found done when it began
+    report: str  # report.md
+    error: str  # served: why the request was refused, one line
+
+
+def _opened(state: StudyState) -> tuple[Study, Path, Builder]:
+    study = load_study(state["config"])
+    return study, Path(state["out"]), build(study)
+
+
+def _plan(state: StudyState) -> dict:
+    """Write study.json; the next stage without done.json, in build order (every stage after its inputs)."""
+    study, out, built = _opened(state)
+    done = [i for i in built.nodes if (out / "stages" / i / "done.json").is_file()]
+    update: dict = {"next": next((i for i in built.nodes if i not in done), None)}
+    if "skipped" not in state:  # the first pass: what an earlier run finished
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "study.json", {"config": asdict(study), "scored": [asdict(s) for s in built.scored],
+                                         "nodes": {i: asdict(n) for i, n in built.nodes.items()}})
+        update["skipped"] = done
+    return update
+
+
+def _stage(state: StudyState, runtime: Runtime[StudyContext]) -> dict:
+    """Run one stage through its typed request; done.json last, so a kill before it reruns the stage."""
+    ctx = runtime.context or StudyContext()
+    study, out, built = _opened(state)
+    node_id = state["next"]
+    node, folder = built.nodes[node_id], out / "stages" / node_id
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(folder / "request.json", asdict(node))
+    ctx.log(f"study: {node_id} ...")
+    write = get_stream_writer()
+    write({"event": "stage", "stage": node_id, "kind": node.kind, "culture": node.culture})
+    started = time.time()
+    result = _Runner(study, out, built, ctx).run(node, folder)
+    seconds = round(time.time() - started, 2)
+    _write_json(folder / "done.json", {"seconds": seconds, **(result or {})})
+    write({"event": "stage_done", "stage": node_id, "seconds": seconds})
+    return {"ran": [node_id]}
+
+
+def _report(state: StudyState) -> dict:
     from study.report import write_report
 
-    paths = write_report(out)
-    return {"ran": ran, "skipped": skipped, "report": paths["md"]}
+    return {"report": str(write_report(state["out"])["md"])}
+
+
+def _served_inputs(state: StudyState) -> dict:
+    """Served: refuse unknown keys, and paths outside the serving root; a bad config is one line too."""
+    from graphs.serving import ServedInputError, under_root, unknown_keys
+    from study.config import StudyConfigError
+
+    if note := unknown_keys():
+        return {"error": note}
+    if not state.get("config"):
+        return {"error": "config: required (a study YAML under the serving root)"}
+    try:
+        config = under_root(state["config"], "config")
+        study = load_study(config)
+        out = under_root(state.get("out") or f"runs/study-{study.name}", "out")
+    except (ServedInputError, StudyConfigError) as exc:
+        return {"error": str(exc)}
+    return {"config": str(config), "out": str(out)}
+
+
+def build_study_graph(served: bool = False):
+    """plan -> stage -> plan ... -> report: one stage at a time (they share the engine and the CPU), each stage
+    a node run, progress on the custom stream ({"event": "stage" | "stage_done", ...}). `served` (langgraph.json's
+    `study`): input paths are taken under the serving root, and a refused request ends with {"error": line}."""
+    from graphs.serving import strict
+
+    graph = StateGraph(StudyState, context_schema=StudyContext)
+    graph.add_node("plan", _plan)
+    graph.add_node("stage", _stage)
+    graph.add_node("report", _report)
+    graph.add_conditional_edges("plan", lambda state: "stage" if state.get("next") else "report", ["stage", "report"])
+    graph.add_edge("stage", "plan")
+    graph.add_edge("report", END)
+    if not served:
+        graph.add_edge(START, "plan")
+        return graph.compile().with_config(recursion_limit=RECURSION_LIMIT)
+    graph.add_node("inputs", _served_inputs)
+    graph.add_edge(START, "inputs")
+    graph.add_conditional_edges("inputs", lambda state: END if state.get("error") else "plan", ["plan", END])
+    return strict(graph.compile()).with_config(recursion_limit=RECURSION_LIMIT)
+
+
+RECURSION_LIMIT = 100_000  # two steps per stage; a paper-sized study has a few hundred stages
+
+
+def run_study(study: Study, out: str | Path, *, progress: bool = False, eval_model: EvalModel | None = None,
+              log: Callable[[str], None] = print) -> dict:
+    """Run every stage not done yet (the study graph), then write the report. Returns {"ran": [ids],
+    "skipped": [ids], "report": Path}.
+
+    `eval_model` (tests): the model an evaluation reads instead of the one its spec names (None: the spec's)."""
+    if not study.source:
+        raise StudyRunError("the study has no source file (load it with study.config.load_study)")
+    final = build_study_graph().invoke({"config": study.source, "out": str(out)},
+                                       context=StudyContext(progress=progress, log=log, eval_model=eval_model))
+    return {"ran": final.get("ran", []), "skipped": final["skipped"], "report": Path(final["report"])}
 
 
 class _Runner:
-    def __init__(self, study: Study, out: Path, built: Builder, progress: bool, eval_model: EvalModel | None):
-        self.study, self.out, self.built, self.progress, self.eval_model = study, out, built, progress, eval_model
-        self.models: dict = {}
+    def __init__(self, study: Study, out: Path, built: Builder, ctx: StudyContext):
+        self.study, self.out, self.built = study, out, built
+        self.progress, self.eval_model, self.models = ctx.progress, ctx.eval_model, ctx.models
 
     def folder(self, node_id: str) -> Path:
         return self.out / "stages" / node_id
@@ -276,3 +376,6 @@ def _write_json(path: Path, data) -> None:
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)
 
+
+
+served_study = build_study_graph(served=True)  # langgraph.json's `study`

@@ -243,3 +243,25 @@ def test_sigkill_at_seeded_points_then_rerun_gives_the_same_results(tmp_path, ti
         assert proc.returncode == -signal.SIGKILL
     assert kills == len(kill_at) and proc.returncode == 0
     assert (out / "results.csv").read_text() == (whole / "results.csv").read_text()
+
+
+def test_served_study_streams_each_stage_and_refuses_bad_requests(tmp_path, monkeypatch, tiny_model_dir):
+    """langgraph.json's `study`: the same graph as `study run`, paths under the serving root, progress on the
+    custom stream, a bad request one line in `error` with nothing written."""
+    from graphs.serving import SERVE_ROOT_ENV
+    from study.run import served_study
+
+    monkeypatch.setenv(SERVE_ROOT_ENV, str(tmp_path))
+    study_file(tmp_path, tiny_model_dir, "base, cultural_prompt")
+    for values, message in [({"config": "study.yaml", "outt": "o"}, "'outt': unknown input key (did you mean 'out'?)"),
+                            ({"config": "../study.yaml"}, "config: ../study.yaml is outside the serving root"),
+                            ({}, "config: required"), ({"config": "nope.yaml"}, "nope.yaml: cannot read")]:
+        state = served_study.invoke(values)
+        assert state["error"].startswith(message) or message in state["error"], state["error"]
+        assert "report" not in state and not (tmp_path / "runs").exists()
+    events = [chunk for mode, chunk in served_study.stream({"config": "study.yaml"}, stream_mode=["custom", "values"])
+              if mode == "custom"]
+    out = tmp_path / "runs" / "study-tiny"
+    assert [e["event"] for e in events] == ["stage", "stage_done"] * 2  # the two untrained arms' evaluations
+    assert {e["stage"] for e in events} == {p.name for p in (out / "stages").iterdir()}
+    assert (out / "report.html").is_file()

@@ -73,7 +73,6 @@ def with_suggestion(parser: argparse.ArgumentParser, message: str) -> str:
     return f"unrecognized argument {name} ({hint})"
 
 
-
 def unknown_flags(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
     """The `--flags` in `argv` that `parser` does not declare, even as an abbreviation; none for a parser with
     subcommands (their flags belong to the subcommand's parser)."""

@@ -76,7 +76,7 @@ def _counts(study: Study, b: Builder, node: Node, rows: dict[str, int]) -> dict:
     if node.kind == "contrast":
         return {"model calls": s.episodes * s.rounds * 2}
     if node.kind == "survey_rows":
-        rows[node.id] = _survey_items(node) * len(_formats(p["formats"])) * p["rows_per_item"]
+        rows[node.id] = len(_with_shares(node.culture, p["items"])) * len(_formats(p["formats"])) * p["rows_per_item"]
         return {"training rows": rows[node.id]}
     if node.kind == "dpo":
         return _steps(study, p["preset"], study.training.dpo_overrides)
@@ -103,25 +103,24 @@ def _steps(study: Study, preset_file: str, overrides: dict) -> dict:
     return {"epochs": preset.get("num_train_epochs", 3)}
 
 
-def _survey_items(node: Node) -> int:
+def _with_shares(culture: str, items_spec: str) -> list:
+    """The items of `items_spec` that the bundled survey shares have for `culture` (the ones that are asked)."""
     from eval.wvs.items import select_items
     from eval.wvs.survey import BundledShares
 
     shares = BundledShares()
-    return sum(shares.distribution(node.culture, it) is not None for it in select_items(node.params["items"]))
+    return [it for it in select_items(items_spec) if shares.distribution(culture, it) is not None]
 
 
 def _prompts(study: Study, node: Node) -> int:
     from eval.wvs.items import select_items
-    from eval.wvs.survey import BundledShares
 
     p = node.params
-    items = select_items(p["items"])
     if not p["wvs_file"]:
-        shares = BundledShares()
-        items = [it for it in items if shares.distribution(node.culture, it) is not None]
+        items = _with_shares(node.culture, p["items"])
         units = p["samples"] if p["method"] == "generate" else 1
     else:
+        items = select_items(p["items"])
         units = p["personas"]
     return len(items) * len(_formats(p["formats"])) * units
 

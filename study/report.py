@@ -144,7 +144,7 @@ def write_report(out: str | Path) -> dict[str, Path]:
         cultures_runs = rows[key]
         seeds = sorted({s for runs in cultures_runs.values() for s, _, _ in runs if s is not None})
         line = {"arm": arm, "student": student, "items": items, "reading": reading,
-                "seeds": " ".join(map(str, seeds)),  # which stored evaluations the row's numbers are from
+                "seeds": " ".join(map(str, seeds)),
                 "evaluations": " ".join(sorted(p.parent.name for runs in cultures_runs.values() for _, _, p in runs))}
         for metric in METRICS:
             cells = [_cell(cultures_runs[c], metric) if c in cultures_runs else None for c in cultures]
@@ -164,7 +164,7 @@ def write_report(out: str | Path) -> dict[str, Path]:
     with open(out / "results.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=header)
         writer.writeheader()
-        writer.writerows(table)
+        writer.writerows(table)  # `evaluations`: the stored evaluations a row's numbers are from
     record = provenance(out, study)
     (out / "provenance.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     parts = sections(config, cultures, table, verdicts, tests, several)
@@ -179,8 +179,9 @@ def sections(config: dict, cultures: list[str], table: list[dict], verdicts: lis
              several: bool) -> list[dict]:
     """The report's tables, for every renderer (markdown here, HTML in `study.report_html`): each
     {"title", "note" (a sentence or ""), "header" [str], "rows" [[str]]}."""
-    out = [{"title": "Verdicts", "note": (f"Paired bootstrap on JS, one test per culture and training seed, {len(tests)} "
-                                          "tests Holm-corrected together (eval.wvs.paired)."),
+    note = (f"Paired bootstrap on JS, one test per culture and training seed, {len(tests)} tests Holm-corrected "
+            "together (eval.wvs.paired).")
+    out = [{"title": "Verdicts", "note": note,
             "header": ["arm", "against base", "against culture_free"],
             "rows": [[label, vb or "-", vc or "-"] for label, vb, vc in verdicts]}]
     for metric in METRICS:
@@ -239,7 +240,8 @@ def provenance(out: Path, study: dict) -> dict:
                  "inputs": node["inputs"], "seconds": done.get("seconds")}
         weights = folder / "adapter" / "adapter_model.safetensors"
         if weights.is_file():
-            entry["adapter_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+            with weights.open("rb") as fh:
+                entry["adapter_sha256"] = hashlib.file_digest(fh, "sha256").hexdigest()
         if (folder / "results.json").is_file():
             prov = _load(folder / "results.json")["provenance"]
             commits.add(prov.get("git_commit") or "")

@@ -56,6 +56,12 @@ class StudyContext:
     log: Callable[[str], None] = print  # one line as each stage starts
     eval_model: EvalModel | None = None  # tests: the model an evaluation reads instead of its spec's
     models: dict = field(default_factory=dict)
+    opened: dict = field(default_factory=dict)  # (config, out) -> (study, out, built): read once per run
+    shared: bool = False  # models from the serving process's shared cache (a served run brings no context)
+
+
+def _context(runtime: Runtime[StudyContext]) -> StudyContext:
+    return runtime.context or StudyContext(shared=True)
 
 
 class StudyState(TypedDict, total=False):
@@ -68,14 +74,17 @@ class StudyState(TypedDict, total=False):
     error: str  # served: why the request was refused, one line
 
 
-def _opened(state: StudyState) -> tuple[Study, Path, Builder]:
-    study = load_study(state["config"])
-    return study, Path(state["out"]), build(study)
+def _opened(state: StudyState, ctx: StudyContext) -> tuple[Study, Path, Builder]:
+    key = (state["config"], state["out"])
+    if key not in ctx.opened:
+        study = load_study(state["config"])
+        ctx.opened[key] = study, Path(state["out"]), build(study)
+    return ctx.opened[key]
 
 
-def _plan(state: StudyState) -> dict:
+def _plan(state: StudyState, runtime: Runtime[StudyContext]) -> dict:
     """Write study.json; the next stage without done.json, in build order (every stage after its inputs)."""
-    study, out, built = _opened(state)
+    study, out, built = _opened(state, _context(runtime))
     done = [i for i in built.nodes if (out / "stages" / i / "done.json").is_file()]
     update: dict = {"next": next((i for i in built.nodes if i not in done), None)}
     if "skipped" not in state:  # the first pass: what an earlier run finished
@@ -88,8 +97,8 @@ def _plan(state: StudyState) -> dict:
 
 def _stage(state: StudyState, runtime: Runtime[StudyContext]) -> dict:
     """Run one stage through its typed request; done.json last, so a kill before it reruns the stage."""
-    ctx = runtime.context or StudyContext()
-    study, out, built = _opened(state)
+    ctx = _context(runtime)
+    study, out, built = _opened(state, ctx)
     node_id = state["next"]
     node, folder = built.nodes[node_id], out / "stages" / node_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -170,7 +179,7 @@ def run_study(study: Study, out: str | Path, *, progress: bool = False, eval_mod
 class _Runner:
     def __init__(self, study: Study, out: Path, built: Builder, ctx: StudyContext):
         self.study, self.out, self.built = study, out, built
-        self.progress, self.eval_model, self.models = ctx.progress, ctx.eval_model, ctx.models
+        self.progress, self.eval_model, self.models, self.shared = ctx.progress, ctx.eval_model, ctx.models, ctx.shared
 
     def folder(self, node_id: str) -> Path:
         return self.out / "stages" / node_id
@@ -182,11 +191,13 @@ class _Runner:
 
     def _model(self, spec: str, unstructured: bool, concurrency: int):
         from agents.models import load_model
+        from graphs.serving import shared_model
 
         key = (spec, unstructured, concurrency)
         if key not in self.models:
-            self.models[key] = load_model(spec, structured=not unstructured, max_batch=concurrency,
-                                          log_dir=self.out / "stores")
+            load = shared_model if self.shared else load_model  # served: one model per spec in the process
+            self.models[key] = load(spec, structured=not unstructured, max_batch=concurrency,
+                                    log_dir=self.out / "stores")
         return self.models[key]
 
     def _batch(self, module: str, request, model, *, tolerate_failures: bool = False) -> dict:
@@ -375,7 +386,6 @@ def _write_json(path: Path, data) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)
-
 
 
 served_study = build_study_graph(served=True)  # langgraph.json's `study`

@@ -7,10 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-DEMO_CULTURE ?= CHN
-DEMO_DB ?= runs/demo.db
-# question formats of the demo's evaluations (docs/evaluation.md); `all` for the five
-DEMO_FORMATS ?= default,reversed
+DEMO_OUT ?= runs/study-demo
 
 .PHONY: demo test venv clean chromium llama-server
 
@@ -67,29 +64,15 @@ chromium:
 	  && { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "warning: could not install chromium with apt; the browser test will skip"; }
 
-# The whole pipeline on the embedded SmolLM2-135M, served by the managed llama-server (started and
-# stopped by each command), sized for 2 CPU cores. Every step resumes when rerun. Every answer is
-# decoded under its JSON schema, so turns, labels and verdicts are well-formed; SmolLM2 adapts the
-# scenarios itself (names drawn from the culture's pool, the seed's names banned), retried on failure.
-# 10 seeds adapted, 2 episodes of 3 rounds on each of 8 of them: 16 episodes. The evaluations ask each item in two
-# formats; eval.compare prints each difference with its paired-bootstrap interval, p-value and verdict.
+# The demo study (configs/studies/demo.yaml) on the embedded SmolLM2-135M, served by the managed llama-server
+# (started and stopped by each stage), sized for 2 CPU cores: arms base, cultural_prompt, clca and its control
+# culture_free (the same pipeline on the unadapted seeds with the ungrounded persona prompt, trained on as many
+# rows). 10 seeds adapted, 16 episodes of 3 rounds per pipeline; every arm scored on clca44's test items and the
+# cultural map's, in two formats, with paired tests against base and culture_free. Every stage resumes when rerun.
+# It ends by printing the report (runs/study-demo/report.md; report.html beside it) and writes the site.
 demo: venv llama-server
-	$(PY) -m graphs.adapt --culture $(DEMO_CULTURE) --n 10 --model smollm2 --db $(DEMO_DB) --no-progress
-	$(PY) -m graphs.simulate --culture $(DEMO_CULTURE) --episodes 16 --samples 2 --max-turns 3 --model smollm2 --db $(DEMO_DB) --no-progress
-	$(PY) -m graphs.judge --culture $(DEMO_CULTURE) --model smollm2 --db $(DEMO_DB) --no-progress
-	$(PY) -m graphs.contrast --culture $(DEMO_CULTURE) --model smollm2 --db $(DEMO_DB) --no-progress
-	$(PY) -m training.dataset --culture $(DEMO_CULTURE) --db $(DEMO_DB) --out runs/demo-data --contrastive-model smollm2
-	$(PY) -m training.sft --config configs/sft_demo.yaml --dataset_name runs/demo-data --output_dir runs/demo-adapter
-	# Base and adapted are read by one engine (in process, where the adapter runs), so their difference is the
-	# adapter's alone: llama-server's option scores differ from in-process ones by up to 0.065 JS per item.
-	$(PY) -m eval.wvs --model smollm2-inprocess --countries $(DEMO_CULTURE) --items clca44 --method logprob --formats $(DEMO_FORMATS) --bootstrap 200 --out results/demo-base.json
-	$(PY) -m eval.wvs --model smollm2 --adapter runs/demo-adapter --countries $(DEMO_CULTURE) --items clca44 --method logprob --formats $(DEMO_FORMATS) --bootstrap 200 --out results/demo-adapted.json
-	$(PY) -m eval.compare results/demo-base.json results/demo-adapted.json
-	$(PY) -m eval.wvs --model smollm2-inprocess --countries $(DEMO_CULTURE) --items iw10 --method logprob --formats $(DEMO_FORMATS) --bootstrap 200 --no-plots --out results/demo-map-base.json
-	$(PY) -m eval.wvs --model smollm2 --adapter runs/demo-adapter --countries $(DEMO_CULTURE) --items iw10 --method logprob --formats $(DEMO_FORMATS) --bootstrap 200 --no-plots --out results/demo-map-adapted.json
-	$(PY) -m eval.compare results/demo-map-base.json results/demo-map-adapted.json
-	-$(PY) -m eval.culture_map results/demo-map-base.json results/demo-map-adapted.json --out results/demo-map.png  # JPN: needs --wvs-file
-	$(PY) -m graphs.view --db $(DEMO_DB) --out site
+	$(PY) -m study run configs/studies/demo.yaml --out $(DEMO_OUT) --no-progress
+	$(PY) -m graphs.view --db $(DEMO_OUT)/stores/chn-cultural.db --out site
 
 clean:
 	rm -rf .venv runs results site outputs build

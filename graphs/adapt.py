@@ -397,6 +397,9 @@ class AdaptRequest:
 
     culture: str = required("ISO-3 code of a culture with a YAML file, e.g. JPN")
     n: int | None = option(None, "seeds to adapt, a seeded choice (default: all)")
+    max_goal_chars: int | None = option(None, "only seeds whose goals are all at most this many characters, the --n "
+                                              "choice drawn among them (SOTOPIA's run to 1,584 with lists and hints "
+                                              "inline; a small model drops what it cannot carry and is refused)")
     seeds: str | None = option(None, "JSON Lines file of your own seed scenarios (default: SOTOPIA; served: under the "
                                      "serving root)")
     model: str = option("smollm2", f"model spec: {MODEL_SPECS}")
@@ -444,8 +447,9 @@ def resolve(request: AdaptRequest, *, served: bool = False, origin: dict | None 
     (BatchInputError, CultureError, PromptError, ModelSpecError, ScenarioFileError). Served: paths under the
     serving root."""
     r = request
-    if (r.n is not None and r.n < 1) or r.max_attempts < 1 or r.concurrency < 1:
-        raise BatchInputError("n, max_attempts and concurrency must be at least 1")
+    if (r.n is not None and r.n < 1) or r.max_attempts < 1 or r.concurrency < 1 \
+            or (r.max_goal_chars is not None and r.max_goal_chars < 1):
+        raise BatchInputError("n, max_goal_chars, max_attempts and concurrency must be at least 1")
     path = (lambda p, field: under_root(p, field)) if served else (lambda p, field: p and Path(p))
     db, prompts_dir = store_file(path(r.db, "db")), path(r.prompts, "prompts")
     cultures_dir, seeds_file = path(r.cultures_dir, "cultures_dir"), path(r.seeds, "seeds")
@@ -456,6 +460,10 @@ def resolve(request: AdaptRequest, *, served: bool = False, origin: dict | None 
     seeds = read_scenarios(seeds_file) if seeds_file else list(sotopia_seeds())
     if not seeds:
         raise ScenarioFileError(f"{r.seeds}: no scenarios in the file")
+    if r.max_goal_chars is not None:
+        seeds = [s for s in seeds if all(len(p.goal) <= r.max_goal_chars for p in s.participants)]
+        if not seeds:
+            raise BatchInputError(f"max_goal_chars {r.max_goal_chars}: no seed has goals that short")
     chosen = choose_seeds(seeds, r.n, r.seed)
     name_pool = use_name_pool(r.name_pool, r.model, culture, structured=not r.unstructured)
     check_templates(prompts, culture, chosen[0])

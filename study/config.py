@@ -77,6 +77,7 @@ class Sizes:
     samples: int = 2  # episodes per scenario
     rounds: int = 3  # rounds per episode, one utterance from each participant (--max-turns)
     survey_rows: int = 20  # survey_sft: answers drawn per train item and format (training.survey_rows)
+    max_goal_chars: int | None = None  # adapt only seeds whose goals are this short (graphs.adapt --max-goal-chars)
 
 
 @dataclass(frozen=True)

@@ -67,9 +67,12 @@ class Builder:
         return f"stores/{culture.lower()}-{pipeline}.db"
 
     def adapt(self, culture: str) -> str:
-        m = self.study.roleplay
-        return self.add(Node("adapt", culture, {"n": self.study.sizes.seeds, "model": m.model, "seed": 0,
-                                                "unstructured": m.unstructured, "db": self.store(culture, "cultural")}))
+        m, s = self.study.roleplay, self.study.sizes
+        params = {"n": s.seeds, "model": m.model, "seed": 0, "unstructured": m.unstructured,
+                  "db": self.store(culture, "cultural")}
+        if s.max_goal_chars is not None:  # only then a key, so the ids of studies without it stay what they were
+            params["max_goal_chars"] = s.max_goal_chars
+        return self.add(Node("adapt", culture, params))
 
     def simulate(self, culture: str, pipeline: str) -> str:
         m, s = self.study.roleplay, self.study.sizes

@@ -223,7 +223,8 @@ class _Runner:
 
         m, p = self.study.roleplay, node.params
         request = AdaptRequest(culture=node.culture, n=p["n"], model=p["model"], db=str(self.out / p["db"]),
-                               concurrency=m.concurrency, seed=p["seed"], unstructured=p["unstructured"])
+                               concurrency=m.concurrency, seed=p["seed"], unstructured=p["unstructured"],
+                               max_goal_chars=p.get("max_goal_chars"))
         # seeds that never validate are stored as failed; the pipeline goes on with the adapted ones
         return self._batch("graphs.adapt", request, self._model(m.model, m.unstructured, m.concurrency),
                            tolerate_failures=True)

@@ -92,3 +92,19 @@ def test_every_carried_field_has_a_bound_in_the_schema():
                                         prompts=Prompts()))
     for path in CARRIED_FIELDS:
         assert schema_node(schema, path)["maxLength"] >= len(field(LONGEST.model_dump(), path))
+
+
+def test_max_goal_chars_draws_the_choice_among_seeds_with_short_goals(tmp_path):
+    """A small model drops what it cannot carry; --max-goal-chars adapts only seeds it can, --n drawn among them."""
+    from graphs import adapt
+    from graphs.store import Store
+
+    db = str(tmp_path / "s.db")
+    adapt.main(["--culture", "JPN", "--n", "5", "--max-goal-chars", "150", "--model", "puppet", "--db", db,
+                "--no-progress"])
+    seeds = {s.id: s for s in SEEDS}
+    adapted = Store(db).scenarios(culture="JPN")
+    assert len(adapted) == 5
+    assert all(len(p.goal) <= 150 for s in adapted for p in seeds[s.source.removeprefix("adapted:")].participants)
+    with pytest.raises(SystemExit, match=r"^error: max_goal_chars 5: no seed has goals that short$"):
+        adapt.main(["--culture", "JPN", "--max-goal-chars", "5", "--model", "puppet", "--db", db])

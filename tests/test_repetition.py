@@ -11,7 +11,7 @@ import pytest
 
 from agents.models import DRY_DEFAULT, GenerationParams, Model, Repetition, RepetitionError, ScriptedBackend
 from agents.models.hf import _RowRepetition, dry_matches
-from agents.models.openai_compat import OpenAIBackend, detect_engine
+from agents.models.openai_compat import DRY_WINDOW_FALLBACK, OpenAIBackend, detect_engine
 from agents.models.vllm_offline import repetition_fields
 from graphs import judge, simulate
 from graphs.batch import BatchInputError, run
@@ -43,7 +43,8 @@ def test_bad_text_names_the_part(text, message):
 
 
 @pytest.mark.parametrize("engine, body, top", [
-    ("llama.cpp", {"dry_multiplier": 0.8, "dry_base": 1.75, "dry_allowed_length": 2, "repeat_penalty": 1.1},
+    ("llama.cpp", {"dry_multiplier": 0.8, "dry_base": 1.75, "dry_allowed_length": 2,
+                   "dry_penalty_last_n": DRY_WINDOW_FALLBACK, "repeat_penalty": 1.1},
      {"frequency_penalty": 0.2}),
     ("vllm", {"repetition_penalty": 1.1}, {"frequency_penalty": 0.2}),
     ("openai", {}, {"frequency_penalty": 0.2}),
@@ -90,6 +91,25 @@ def test_engine_is_detected_from_the_server(routes, engine):
         root = f"http://127.0.0.1:{server.server_port}"
         assert detect_engine(root) == engine
         assert OpenAIBackend("m", f"{root}/v1").engine == engine
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_dry_searches_the_whole_context_on_llama_server():
+    """llama-server reads an absent dry_penalty_last_n as its default, the last 64 tokens, and refuses -1: a
+    role-player's copy of the partner's turn (further back than that, before the instruction) went unpenalised.
+    The whole context is sent as its size: a managed server's per-slot context, else /props' n_ctx."""
+    handler = type("Handler", (_Server,), {"routes": {"/props": {"default_generation_settings": {"n_ctx": 4096}}}})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        backend = OpenAIBackend("m", f"http://127.0.0.1:{server.server_port}/v1")
+        assert backend.repetition_controls(DRY_DEFAULT)["dry_penalty_last_n"] == 4096
+        backend.context_tokens = 2048  # a managed server knows its slots' context
+        assert backend.repetition_controls(DRY_DEFAULT)["dry_penalty_last_n"] == 2048
+        window = Repetition.parse("dry,dry_penalty_last_n=100")
+        assert backend.repetition_controls(window)["dry_penalty_last_n"] == 100
     finally:
         server.shutdown()
         server.server_close()

@@ -118,7 +118,7 @@ def test_dpo_shares_clca_training_and_survey_sft_trains_on_the_train_split(tmp_p
 
 
 def test_plan_on_the_shipped_configs_loads_no_model():
-    for name, stages in (("demo", 14), ("clca_paper", None)):
+    for name, stages in (("demo", 18), ("clca_paper", None)):
         code = (f"import sys; from study.__main__ import main; main(['plan', 'configs/studies/{name}.yaml']); "
                 "assert not any(m in sys.modules for m in ('torch', 'vllm'))")
         out = subprocess.run([sys.executable, "-c", code],

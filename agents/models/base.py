@@ -49,7 +49,8 @@ class Repetition:
       `dry_multiplier * dry_base ** (n - dry_allowed_length)` from its logit once n >= dry_allowed_length; the
       match never crosses a sequence breaker (a token holding a newline, `:`, `"` or `*`: llama.cpp's defaults), so
       a JSON answer's own keys and quotes are not penalised. `dry_penalty_last_n` tokens of context are searched
-      (-1: all). llama-server and the in-process backend (`agents.models.hf`); vLLM has no DRY.
+      (-1: all of it; llama-server, whose own default is the last 64 tokens and which refuses -1, is sent its
+      context size). llama-server and the in-process backend (`agents.models.hf`); vLLM has no DRY.
     - `repetition_penalty`: the CTRL penalty (Keskar et al. 2019) on every token already in the context: a
       positive logit divided by it, a negative one multiplied (1: off). llama-server `repeat_penalty` (last 64
       tokens), vLLM and transformers `repetition_penalty` (prompt and answer).

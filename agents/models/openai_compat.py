@@ -52,6 +52,9 @@ from agents.models.scoring import option_logprobs, prefixes_to_read
 ENV_TIMEOUT = "CLCA_REQUEST_TIMEOUT_S"
 ENV_ENGINE = "CLCA_OPENAI_ENGINE"
 ENGINES = ("llama.cpp", "vllm", "openai")
+# DRY over "the whole context" on a llama-server whose context size is unknown: long enough for any episode here,
+# and small for its ring buffer (4 bytes a token per request).
+DRY_WINDOW_FALLBACK = 32768
 SELF_TEST_VALUE = "teal-walrus-42"  # no model says this unless the decoder makes it
 SELF_TEST_REASONING_TOKENS = 2048  # the self-test's budget for a model that answers only after reasoning
 # Option scoring: the top next tokens asked for first; a needed token outside them is asked again with all of them.
@@ -102,6 +105,7 @@ class OpenAIBackend:
         self.context_tokens: int | None = None  # per request; known for a managed llama-server (its -c / slots)
         self._slot_of: OrderedDict[str, int] = OrderedDict()  # cache key -> slot, least recently used first
         self._engine = engine or os.environ.get(ENV_ENGINE) or None  # None: found on first use (`engine`)
+        self._props_context: int | None = None  # llama-server's n_ctx per slot, asked once (`dry_window`)
         if self._engine not in (None, *ENGINES):
             raise ModelSpecError(f"{ENV_ENGINE}={self._engine!r}: expected one of {', '.join(ENGINES)}")
 
@@ -113,13 +117,23 @@ class OpenAIBackend:
             self._engine = detect_engine(self.base_url.removesuffix("/v1"))
         return self._engine
 
+    @property
+    def dry_window(self) -> int:
+        """Tokens of context DRY searches when asked for all of it (`dry_penalty_last_n=-1`): a request's
+        context (a managed server's, else the server's `n_ctx` from `GET /props`, asked once), else
+        DRY_WINDOW_FALLBACK."""
+        if self.context_tokens is None and self._props_context is None:
+            self._props_context = llama_context_size(self.base_url.removesuffix("/v1")) or 0
+        return self.context_tokens or self._props_context or DRY_WINDOW_FALLBACK
+
     def repetition_controls(self, repetition: Repetition) -> dict:
         """The request fields that carry `repetition` on this endpoint's engine (see the module docstring)."""
         r, out = repetition, {}
         if self.engine == "llama.cpp" and r.dry_multiplier > 0:
             out.update(dry_multiplier=r.dry_multiplier, dry_base=r.dry_base, dry_allowed_length=r.dry_allowed_length)
-            if r.dry_penalty_last_n != -1:  # -1 (whole context): the server's default, refused in a request
-                out["dry_penalty_last_n"] = r.dry_penalty_last_n
+            # -1 (the whole context) is refused in a request, and the server's own default is the last 64 tokens,
+            # which miss the earlier turns a role-player copies: the whole context is sent as its size.
+            out["dry_penalty_last_n"] = r.dry_penalty_last_n if r.dry_penalty_last_n != -1 else self.dry_window
         if r.repetition_penalty != 1.0 and self.engine in ("llama.cpp", "vllm"):
             out["repeat_penalty" if self.engine == "llama.cpp" else "repetition_penalty"] = r.repetition_penalty
         if r.frequency_penalty:
@@ -385,6 +399,19 @@ def detect_engine(root: str, timeout_s: float = 10.0) -> str:
     except httpx.HTTPError:
         pass
     return "openai"
+
+
+def llama_context_size(root: str, timeout_s: float = 10.0) -> int | None:
+    """A llama-server's context per slot (`GET /props` -> default_generation_settings.n_ctx), None when the
+    server does not say."""
+    import httpx
+
+    try:
+        with httpx.Client(base_url=root, timeout=timeout_s) as http:
+            n_ctx = http.get("/props").json().get("default_generation_settings", {}).get("n_ctx")
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else None
 
 
 def _is_json_object(text: str) -> bool:

@@ -76,10 +76,12 @@ class Builder:
 
     def simulate(self, culture: str, pipeline: str) -> str:
         m, s = self.study.roleplay, self.study.sizes
-        inputs = (self.adapt(culture),) if pipeline == "cultural" else ()
         params = {"episodes": s.episodes, "samples": s.samples, "max_turns": s.rounds, "model": m.model, "seed": 0,
                   "unstructured": m.unstructured, "use_seeds": pipeline == "culture_free",
                   "ungrounded": pipeline == "culture_free", "db": self.store(culture, pipeline)}
+        if pipeline == "culture_free":  # the seeds the cultural pipeline adapted, as they were: only culture differs
+            params["seeds_of"] = self.store(culture, "cultural")
+        inputs = (self.adapt(culture),)
         return self.add(Node("simulate", culture, params, inputs))
 
     def judge(self, culture: str, pipeline: str) -> str:

@@ -169,7 +169,7 @@ def describe(study: Study, planned: list[Planned], b: Builder) -> str:
 def _label(node: Node) -> str:
     p = node.params
     if node.kind in ("adapt", "simulate", "judge"):
-        where = "seeds, ungrounded" if p.get("use_seeds") else "adapted"
+        where = "the adapted scenarios' seeds, ungrounded" if p.get("use_seeds") else "adapted"
         return f"{node.kind} {node.culture} {p['model']} ({where if node.kind == 'simulate' else p['db']})"
     if node.kind == "dataset":
         pairs = " + contrastive pairs" if p.get("contrastive_model") else ""

@@ -237,8 +237,19 @@ class _Runner:
         request = SimulateRequest(culture=node.culture, episodes=p["episodes"], samples=p["samples"],
                                   max_turns=p["max_turns"], model=p["model"], db=str(self.out / p["db"]),
                                   concurrency=m.concurrency, seed=p["seed"], use_seeds=p["use_seeds"],
-                                  prompts=prompts, unstructured=p["unstructured"])
+                                  scenario_ids=self._adapted_seeds(node.culture, p["seeds_of"]) if p.get("seeds_of")
+                                  else None, prompts=prompts, unstructured=p["unstructured"])
         return self._batch("graphs.simulate", request, self._model(m.model, m.unstructured, m.concurrency))
+
+    def _adapted_seeds(self, culture: str, db: str) -> list[str]:
+        """The ids of the seeds adapted for `culture` in the study's store `db`, in the store's order."""
+        from graphs.store import Store
+
+        with Store(self.out / db) as store:
+            ids = [s.source.removeprefix("adapted:") for s in store.scenarios(culture=culture)]
+        if not ids:
+            raise StudyRunError(f"simulate {culture}: no adapted scenarios in {db} to play unadapted")
+        return ids
 
     def _ungrounded_prompts(self) -> str:
         """A prompts folder whose `roleplay_system` is the ungrounded persona prompt (the culture never named)."""

@@ -70,7 +70,9 @@ def test_every_arm_runs_and_shared_stages_run_once(finished):
     free = sqlite3.connect(out / "stores" / "chn-culture_free.db")
     scenarios = {r[0] for r in free.execute("select scenario_id from episodes")}
     adapted = {r[0] for r in db.execute("select scenario_id from episodes")}
-    assert scenarios and not scenarios & adapted  # the control plays the unadapted seeds
+    assert scenarios and not scenarios & adapted  # the control plays the unadapted seeds ...
+    sources = {r[0] for r in db.execute("select seed_id from scenarios")}
+    assert scenarios <= sources  # ... of the scenarios the cultural pipeline adapted
     prompts = {json.loads(r[0])["roleplay_system"] for r in free.execute("select prompt_versions from episodes")}
     grounded = {json.loads(r[0])["roleplay_system"] for r in db.execute("select prompt_versions from episodes")}
     assert prompts.isdisjoint(grounded)  # ... with the ungrounded persona prompt

@@ -167,6 +167,21 @@ def screen(episodes: Iterable[tuple[EpisodeRecord, Sequence[Turn]]], quality_gat
     return judgeable, left_out
 
 
+def left_out_text(left_out: dict[str, int], sep: str = " (") -> str:
+    """The counts of episodes left out before judging, for a summary line: each reason with its count, the
+    quality gate's as one group (an episode once, then each of its reasons):
+    " (1 more left out: fewer than 2 utterances ...) (6 more left out by the quality gate: 6 repeats an earlier
+    turn, 1 repeated word 3-grams > 0.5)". `sep` ", " gives the comma form, without parentheses."""
+    close = ")" if sep == " (" else ""
+    parts = [f"{sep}{n} more left out: {reason}{close}" for reason, n in left_out.items()
+             if reason != QUALITY_GATE_ANY and not reason.startswith(QUALITY_GATE)]
+    if left_out.get(QUALITY_GATE_ANY):
+        reasons = ", ".join(f"{n} {reason.removeprefix(QUALITY_GATE)}" for reason, n in left_out.items()
+                            if reason.startswith(QUALITY_GATE))
+        parts.append(f"{sep}{left_out[QUALITY_GATE_ANY]} more left out by the quality gate: {reasons}{close}")
+    return "".join(parts)
+
+
 def utterances(turns: Sequence[Turn]) -> int:
     """Turns that say something: speak, or a non-verbal act, with text (not `none`, not a bare leave)."""
     return sum(t.valid and t.action in (Action.SPEAK, Action.NON_VERBAL) and bool(t.text.strip()) for t in turns)

@@ -98,6 +98,7 @@ from graphs.filter import (  # noqa: F401 - the filter, re-exported for its user
     Verdict,
     add_filter_arguments,
     aspect_summary,
+    left_out_text,
     screen,
     utterances,
     valid_turns,
@@ -432,7 +433,7 @@ def report(j: Judging, summary: dict) -> tuple[str, int]:
         valid += f", SOTOPIA scores {sum(s['valid'] for s in scored)}/{sum(s['answers'] for s in scored)}"
     text = (
         f"\n{summary['episodes']} {j.culture.code} episodes"
-        + "".join(f" ({n} more left out: {reason})" for reason, n in summary["not_judgeable"].items())
+        + left_out_text(summary["not_judgeable"])
         + f": {counts['judged']} judged now, {counts['skipped']} "
         f"already judged by {j.model.spec}, {counts['failed']} failed"
         + (f", {summary['not_retried']} failed permanently before and not retried (--retry-failed sends them again)"

@@ -151,6 +151,17 @@ def test_gated_episodes_are_not_judged_and_counted_by_reason(gated_store):
     assert [e.id for e in judgeable_episodes(gated_store, "CHN")] == ["ep-ok"]
 
 
+def test_the_summary_names_each_gated_episode_once_then_its_reasons():
+    from graphs.filter import QUALITY_GATE, QUALITY_GATE_ANY, TOO_FEW_UTTERANCES, left_out_text
+
+    counts = {TOO_FEW_UTTERANCES: 1, QUALITY_GATE_ANY: 6, QUALITY_GATE + "repeats an earlier turn": 6,
+              QUALITY_GATE + "repeated lines > 0.3": 1}
+    assert left_out_text(counts) == (f" (1 more left out: {TOO_FEW_UTTERANCES}) (6 more left out by the quality "
+                                     "gate: 6 repeats an earlier turn, 1 repeated lines > 0.3)")
+    assert left_out_text({TOO_FEW_UTTERANCES: 2}, sep=", ") == f", 2 more left out: {TOO_FEW_UTTERANCES}"
+    assert left_out_text({}) == ""
+
+
 def test_no_quality_gate_judges_them_all(gated_store):
     summary, _ = judge_all(gated_store, quality_gate=False)
     assert summary["episodes"] == 2 and "no quality gate" in summary["rule"]

@@ -43,7 +43,7 @@ from agents import cli
 from agents.cultures import CultureError, load_culture
 from agents.prompts import PromptError, Prompts, Rendered
 from agents.records import Action, Culture, Message, Turn
-from graphs.filter import FilterRule, FilterRuleError, add_filter_arguments, aspect_summary
+from graphs.filter import FilterRule, FilterRuleError, add_filter_arguments, aspect_summary, left_out_text
 from graphs.judged import Episode, JudgedError, judged_episodes, sole_judge
 from graphs.store import DEFAULT_DB, ContrastOutcome, ContrastRecord, Store, git_commit, now
 
@@ -298,7 +298,7 @@ def export(store: Store, out: Path, *, culture: Culture, prompts: Prompts, judge
     episodes, not_judgeable = judged_episodes(store, culture.code, judge_model, rule)
     kept = [e for e in episodes if e.verdict.kept]
     if not kept:
-        left_out = "".join(f", {n} more left out: {reason}" for reason, n in not_judgeable.items())
+        left_out = left_out_text(not_judgeable, sep=", ")
         raise DatasetError(f"{store.path}: no {culture.code} episode passes the filter ({rule}, judge "
                            f"{judge_model}) out of {len(episodes)}{left_out}; nothing written to {out}")
     counts: Counter = Counter()
@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> dict:
     t9, e, rows = stats["table9"], stats["episodes"], stats["rows"]
     print(
         f"{culture.code}: {e['judgeable']} episodes"
-        + "".join(f" ({n} more left out: {reason})" for reason, n in e["not_judgeable"].items())
+        + left_out_text(e["not_judgeable"])
         + f", {e['kept']} kept, {e['dropped']} dropped, {e['not_judged']} not "
         f"judged; Table 9: {t9['conversations']} conversations, {t9['avg_turns']} turns, {t9['avg_words_per_turn']} "
         f"words/turn, {t9['cultural_intent_pct']}% cultural intents; rows: "

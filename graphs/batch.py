@@ -57,7 +57,7 @@ from agents.models import Model, Usage, load_model
 from agents.models.base import PermanentModelError
 from agents.records import first_error
 from graphs.serving import ServedInputError, shared_model, strict, unknown_keys
-from graphs.store import sqlite_problem
+from graphs.store import ENV_ALLOW_NETWORK, network_filesystem, sqlite_problem
 from graphs.store_io import close_checkpointers, close_store, on_store
 
 USAGE_KEYS = ("calls", "prompt_tokens", "completion_tokens", "invalid_answers", "retries")  # Usage.totals()
@@ -159,6 +159,10 @@ def store_file(db: Path, field: str = "db") -> Path:
     place this process cannot create a file in. Checked before a model loads and before anything is written."""
     if db.is_dir():
         raise BatchInputError(f"{field}: {db} is a folder, not a SQLite file")
+    existing = next(p for p in (db.absolute(), *db.absolute().parents) if p.exists())
+    if kind := network_filesystem(existing):
+        raise BatchInputError(f"{field}: {db} is on a network filesystem ({kind}), where SQLite's locks and WAL do "
+                              f"not hold: put the store on this host's local disk ({ENV_ALLOW_NETWORK}=1 to insist)")
     if db.exists():
         problem = sqlite_problem(db)  # through SQLite: a plain open() would drop this process's locks on it
         if problem:

@@ -142,6 +142,42 @@ def claim(db: str | Path, key: str) -> Iterator[bool]:
         fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
 
 
+# Filesystems where SQLite's locks and WAL's shared memory do not hold across hosts (sqlite.org/wal.html: "WAL
+# does not work over a network filesystem"; sqlite.org/lockingv3.html on NFS locking): mountinfo's type field.
+NETWORK_FILESYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs",
+                                 "fuse.glusterfs", "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone",
+                                 "fuse.cephfs", "lustre", "gpfs", "beegfs"})
+ENV_ALLOW_NETWORK = "CLCA_ALLOW_NETWORK_STORE"  # "1": the user vouches for their filesystem's locking
+
+
+def filesystem_type(path: str | Path, mountinfo: str | Path = "/proc/self/mountinfo") -> str | None:
+    """The type of the filesystem `path` (which must exist) lives on, from the mount table (Linux; None where
+    there is none): the entry whose mount point is the longest prefix of the resolved path."""
+    try:
+        lines = Path(mountinfo).read_text().splitlines()
+    except OSError:
+        return None
+    target, best, kind = os.path.realpath(path), "", None
+    for line in lines:
+        fields = line.split()
+        if "-" not in fields or len(fields) < 5:
+            continue
+        point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[fields.index("-") + 1]
+    return kind
+
+
+def network_filesystem(path: str | Path, mountinfo: str | Path = "/proc/self/mountinfo") -> str | None:
+    """The network filesystem type `path` is on (NETWORK_FILESYSTEMS), None on a local one or when
+    CLCA_ALLOW_NETWORK_STORE=1."""
+    if os.environ.get(ENV_ALLOW_NETWORK) == "1":
+        return None
+    kind = filesystem_type(path, mountinfo)
+    return kind if kind in NETWORK_FILESYSTEMS else None
+
+
 class StoreError(ValueError):
     """A record the fixed schema cannot hold (a field it has no column for), or a stored value that is not
     one of a column's known values; one line naming the table and field."""

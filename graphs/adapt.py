@@ -483,7 +483,7 @@ async def _plan(a: Adaptation) -> dict:
 
     def record(store: Store) -> tuple[str, list[Scenario], set[str]]:
         todo = [s for s in a.chosen if store.scenario_status(ids[s.id]) != "ok"]
-        permanent = {f["item_id"] for f in store.failures(FAILURES, ids.values(), a.model.spec) if f["permanent"]}
+        permanent = {f["item_id"] for f in store.failures(FAILURES, ids.values(), a.model.identity) if f["permanent"]}
         return store.start_run(a.command, a.config), todo, permanent
 
     run_id, waiting, permanent = await on_store(a.db, record)
@@ -520,7 +520,7 @@ def _context(a: Adaptation, s: Scenario, model: Model) -> AdaptContext:
 
 
 def _meta(a: Adaptation, s: Scenario, run_id: str) -> dict:
-    return {"culture": a.culture.code, "seed_id": s.id, "model": a.model.spec,
+    return {"culture": a.culture.code, "seed_id": s.id, "model": a.model.identity,
             "prompt_version": json.dumps(a.prompts.versions(prompt_names(s)), sort_keys=True), "run_id": run_id,
             "git": a.git}
 
@@ -546,7 +546,7 @@ async def _adapt_one(a: Adaptation, item: dict, run_id: str, graph) -> dict:
     if state.get("scenario"):
         await on_store(a.db, Store.put_scenario, Scenario.model_validate(state["scenario"]), attempts=len(attempts),
                        **meta)
-        await on_store(a.db, Store.clear_failure, FAILURES, sid, a.model.spec)
+        await on_store(a.db, Store.clear_failure, FAILURES, sid, a.model.identity)
         status = "adapted"
     else:
         never = Failure(f"no valid answer in {len(attempts)} attempts", attempts[-1]["error"], False)
@@ -565,7 +565,7 @@ async def _summarize(a: Adaptation, state: dict) -> dict:
                "first_try": sum(r["status"] == "adapted" and r["attempts"] == 1 for r in results),
                "name_pool": a.name_pool, "usage": dict(usage), "wall_s": round(time.time() - state["started"], 1),
                "not_retried": state.get("not_retried", 0),
-               "failures": failure_lines(await on_store(a.db, Store.failures, FAILURES, state["ids"], a.model.spec))}
+               "failures": failure_lines(await on_store(a.db, Store.failures, FAILURES, state["ids"], a.model.identity))}
     await on_store(a.db, Store.finish_run, state["run_id"], summary)
     return summary
 

@@ -186,7 +186,7 @@ def contrast_lines(episode: Episode) -> tuple[list[int], int]:
 
 def line_id(c: Contrasting, episode_id: str, turn_index: int) -> str:
     """The stored reply's id for one line under this request."""
-    return contrast_id(episode_id, turn_index, c.model.spec, c.request.seed, c.model.structured, c.prompt_versions)
+    return contrast_id(episode_id, turn_index, c.model.identity, c.request.seed, c.model.structured, c.prompt_versions)
 
 
 def outcome_of(reply: Turn, grounded: Turn) -> ContrastOutcome:
@@ -273,7 +273,7 @@ async def _plan(c: Contrasting) -> dict:
             items += [{"id": line_id(c, e.id, e.turns[i].index), "episode_id": e.id, "position": i} for i in asked]
         ids = [item["id"] for item in items]
         done = store.contrast_ids(ids)
-        permanent = {f["item_id"] for f in store.failures(FAILURES, ids, c.model.spec) if f["permanent"]}
+        permanent = {f["item_id"] for f in store.failures(FAILURES, ids, c.model.identity) if f["permanent"]}
         return store.start_run(c.command, c.config), items, done, permanent, len(kept), not_asked
 
     run_id, items, done, permanent, kept, not_asked = await on_store(c.db, record)
@@ -294,7 +294,7 @@ async def _unfit(c: Contrasting, todo: list[dict], run_id: str) -> set[str]:
         return [speaker_view(ctx.episode, ctx.speaker, list(ctx.history))]
 
     async def store(item: dict, failure: Failure) -> None:
-        await store_failure(c.db, FAILURES, item["id"], c.model.spec, failure, run_id)
+        await store_failure(c.db, FAILURES, item["id"], c.model.identity, failure, run_id)
 
     return {item["id"] for item in await unfit_items(c.model, todo, prompts, store)}
 
@@ -309,17 +309,17 @@ async def _contrast_one(c: Contrasting, item: dict, run_id: str, graph) -> dict:
             state = await graph.ainvoke({}, context=ctx)
         except Exception as exc:  # noqa: BLE001 - counted, reported, retried on rerun unless permanent
             failure = failure_of(exc)
-            await store_failure(c.db, FAILURES, item["id"], c.model.spec, failure, run_id)
+            await store_failure(c.db, FAILURES, item["id"], c.model.identity, failure, run_id)
             return {"id": item["id"], "status": "failed", "usage": model.usage.totals(), "error": failure.error}
     reply = Turn.model_validate(state["reply"])
     outcome = outcome_of(reply, grounded)
     record = ContrastRecord(
         id=item["id"], episode_id=item["episode_id"], turn_index=reply.index, speaker=reply.speaker,
-        model=c.model.spec, seed=c.request.seed, structured=c.model.structured, prompt_versions=c.prompt_versions,
+        model=c.model.identity, seed=c.request.seed, structured=c.model.structured, prompt_versions=c.prompt_versions,
         action=reply.action.value if reply.action else None, text=reply.text, raw=reply.raw, valid=reply.valid,
         outcome=outcome, config=c.config, usage=model.usage.totals(), run_id=run_id, git=c.git)
     await on_store(c.db, Store.put_contrast, record)
-    await on_store(c.db, Store.clear_failure, FAILURES, item["id"], c.model.spec)
+    await on_store(c.db, Store.clear_failure, FAILURES, item["id"], c.model.identity)
     return {"id": item["id"], "status": outcome.value, "usage": model.usage.totals()}
 
 
@@ -328,7 +328,7 @@ async def _summarize(c: Contrasting, state: dict) -> dict:
     ids = state["ids"]
 
     def read(store: Store) -> tuple[Counter, list[dict]]:
-        return store.contrast_outcomes(ids), store.failures(FAILURES, ids, c.model.spec)
+        return store.contrast_outcomes(ids), store.failures(FAILURES, ids, c.model.identity)
 
     outcomes, failures = await on_store(c.db, read)
     summary = {**(state.get("summary") or {}), "lines": len(ids), "outcomes": {o.value: outcomes[o.value]

@@ -354,9 +354,9 @@ async def _plan(j: Judging) -> dict:
 
     def record(store: Store) -> tuple[str, list[EpisodeRecord], list[str], set[str]]:
         episodes = judgeable_episodes(store, j.culture.code, j.rule.quality_gate)
-        todo = [e for e in episodes if r.rejudge or needs_judging(store, e.id, j.model.spec, r.sotopia)]
+        todo = [e for e in episodes if r.rejudge or needs_judging(store, e.id, j.model.identity, r.sotopia)]
         ids = [e.id for e in episodes]
-        permanent = {f["item_id"] for f in store.failures(FAILURES, ids, j.model.spec) if f["permanent"]}
+        permanent = {f["item_id"] for f in store.failures(FAILURES, ids, j.model.identity) if f["permanent"]}
         return store.start_run(j.command, j.config), todo, ids, permanent
 
     run_id, waiting, ids, permanent = await on_store(j.db, record)
@@ -375,7 +375,7 @@ async def _unfit(j: Judging, todo: list[dict], run_id: str) -> set[str]:
         return [judge_messages(ctx, "meta", quality=None, alignment=None)[0]]  # the longest of the three
 
     async def store(item: dict, failure: Failure) -> None:
-        await store_failure(j.db, FAILURES, item["id"], j.model.spec, failure, run_id)
+        await store_failure(j.db, FAILURES, item["id"], j.model.identity, failure, run_id)
 
     return {item["id"] for item in await unfit_items(j.model, todo, prompts, store)}
 
@@ -397,11 +397,11 @@ async def _judge_one(j: Judging, item: dict, run_id: str, graph) -> dict:
             state = await (JUDGE_SOTOPIA if j.request.sotopia else graph).ainvoke({"judgements": []}, context=ctx)
         except Exception as exc:  # noqa: BLE001 - counted, reported, retried on rerun unless permanent
             failure = failure_of(exc)
-            await store_failure(j.db, FAILURES, item["id"], j.model.spec, failure, run_id)
+            await store_failure(j.db, FAILURES, item["id"], j.model.identity, failure, run_id)
             return {"id": item["id"], "status": "failed", "usage": model.usage.totals(), "error": failure.error}
-    await on_store(j.db, Store.put_judgements, item["id"], j.model.spec,
+    await on_store(j.db, Store.put_judgements, item["id"], j.model.identity,
                    [Judgement(**row, run_id=run_id) for row in state["judgements"]])
-    await on_store(j.db, Store.clear_failure, FAILURES, item["id"], j.model.spec)
+    await on_store(j.db, Store.clear_failure, FAILURES, item["id"], j.model.identity)
     return {"id": item["id"], "status": "judged", "usage": model.usage.totals()}
 
 
@@ -409,12 +409,12 @@ async def _summarize(j: Judging, state: dict) -> dict:
     results = state.get("results", [])
     counts = {"skipped": state["skipped"], "judged": sum(r["status"] == "judged" for r in results),
               "failed": sum(r["status"] == "failed" for r in results)}
-    summary = await on_store(j.db, judgement_summary, j.culture.code, j.model.spec, j.rule)
+    summary = await on_store(j.db, judgement_summary, j.culture.code, j.model.identity, j.rule)
     summary.update(this_run=counts, usage=total_usage(results), wall_s=round(time.time() - state["started"], 1),
                    repetition={"requested": str(j.params.repetition),
                                "applied": j.model.repetition_controls(j.params.repetition)},
                    not_retried=state.get("not_retried", 0),
-                   failures=failure_lines(await on_store(j.db, Store.failures, FAILURES, state["ids"], j.model.spec)))
+                   failures=failure_lines(await on_store(j.db, Store.failures, FAILURES, state["ids"], j.model.identity)))
     await on_store(j.db, Store.finish_run, state["run_id"], summary)
     return summary
 
@@ -435,7 +435,7 @@ def report(j: Judging, summary: dict) -> tuple[str, int]:
         f"\n{summary['episodes']} {j.culture.code} episodes"
         + left_out_text(summary["not_judgeable"])
         + f": {counts['judged']} judged now, {counts['skipped']} "
-        f"already judged by {j.model.spec}, {counts['failed']} failed"
+        f"already judged by {j.model.identity}, {counts['failed']} failed"
         + (f", {summary['not_retried']} failed permanently before and not retried (--retry-failed sends them again)"
            if summary.get("not_retried") else "")
         + f"; valid answers: {valid or 'none'}; "

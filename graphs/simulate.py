@@ -44,6 +44,7 @@ from agents.models import (
     ModelSpecError,
     Repetition,
     RepetitionError,
+    model_identity,
 )
 from agents.prompts import PromptError, Prompts
 from agents.records import Culture, Intent, Scenario, Turn
@@ -250,7 +251,7 @@ async def _run_claimed(sim: Simulation, planned: PlannedEpisode, ctx: EpisodeCon
             ended_by=state.get("ended_by"), intent_version=ctx.prompts.version("observer_turn"),
             usage=ctx.model.usage.totals(),
         )
-        await on_store(sim.db, Store.clear_failure, FAILURES, planned.id, sim.model.spec)
+        await on_store(sim.db, Store.clear_failure, FAILURES, planned.id, sim.model.identity)
         await saver.adelete_thread(planned.id)
 
     # A cancelled run still finishes storing an episode that has ended, and drops its checkpoints.
@@ -274,13 +275,13 @@ def _store_failure(store: Store, ep_id: str, failure, usage: dict, row: EpisodeR
 async def _plan(sim: Simulation) -> dict:
     r = sim.request
     scenarios = await asyncio.to_thread(scenarios_for, r, sim.db)
-    plan = plan_episodes(scenarios, sim.culture.code, r.model, r.seed, r.episodes, r.samples)
+    plan = plan_episodes(scenarios, sim.culture.code, model_identity(r.model), r.seed, r.episodes, r.samples)
 
     def record(store: Store) -> tuple[str, list[str], set[str]]:
         if r.use_seeds:  # insert or ignore: runs started together on a new store share the seeds
             store.add_scenarios((s, {"seed_id": s.id}) for s in {p.scenario.id: p.scenario for p in plan}.values())
         final = [p.id for p in plan if getattr(store.episode(p.id), "status", None) in FINAL]
-        permanent = {f["item_id"] for f in store.failures(FAILURES, [p.id for p in plan], sim.model.spec)
+        permanent = {f["item_id"] for f in store.failures(FAILURES, [p.id for p in plan], sim.model.identity)
                      if f["permanent"]}
         return store.start_run(sim.command, sim.config), final, permanent
 
@@ -318,7 +319,7 @@ def _episode_row(sim: Simulation, planned: PlannedEpisode, run_id: str) -> Episo
     """The episode's stored record as it begins."""
     r = sim.request
     return EpisodeRecord(id=planned.id, scenario_id=planned.scenario.id, culture=sim.culture.code,
-                         model=sim.model.spec, seed=r.seed, sample=planned.sample, max_turns=r.max_turns,
+                         model=sim.model.identity, seed=r.seed, sample=planned.sample, max_turns=r.max_turns,
                          run_id=run_id, git=sim.git, config=sim.config,
                          prompt_versions=sim.prompts.versions(prompt_names(planned.scenario)))
 
@@ -341,7 +342,7 @@ async def _summarize(sim: Simulation, state: dict) -> dict:
     summary["repetition"] = repetition_summary(sim.model, sim.speaker_params.repetition)
     summary["not_retried"] = state.get("not_retried", 0)  # failed permanently before: left out of this run
     summary["failures"] = failure_lines(await on_store(sim.db, Store.failures, FAILURES, state["ids"],
-                                                       sim.model.spec))
+                                                       sim.model.identity))
     await on_store(sim.db, Store.finish_run, state["run_id"], summary)
     return summary
 

@@ -8,6 +8,10 @@ method, and the schema is fixed (`SCHEMA`, created when missing): a field the sc
 column. Stores written by earlier releases open and resume unchanged; a table they lack (`contrasts`) is created
 when they are opened.
 
+Keys name models by identity (`agents.models.model_identity`), never by endpoint: the same model behind another URL
+finds its episodes, judgements, replies and failures. A store from a release that keyed them on the whole spec
+(`openai:M@URL`) is rewritten to identities once, when it is first opened (`STORE_VERSION`, SQLite's user_version).
+
 Structured events are stored, never rendered prose: a turn is (speaker, action, text, raw, valid),
 rendered only at the edges (prompts, TRL rows, pages). WAL mode and a busy timeout let several
 processes write the same file. LangGraph's checkpointer keeps episodes in flight in a sidecar file
@@ -26,7 +30,7 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from enum import StrEnum
@@ -37,11 +41,14 @@ import sqlite_utils
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random
 
 from agents import cli
+from agents.model_identity import model_identity
 from agents.provenance import git_commit
 from agents.records import Aspect, Intent, Scenario, Turn
 
 DEFAULT_DB = "runs/clca.db"
 
+# The store's format (SQLite's user_version): 1 keys models by identity (`model_identity`), 0 by whole spec.
+STORE_VERSION = 1
 # How long a write waits for another process's write to finish before "database is locked".
 BUSY_TIMEOUT_MS = 30_000
 # Final statuses are never re-run; 'running' resumes from its checkpoint; 'failed' is retried.
@@ -53,15 +60,18 @@ def now() -> str:
 
 
 def episode_id(scenario_id: str, culture: str, model: str, seed: int, sample: int) -> str:
-    """Deterministic, so rerunning a command finds the episodes it already made."""
-    key = json.dumps([scenario_id, culture, model, seed, sample])
+    """Deterministic, so rerunning a command finds the episodes it already made; `model` counts by identity
+    (`model_identity`), so moving the endpoint does not change it."""
+    key = json.dumps([scenario_id, culture, model_identity(model), seed, sample])
     return "ep-" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def contrast_id(episode_id: str, turn_index: int, model: str, seed: int, structured: bool,
                 prompt_versions: dict) -> str:
-    """What determines a contrastive reply, hashed, so rerunning `graphs.contrast` finds the replies it made."""
-    key = json.dumps([episode_id, turn_index, model, seed, structured, prompt_versions], sort_keys=True)
+    """What determines a contrastive reply, hashed, so rerunning `graphs.contrast` finds the replies it made; `model`
+    counts by identity."""
+    key = json.dumps([episode_id, turn_index, model_identity(model), seed, structured, prompt_versions],
+                     sort_keys=True)
     return "ct-" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -439,6 +449,50 @@ class Store:
                 self._db.table(name).create(columns, pk=pk, if_not_exists=True)
                 for index in indexes:
                     self._db.table(name).create_index(list(index), if_not_exists=True)
+            renamed = {}
+            if self._db.execute("PRAGMA user_version").fetchone()[0] < STORE_VERSION:
+                renamed = self._key_by_identity()
+                self._db.execute(f"PRAGMA user_version = {STORE_VERSION}")
+        if renamed and self.checkpoint_path.exists():  # episodes in flight keep their LangGraph checkpoints
+            with closing(sqlite3.connect(self.checkpoint_path, timeout=BUSY_TIMEOUT_MS / 1000)) as conn, conn:
+                tables = {r[0] for r in conn.execute("select name from sqlite_master where type = 'table'")}
+                for table in tables & {"checkpoints", "writes"}:
+                    conn.executemany(f"update {table} set thread_id = ? where thread_id = ?",
+                                     [(new, old) for old, new in renamed.items()])
+
+    def _key_by_identity(self) -> dict[str, str]:
+        """Rewrite keys that name a model by its whole spec (`openai:M@URL`, before STORE_VERSION 1) to its identity:
+        the model columns, and the ids hashed from them (an episode's id through its turns, intents, judgements,
+        replies and failures; a reply's id). An episode whose new id is taken (the same model's episode made through
+        another endpoint since) keeps its id. Inside `_create_tables`' transaction; returns {old episode id: new}."""
+        db = self._db
+        for table, column in (("scenarios", "model"), ("episodes", "model"), ("judgements", "judge_model"),
+                              ("contrasts", "model"), ("failures", "model")):
+            for (spec,) in db.execute(f"select distinct [{column}] from {table} where [{column}] like 'openai:%@%'"
+                                      ).fetchall():
+                db.execute(f"update or replace {table} set [{column}] = ? where [{column}] = ?",
+                           [model_identity(spec), spec])
+        taken = {r[0] for r in db.execute("select id from episodes").fetchall()}
+        renamed = {}
+        for old, scenario, culture, model, seed, sample in db.execute(
+                "select id, scenario_id, culture, model, seed, sample from episodes").fetchall():
+            new = episode_id(scenario, culture, model, seed, sample)
+            if new != old and new not in taken and old.startswith("ep-"):
+                renamed[old], taken = new, taken | {new}
+        for old, new in renamed.items():
+            db.execute("update episodes set id = ? where id = ?", [new, old])
+            for table in ("turns", "intents", "judgements", "contrasts"):
+                db.execute(f"update {table} set episode_id = ? where episode_id = ?", [new, old])
+            db.execute("update or replace failures set item_id = ? where item_id = ? and stage in ('simulate', "
+                       "'judge')", [new, old])
+        for old, ep, turn, model, seed, structured, versions in db.execute(
+                "select id, episode_id, turn_index, model, seed, structured, prompt_versions from contrasts").fetchall():
+            new = contrast_id(ep, turn, model, seed, bool(structured), _loads(versions) or {})
+            if new != old:
+                db.execute("update or ignore contrasts set id = ? where id = ?", [new, old])
+                db.execute("update or replace failures set item_id = ? where item_id = ? and stage = 'contrast'",
+                           [new, old])
+        return renamed
 
     def _rows(self, table: str, where: str | None = None, args: Iterable = (), order_by: str | None = None
               ) -> Iterator[dict]:
@@ -511,7 +565,7 @@ class Store:
         stray = [k for k in provenance if k not in SCENARIO_PROVENANCE]
         if stray:
             raise StoreError(f"scenarios: no provenance field {stray[0]!r} (fields: {', '.join(SCENARIO_PROVENANCE)})")
-        return provenance
+        return {**provenance, "model": model_identity(provenance["model"])} if provenance.get("model") else provenance
 
     @classmethod
     def _scenario_row(cls, scenario: Scenario, provenance: dict) -> dict:
@@ -575,7 +629,8 @@ class Store:
         """Record an episode as running (what it plays and its provenance; its outcome fields are left to
         `finish_episode`), keeping its creation time if it was started before."""
         row = {k: getattr(episode, k) for k in _EPISODE_START}
-        row.update(prompt_versions=_dumps(episode.prompt_versions), config=_dumps(episode.config))
+        row.update(model=model_identity(episode.model), prompt_versions=_dumps(episode.prompt_versions),
+                   config=_dumps(episode.config))
         with self._writing():
             old = self.episode(episode.id)
             self._db["episodes"].upsert({**row, "status": "running", "created": old.created if old else now()},
@@ -650,7 +705,7 @@ class Store:
 
     def put_judgements(self, ep_id: str, judge_model: str, judgements: Iterable[Judgement]) -> None:
         """Replace one judge model's verdicts on an episode in one transaction."""
-        created = now()
+        created, judge_model = now(), model_identity(judge_model)
         rows = []
         for j in judgements:
             row = asdict(j)
@@ -665,7 +720,7 @@ class Store:
         """An episode's judgements (by one judge model), by judge model and aspect."""
         where, args = "episode_id = ?", [ep_id]
         if judge_model:
-            where, args = where + " and judge_model = ?", [*args, judge_model]
+            where, args = where + " and judge_model = ?", [*args, model_identity(judge_model)]
         return [self._judgement(r) for r in self._rows("judgements", where, args, order_by="judge_model, aspect")]
 
     @staticmethod
@@ -688,7 +743,7 @@ class Store:
     def put_contrast(self, contrast: ContrastRecord) -> None:
         """Store (or replace) one contrastive reply; `created` is filled in when empty."""
         row = asdict(contrast)
-        row.update(structured=int(contrast.structured), valid=int(contrast.valid), outcome=contrast.outcome.value,
+        row.update(model=model_identity(contrast.model), structured=int(contrast.structured), valid=int(contrast.valid), outcome=contrast.outcome.value,
                    prompt_versions=_dumps(contrast.prompt_versions), config=_dumps(contrast.config),
                    usage=_dumps(contrast.usage), created=contrast.created or now())
         with self._writing():
@@ -712,7 +767,7 @@ class Store:
         """The stored contrastive replies to these episodes' lines (by `model` only, if given), by episode, line
         and time stored."""
         wanted = set(episode_ids)
-        where, args = (None, []) if model is None else ("model = ?", [model])
+        where, args = (None, []) if model is None else ("model = ?", [model_identity(model)])
         return [self._contrast(r) for r in self._rows("contrasts", where, args,
                                                       order_by="episode_id, turn_index, created, id")
                 if r["episode_id"] in wanted]
@@ -735,14 +790,15 @@ class Store:
     def put_failure(self, stage: str, item_id: str, model: str, *, reason: str, error: str, permanent: bool,
                     run_id: str | None) -> None:
         """Record (or replace) why `item_id` failed in `stage` with `model`."""
-        row = {"stage": stage, "item_id": item_id, "model": model, "reason": reason, "error": error,
+        row = {"stage": stage, "item_id": item_id, "model": model_identity(model), "reason": reason, "error": error,
                "permanent": int(permanent), "run_id": run_id, "created": now()}
         with self._writing():
             self._db["failures"].insert(_checked("failures", row), replace=True)
 
     def clear_failure(self, stage: str, item_id: str, model: str) -> None:
         with self._writing():
-            self._db["failures"].delete_where("stage = ? and item_id = ? and model = ?", [stage, item_id, model])
+            self._db["failures"].delete_where("stage = ? and item_id = ? and model = ?",
+                                              [stage, item_id, model_identity(model)])
 
     def failures(self, stage: str, item_ids: Iterable[str], model: str | None = None) -> list[dict]:
         """The stored failures of these items in `stage` (with `model` only, if given), oldest first:
@@ -750,7 +806,7 @@ class Store:
         wanted = set(item_ids)
         where, args = "stage = ?", [stage]
         if model is not None:
-            where, args = where + " and model = ?", [*args, model]
+            where, args = where + " and model = ?", [*args, model_identity(model)]
         rows = self._rows("failures", where, args, order_by="created, item_id")
         return [{**r, "permanent": bool(r["permanent"])} for r in rows if r["item_id"] in wanted]
 

@@ -15,9 +15,11 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from agents.models import model_identity
 from study.config import Student, Study
 
 PIPELINES = ("cultural", "culture_free")  # adapted scenarios + grounded personas; SOTOPIA seeds + ungrounded personas
+MODEL_PARAMS = ("model", "judge_model")  # the parameters that hold model specs
 PAPER_FILTER = "paper"  # training.dataset's default rule (graphs.judge.PAPER_RULE_TEXT)
 
 
@@ -30,7 +32,10 @@ class Node:
 
     @property
     def id(self) -> str:
-        key = json.dumps({"kind": self.kind, "culture": self.culture, "params": self.params,
+        """Models count by identity (`model_identity`): a study moved to another endpoint finds its nodes."""
+        params = {k: model_identity(v) if k in MODEL_PARAMS and isinstance(v, str) else v
+                  for k, v in self.params.items()}
+        key = json.dumps({"kind": self.kind, "culture": self.culture, "params": params,
                           "inputs": list(self.inputs)}, sort_keys=True)
         return f"{self.kind}-{self.culture.lower()}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 

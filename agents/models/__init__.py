@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agents.model_identity import model_identity
 from agents.models.base import (
     DRY_DEFAULT,
     DRY_DEFAULT_TEXT,
@@ -135,5 +136,6 @@ __all__ = [
     "Message", "MODEL_SPECS", "Model", "ModelSpecError",
     "PUPPET_REPLIES",
     "PuppetBackend", "SMOLLM2", "SMOLLM2_GGUF", "LoadedLM", "ScriptedBackend", "Usage", "base_config", "batch_seed",
-    "cut_at_stop", "hf_source", "load_causal_lm", "load_hf", "load_model", "plain_copy", "smollm2_dir",
+    "cut_at_stop", "hf_source", "load_causal_lm", "load_hf", "load_model", "model_identity", "plain_copy",
+    "smollm2_dir",
 ]

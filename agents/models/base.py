@@ -20,6 +20,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from agents.answers import Answer, json_schema, parse_answer, token_budget
 from agents.freetext import parse_labelled
+from agents.model_identity import model_identity
 from agents.records import Message
 
 log = logging.getLogger(__name__)
@@ -235,12 +236,14 @@ MAX_RETRY_AFTER_S = 60.0
 
 
 class Model:
-    """What the graphs call. Wraps a backend with retry-with-backoff and per-task usage counts."""
+    """What the graphs call. Wraps a backend with retry-with-backoff and per-task usage counts. `spec` is the spec
+    it was loaded from (provenance), `identity` the model it names (`model_identity`: what stored keys use)."""
 
     def __init__(self, backend: ChatBackend, spec: str, max_attempts: int = 4, backoff_s: float = 0.5,
                  structured: bool = True):
         self.backend = backend
         self.spec = spec
+        self.identity = model_identity(spec)
         self.structured = structured
         self.usage = Usage()
         self._max_attempts = max_attempts

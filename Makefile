@@ -26,7 +26,16 @@ LLAMA_BUILD := build/llama-cpp-python-$(LLAMA_CPP_PYTHON)
 LLAMA_CPU_FLAGS := $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON \
   -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON,-DGGML_NATIVE=ON)
 
-llama-server: $(LLAMA_SERVER)
+# llama.cpp's PEFT-to-GGUF LoRA converter from the same sources, for adapters served by llama-server
+# (agents/models/lora_gguf.py): the script, its `conversion` package and `gguf-py`.
+LORA_CONVERTER := .venv/share/llama.cpp/convert_lora_to_gguf.py
+
+llama-server: $(LLAMA_SERVER) $(LORA_CONVERTER)
+
+$(LORA_CONVERTER): | $(LLAMA_SERVER)
+	@src=$(LLAMA_BUILD)/src/vendor/llama.cpp; test -f $$src/convert_lora_to_gguf.py || { \
+	  echo "warning: no llama.cpp sources in $$src: adapters on smollm2/gguf: will not convert"; exit 0; }; \
+	mkdir -p $(@D) && cp -r $$src/convert_lora_to_gguf.py $$src/conversion $$src/gguf-py $(@D)/
 
 $(LLAMA_SERVER): | $(STAMP)
 	@command -v cmake >/dev/null && command -v c++ >/dev/null || { \

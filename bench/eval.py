@@ -1,11 +1,17 @@
-"""WVS evaluation speed on SmolLM2: prompts per second for `logprob` against `generate`, in one run.
+"""WVS evaluation speed on SmolLM2, in one run.
 
     .venv/bin/python bench/eval.py [--personas 2] [--country CHN]
+    .venv/bin/python bench/eval.py --adapter runs/study-demo/stages/sft-chn-.../adapter [--items all]
 
-Both methods read the same persona x clca44 prompts (personas from a synthetic respondent file).
-`logprob` runs once with the persona prefix cache shared across questions and once without, so the
-gain of prefix reuse shows too. Prints the ratios and the projected wall time of the paper's full
-protocol (1000 personas x 44 items x 5 countries = 220,000 prompts) at each measured rate.
+Without --adapter: prompts per second for `logprob` against `generate`, both reading the same persona x clca44
+prompts (personas from a synthetic respondent file); `logprob` runs once with the persona prefix cache shared
+across questions and once without, so the gain of prefix reuse shows too. Prints the ratios and the projected
+wall time of the paper's full protocol (1000 personas x 44 items x 5 countries = 220,000 prompts) at each rate.
+
+With --adapter: `eval.wvs --method logprob` of the adapted SmolLM2 on the managed llama-server (the adapter as a
+GGUF LoRA) against in process (PEFT on transformers), same items and country prompt: prompts per second of
+each (model loading and conversion excluded), their ratio (target: the engine at least 2x), and the agreement,
+the largest and median per-item JS distance between the two engines' option distributions.
 """
 
 from __future__ import annotations
@@ -40,7 +46,11 @@ def main() -> None:
     parser.add_argument("--country", default="CHN")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--adapter", help="compare the engines on this adapter instead (see the docstring)")
+    parser.add_argument("--items", default="all", help="with --adapter: eval.wvs --items")
     args = parser.parse_args()
+    if args.adapter:
+        return engines(args.adapter, args.country, args.items, args.batch_size)
 
     c = country(args.country)
     items = select_items("clca44")
@@ -78,6 +88,35 @@ def main() -> None:
     logprob, no_reuse, generate = rates.values()
     print(f"logprob / generate speed-up: {logprob / generate:.1f}x (target >= 2x)")
     print(f"prefix reuse speed-up:       {logprob / no_reuse:.2f}x")
+
+
+def engines(adapter: str, country_code: str, items: str, batch_size: int) -> None:
+    import numpy as np
+
+    from agents.models.llama_server import stop_shared
+    from eval.wvs.metrics import js_distance
+    from eval.wvs.run import EvalConfig, evaluate
+
+    runs = {}
+    for label, spec in (("llama-server", "smollm2"), ("in process", "smollm2-inprocess")):
+        t0 = time.perf_counter()
+        results = evaluate(EvalConfig(model=spec, adapter=adapter, countries=country_code, items=items,
+                                      method="logprob", bootstrap=10, batch_size=batch_size))
+        stop_shared()
+        seconds = results["provenance"]["seconds"]  # reading only: after the model (and adapter) loaded
+        runs[label] = (results["items"], len(results["items"]) / seconds)
+        print(f"{label:13} {len(results['items'])} prompts in {seconds:.1f} s ({runs[label][1]:.2f} prompts/s; "
+              f"{time.perf_counter() - t0:.1f} s with loading)")
+    (served, served_rate), (local, local_rate) = runs.values()
+
+    def options(record) -> np.ndarray:
+        p = np.asarray(record["model"][:-1], dtype=float)  # the options, INVALID (the rest of the mass) dropped
+        return p / p.sum()
+
+    gaps = [float(js_distance(options(a)[None], options(b)[None])[0]) for a, b in zip(served, local)]
+    print(f"llama-server / in process: {served_rate / local_rate:.2f}x prompts/s (target >= 2x)")
+    print(f"agreement: per-item JS between the engines, max {max(gaps):.4f}, median {float(np.median(gaps)):.4f} "
+          f"over {len(gaps)} items")
 
 
 if __name__ == "__main__":

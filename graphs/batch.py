@@ -57,7 +57,7 @@ from agents.models import Model, Usage, load_model
 from agents.models.base import PermanentModelError
 from agents.records import first_error
 from graphs.serving import ServedInputError, shared_model, strict, unknown_keys
-from graphs.store import ENV_ALLOW_NETWORK, network_filesystem, sqlite_problem
+from graphs.store import ENV_ALLOW_NETWORK, Store, network_filesystem, sqlite_problem
 from graphs.store_io import close_checkpointers, close_store, on_store
 
 USAGE_KEYS = ("calls", "prompt_tokens", "completion_tokens", "invalid_answers", "retries")  # Usage.totals()
@@ -77,6 +77,7 @@ class BatchState(TypedDict, total=False):
     ids: list[str]  # every unit of work the request names, done or not
     todo: list[dict]  # one item per unit of work left
     started: float  # time.time() when planned
+    endpoints_at_start: dict | None  # Model.endpoint_counts() when planned (several endpoints only)
     results: Annotated[list[dict], operator.add]  # one row per finished unit: id, status, turns, usage, error
     summary: dict
     error: str | None  # one line: the request was bad and nothing ran
@@ -278,6 +279,15 @@ def failure_lines(rows: list[dict]) -> list[dict]:
     return sorted(lines, key=lambda line: (-line["count"], line["reason"]))
 
 
+def endpoint_report(counts: dict | None) -> str:
+    """A run's requests per endpoint (several endpoints only), as a closing line; "" otherwise."""
+    if not counts:
+        return ""
+    return "\nrequests per endpoint: " + ", ".join(
+        f"{url} {c['requests']}" + (f" ({c['failed']} failed, retried on the others)" if c["failed"] else "")
+        for url, c in counts.items())
+
+
 def failure_report(lines: list[dict]) -> str:
     """The summary's failure lines, one per distinct reason (empty when nothing failed)."""
     out = []
@@ -348,7 +358,7 @@ def build_batch_graph(stage: Stage, served: bool = False):
         get_stream_writer()({"event": "planned", "stage": stage.name, "run_id": planned["run_id"],
                              "planned": planned["planned"], "skipped": planned["skipped"],
                              "not_retried": planned.get("not_retried", 0), "of": len(planned["todo"])})
-        return {"not_retried": 0, **planned, "started": time.time()}
+        return {"not_retried": 0, **planned, "started": time.time(), "endpoints_at_start": batch.model.endpoint_counts()}
 
     def route(values: dict):
         if values.get("error"):
@@ -369,6 +379,10 @@ def build_batch_graph(stage: Stage, served: bool = False):
     async def summarize(values: dict, runtime) -> dict:
         batch = await _context(stage, values, runtime.context)
         summary = await stage.summarize(batch, values)
+        if (before := values.get("endpoints_at_start")) is not None:
+            summary["endpoints"] = {url: {k: n - before.get(url, {}).get(k, 0) for k, n in counts.items()}
+                                    for url, counts in batch.model.endpoint_counts().items()}
+            await on_store(batch.db, Store.finish_run, values["run_id"], summary)
         get_stream_writer()({"event": "summary", "stage": stage.name, "run_id": values["run_id"], **summary})
         return {"summary": summary}
 
@@ -508,7 +522,7 @@ def command_line(stage: Stage, argv: list[str] | None = None) -> None:
     if final.get("error"):
         sys.exit(f"error: {final['error']}")
     text, status = stage.report(batch, final["summary"])
-    print(text)
+    print(text + endpoint_report(final["summary"].get("endpoints")))
     if status:
         sys.exit(status)
 

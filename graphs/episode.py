@@ -138,7 +138,7 @@ def _speaker_node(me: int):
         turns = [Turn.model_validate(t) for t in state.get("turns", [])]
         params = ctx.speaker_params
         params = replace(params, seed=call_seed(ctx.seed, len(turns), SPEAKERS[me]),
-                         cache_key=f"{ctx.seed}:{SPEAKERS[me]}")
+                         cache_key=f"{ctx.seed}:{SPEAKERS[me]}", session=str(ctx.seed))
         asked = await ctx.model.aanswer(speaker_view(ctx, me, turns), TurnAnswer, task="roleplay", params=params)
         turn = make_turn(asked, len(turns), me, ctx.scenario.participants[me].name)
         update: dict = {"turns": [turn.model_dump(mode="json")]}
@@ -160,7 +160,8 @@ async def observe(state: EpisodeState, runtime: Runtime[EpisodeContext]) -> dict
     if not turns[-1].valid:  # nothing to interpret in an unparseable turn
         return {}
     asked = await ctx.model.aanswer(observer_view(ctx, turns), IntentAnswer, task="observer",
-                                    params=replace(ctx.observer_params, cache_key=f"{ctx.seed}:observer"))
+                                    params=replace(ctx.observer_params, cache_key=f"{ctx.seed}:observer",
+                                                   session=str(ctx.seed)))
     return {"intents": [make_intent(asked, turns[-1].index).model_dump(mode="json")]}
 
 

@@ -9,7 +9,8 @@ resampled, `eval.wvs.score`), so it shows the sampling uncertainty of one adapte
 
 Paired tests: every arm's evaluation against `base` and against `culture_free` on the same culture, student, items
 and reading, one test per training seed (`eval.wvs.paired.compare`: the paired bootstrap, items and shared units
-resampled), on JS. Their p-values are Holm-corrected together, across every test the report shows. The verdict of an
+resampled), on JS; base and culture_free are compared once (culture_free against base). Their p-values are
+Holm-corrected together, across every test the report shows. The verdict of an
 arm against a reference: "closer than base by d (JS, mean over cultures and seeds), Holm p <= p" when every test
 says closer, "further from the survey than base ..." when every one says further, "not distinguishable from base"
 when none does, else "mixed: k of n tests closer, m further".
@@ -85,6 +86,8 @@ def paired_tests(study: dict, rows: dict, n_boot: int) -> list[dict]:
         for ref in REFERENCES:
             if arm == ref or (ref, student, items, reading) not in rows:
                 continue
+            if arm in REFERENCES and REFERENCES.index(arm) < REFERENCES.index(ref):
+                continue  # base against culture_free is culture_free against base: one test, counted once by Holm
             for culture, runs in cultures.items():
                 base_runs = rows[(ref, student, items, reading)].get(culture)
                 if not base_runs:
@@ -200,8 +203,10 @@ def sections(config: dict, cultures: list[str], table: list[dict], verdicts: lis
                     "header": ["arm", "student", *(["items", "reading"] if several else []), *cultures, "average"],
                     "rows": rows})
     out.append({"title": "Paired tests", "note": "",
-                "header": ["arm", "reference", "culture", "seed", "ΔJS", "95% interval", "p", "Holm p", "verdict"],
-                "rows": [[t["arm"], t["reference"], t["culture"], str(t["seed"]) if t["seed"] is not None else "-",
+                "header": ["arm", "student", "items", "reading", "reference", "culture", "seed", "ΔJS", "95% interval",
+                           "p", "Holm p", "verdict"],
+                "rows": [[t["arm"], t["student"], t["items"], t["reading"], t["reference"], t["culture"],
+                          str(t["seed"]) if t["seed"] is not None else "-",
                           f"{t['delta']:+.4f}", f"[{t['ci'][0]:+.4f}, {t['ci'][1]:+.4f}]", f"{t['p']:.3g}",
                           f"{t['p_holm']:.3g}", t["verdict"]] for t in tests]})
     return out

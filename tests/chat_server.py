@@ -1,7 +1,8 @@
 """An OpenAI-compatible chat server on 127.0.0.1 that the tests control: it answers each request with what its JSON
 schema allows (an adaptation that validates, else the schema's first allowed value), refuses the requests that name
 `marker` with `refusal`, and holds every request after the first `answer_first` until `release` is set, so a test can
-act while a run is certainly mid-flight (`holding` is set when the first request is held). Also serves llama-server's
+act while a run is certainly mid-flight (`holding` is set when the first request is held), and `kill` it there.
+Each chat request's session header is kept (`sessions`). Also serves llama-server's
 `/apply-template` and `/tokenize` (a prompt naming `marker` counts 10,000 tokens, any other 10)."""
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class ChatServer:
         self.marker: str | None = None
         self.refusal, self.answer_first = refusal, answer_first
         self.refused = self.chats = 0
+        self.sessions: list[str | None] = []  # each chat request's X-Session-ID header, in arrival order
+        self.dead = False  # `kill`: requests get no answer, the connection is dropped
         self.holding, self.release = threading.Event(), threading.Event()
         self.lock = threading.Lock()
         outer = self
@@ -51,10 +54,14 @@ class ChatServer:
                 if SELF_TEST_VALUE not in json.dumps(schema):
                     with outer.lock:
                         outer.chats += 1
+                        outer.sessions.append(self.headers.get("X-Session-ID"))
                         hold = outer.answer_first is not None and outer.chats > outer.answer_first
                     if hold:
                         outer.holding.set()
                         outer.release.wait()
+                    if outer.dead:
+                        self.close_connection = True
+                        return None
                     if outer.marker is not None and outer.marker in json.dumps(body["messages"]):
                         with outer.lock:
                             outer.refused += 1
@@ -84,6 +91,12 @@ class ChatServer:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self.spec = f"openai:m@{self.url}"
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+
+    def kill(self) -> None:
+        """Die as a crashed server does: held requests and any still arriving lose their connection unanswered,
+        and new connections are refused."""
+        self.dead = True
+        self.close()
 
     def close(self) -> None:
         self.release.set()

@@ -174,6 +174,8 @@ def test_a_planted_effect_is_closer_and_a_null_effect_is_not(tmp_path):
     def fake_sft(self, node, folder):  # which arm's adapter, by its dataset; the student is scripted
         (folder / "adapter").mkdir(parents=True, exist_ok=True)
         kind = self.built.nodes[node.inputs[0]].kind
+        for name in ("adapter_config.json", "adapter_model.safetensors"):  # what provenance hashes
+            (folder / "adapter" / name).write_text(kind)
         trained[str(folder / "adapter")] = "culture_free" if kind == "match_rows" else "clca"
         return {}
 
@@ -187,6 +189,9 @@ def test_a_planted_effect_is_closer_and_a_null_effect_is_not(tmp_path):
     assert float(rows["clca"]["p_holm_max_base"]) < 0.05
     assert rows["clca"]["verdict_culture_free"].startswith("closer than culture_free")
     assert rows["culture_free"]["verdict_base"].startswith("not distinguishable from base")
+    assert rows["base"]["verdict_culture_free"] == ""  # that is culture_free against base: tested once, not twice
+    paired = (tmp_path / "out" / "report.md").read_text().split("## Paired tests")[1]
+    assert paired.count("| clca44:test |") == 3  # clca vs base, clca vs culture_free, culture_free vs base
     assert float(rows["clca"]["js_CHN"]) < float(rows["base"]["js_CHN"])
     before = (tmp_path / "out" / "results.csv").read_text()
     write_report(tmp_path / "out")  # rebuilt from the stored results alone

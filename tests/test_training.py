@@ -39,8 +39,18 @@ def read_rows(name: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def sft_adapter(tiny_model_dir, tmp_path_factory):
+    import logging
+
     out = tmp_path_factory.mktemp("sft") / "adapter"
-    sft.main(tiny_args(tiny_model_dir, out))
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    root.handlers.clear()  # as in `study run`'s process: a root logger nobody configured
+    try:
+        sft.main(tiny_args(tiny_model_dir, out))
+        configured = (root.handlers[:], root.level)
+    finally:
+        root.handlers[:], root.level = handlers, level
+    assert configured == ([], level)  # the study goes on in this process: httpx must not log every request
     return out
 
 

@@ -201,6 +201,8 @@ def test_adapter_is_loaded_and_recorded(tiny_model_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from agents.models.lora_gguf import adapter_sha256
+
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     lora = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     lora.save_pretrained(tmp_path / "adapter")
@@ -209,4 +211,6 @@ def test_adapter_is_loaded_and_recorded(tiny_model_dir, tmp_path):
     main([*args, "--adapter", str(tmp_path / "adapter"), "--out", str(tmp_path / "adapted.json")])
     base_r, adapted_r = (json.loads((tmp_path / n).read_text()) for n in ("base.json", "adapted.json"))
     assert adapted_r["provenance"]["config"]["adapter"] == str(tmp_path / "adapter")
+    assert adapted_r["provenance"]["adapter_sha256"] == adapter_sha256(tmp_path / "adapter")
+    assert base_r["provenance"]["adapter_sha256"] is None
     assert base_r["items"][0]["model"] != adapted_r["items"][0]["model"]  # the random LoRA moved the answers

@@ -41,7 +41,7 @@ from training.common import (
     selected_rows,
 )
 from training.lengths import announce, check_prediction, measure_dpo, measure_splits, rows_used
-from training.run import train_and_save
+from training.run import console_logging, train_and_save
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def _check_pair(row: dict, where: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    console_logging()
     script_args, training_args, model_args = parse(make_parser(), argv)
     try:
         trainer, record = build_trainer(script_args, training_args, model_args)

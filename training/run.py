@@ -18,6 +18,17 @@ from agents.provenance import git_state
 
 log = logging.getLogger(__name__)
 
+
+def console_logging() -> None:
+    """The training package's INFO lines (resuming, merging) on stderr. Not the root logger's level: a process that
+    trains and goes on (`study run`) would otherwise print every library's INFO lines, httpx's one per request."""
+    logger = logging.getLogger("training")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
 TEMPLATES = Path(__file__).with_name("templates")
 
 

@@ -6,7 +6,8 @@ Specs:
   gguf:<path>                  any GGUF file on a managed `llama-server`
   smollm2-inprocess            the same SmolLM2 in process through transformers (for comparison)
   <hub id> | <local dir>       any causal LM, in process through transformers (`hf.py`; LoRA adapters too)
-  openai:<model>@<base url>    any OpenAI-compatible endpoint: `vllm serve`, your own llama-server (`openai_compat.py`)
+  openai:<model>@<base url>    any OpenAI-compatible endpoint: `vllm serve`, your own llama-server (`openai_compat.py`);
+                               `@<url>,<url>,...` for replicas of one model (`endpoints.py`)
   vllm:<hub id or dir>         the vLLM offline engine (optional `vllm` extra, GPU; `vllm_offline.py`)
   puppet[:<seconds>]           a fake that returns well-formed canned answers per task, optionally slow (`fake.py`)
 
@@ -66,7 +67,8 @@ def load_model(spec: str, *, adapter: str | None = None, load_in_4bit: bool = Fa
     """Turn a model spec from the command line into a ready `Model`.
 
     `max_batch` is the requests in flight (in-process batch size, server slots, HTTP connections).
-    `smollm2` with an `adapter` runs in process (`smollm2-inprocess`), as llama-server cannot load one.
+    An `adapter` (a PEFT LoRA folder) on `smollm2` or `gguf:PATH` is converted to a GGUF LoRA and served by the
+    managed llama-server (`--lora`); on an in-process model PEFT loads it.
     A managed llama-server writes its log to `log_dir`. Raises ModelSpecError (one line) for a spec
     that names nothing loadable, an adapter on a backend that cannot take one, or an endpoint that
     fails the structured-output self-test, or a spec that holds a credential (keys come from the environment).
@@ -77,11 +79,9 @@ def load_model(spec: str, *, adapter: str | None = None, load_in_4bit: bool = Fa
     if scoring and spec.split(":", 1)[0] in NON_SCORING:
         raise ModelSpecError(f"model spec {spec!r}: cannot score options (its backend gives no token "
                              "log-probabilities); in-process models and llama-server (smollm2, gguf:PATH) can")
-    if adapter and spec.split(":", 1)[0] in ("gguf", "openai", "vllm", "puppet"):
-        raise ModelSpecError(f"model spec {spec!r}: LoRA adapters load in process only "
-                             "(use smollm2, a hub id or a folder)")
-    if adapter and spec == SMOLLM2:
-        spec = f"{SMOLLM2}-inprocess"  # llama-server cannot take a PEFT adapter; transformers can
+    if adapter and spec.split(":", 1)[0] in ("openai", "vllm", "puppet"):
+        raise ModelSpecError(f"model spec {spec!r}: --adapter goes with smollm2, gguf:PATH, a hub id or a folder; "
+                             "on a server that serves adapters, name the adapter as the model (openai:ADAPTER@URL)")
     if spec == "puppet" or spec.startswith("puppet:"):
         delay = spec.partition(":")[2]
         try:
@@ -89,17 +89,26 @@ def load_model(spec: str, *, adapter: str | None = None, load_in_4bit: bool = Fa
         except ValueError:
             raise ModelSpecError(f"model spec {spec!r}: expected puppet or puppet:<seconds of latency>") from None
     elif spec == SMOLLM2 or spec.startswith("gguf:"):
-        backend = _managed(Path(smollm2_dir()) / SMOLLM2_GGUF if spec == SMOLLM2 else Path(spec[5:]), spec,
-                           max_batch, Path(log_dir))
+        gguf = Path(smollm2_dir()) / SMOLLM2_GGUF if spec == SMOLLM2 else Path(spec[5:])
+        backend = _managed(gguf, spec, max_batch, Path(log_dir), lora=_lora(adapter, gguf) if adapter else None)
         if structured:
             backend.self_test()
     elif spec.startswith("openai:"):
         from agents.models.openai_compat import OpenAIBackend
 
-        model, sep, base_url = spec.removeprefix("openai:").rpartition("@")
-        if not sep or not model or not base_url.startswith("http"):
-            raise ModelSpecError(f"model spec {spec!r}: expected openai:<model>@<http base url>")
-        backend = OpenAIBackend(model, base_url, max_in_flight=max_batch)
+        model, sep, base_urls = spec.removeprefix("openai:").rpartition("@")
+        urls = [u.strip() for u in base_urls.split(",")]
+        if not sep or not model or not all(u.startswith("http") for u in urls):
+            raise ModelSpecError(f"model spec {spec!r}: expected openai:<model>@<http base url>[,<http base url>...]")
+        if len({u.rstrip("/") for u in urls}) < len(urls):
+            raise ModelSpecError(f"model spec {spec!r}: an endpoint is named twice")
+        backends = [OpenAIBackend(model, u, max_in_flight=max_batch) for u in urls]
+        if len(backends) == 1:
+            backend = backends[0]
+        else:
+            from agents.models.endpoints import MultiEndpointBackend
+
+            backend = MultiEndpointBackend(backends, spec)
         if structured:
             backend.self_test()
     elif spec.startswith("vllm:"):
@@ -113,15 +122,25 @@ def load_model(spec: str, *, adapter: str | None = None, load_in_4bit: bool = Fa
     return Model(backend, spec, structured=structured)
 
 
-def _managed(gguf: Path, spec: str, slots: int, log_dir: Path):
-    """An OpenAI backend on this process's llama-server for `gguf` (started on first use)."""
+def _lora(adapter: str, gguf: Path) -> Path:
+    """The adapter as a GGUF LoRA for llama-server (`lora_gguf`: converted once, cached by content hash)."""
+    from agents.models.lora_gguf import gguf_lora
+
+    if not gguf.is_file():
+        raise ModelSpecError(f"adapter {adapter}: no base GGUF file at {gguf}")
+    return gguf_lora(adapter, gguf)
+
+
+def _managed(gguf: Path, spec: str, slots: int, log_dir: Path, lora: Path | None = None):
+    """An OpenAI backend on this process's llama-server for `gguf` (with the GGUF LoRA `lora` applied, if given;
+    started on first use)."""
     from agents.models.llama_server import shared_server
     from agents.models.openai_compat import OpenAIBackend
 
     if not gguf.is_file():
         raise ModelSpecError(f"model spec {spec!r}: no GGUF file at {gguf}")
     # Three slots an episode in flight: its inquirer's, responder's and observer's prompts each keep one.
-    server = shared_server(gguf, slots=3 * slots, log_dir=log_dir)
+    server = shared_server(gguf, slots=3 * slots, log_dir=log_dir, lora=lora)
     # The server is ours and takes no key: the user's OPENAI_API_KEY (meant for some provider) is not sent to it.
     backend = OpenAIBackend(gguf.stem, server.base_url, max_in_flight=server.slots, slots=server.slots,
                             api_key="EMPTY", engine="llama.cpp")

@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 
 # Every model spec `load_model` takes, as error messages and --model helps list them.
-MODEL_SPECS = ("smollm2, smollm2-inprocess, gguf:PATH, a hub id (org/name) or a model folder, openai:MODEL@URL, "
-               "vllm:MODEL, puppet[:SECONDS]")
+MODEL_SPECS = ("smollm2, smollm2-inprocess, gguf:PATH, a hub id (org/name) or a model folder, "
+               "openai:MODEL@URL[,URL...], vllm:MODEL, puppet[:SECONDS]")
 
 
 class ModelSpecError(ValueError):
@@ -137,6 +137,9 @@ class GenerationParams:
     # Requests with the same key continue one growing prompt (an episode's speaker or observer): an
     # engine with slots keeps them on one slot, so each turn processes only its new tokens.
     cache_key: str | None = None
+    # Requests of one episode (its speakers' and observer's) share a session: several endpoints send them all to one
+    # (its prefix cache), and a router in front of replicas reads it from the session header (`openai_compat`).
+    session: str | None = None
     # Repetition controls (off by default; the role-play, observer and judge stages set theirs).
     repetition: Repetition = Repetition()  # noqa: RUF009 - frozen
 
@@ -265,6 +268,12 @@ class Model:
             return {}
         applied = getattr(self.backend, "repetition_controls", None)
         return dict(applied(repetition)) if applied else {}
+
+    def endpoint_counts(self) -> dict[str, dict[str, int]] | None:
+        """Per endpoint of a spec with several (`openai:M@URL1,URL2`): {URL: {"requests", "failed"}} so far; else
+        None."""
+        counts = getattr(self.backend, "endpoint_counts", None)
+        return counts() if counts else None
 
     @property
     def context_tokens(self) -> int | None:

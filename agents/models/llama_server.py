@@ -231,22 +231,24 @@ class LlamaServer:
         return " | ".join(lines[-n:]) or "(no output)"
 
 
-_shared: dict[Path, LlamaServer] = {}
+_shared: dict[tuple[Path, Path | None], LlamaServer] = {}  # (GGUF, GGUF LoRA or None) -> its server
 _shared_lock = threading.Lock()
 
 
-def shared_server(gguf: Path, slots: int, log_dir: Path) -> LlamaServer:
-    """This process's server for `gguf`, started by its first caller with that caller's `slots` and `log_dir`.
+def shared_server(gguf: Path, slots: int, log_dir: Path, lora: Path | None = None) -> LlamaServer:
+    """This process's server for `gguf` (with the GGUF LoRA `lora` applied: `--lora`), started by its first caller
+    with that caller's `slots` and `log_dir`.
 
     One server per GGUF file per process, shared by every stage of a command, so the model is loaded
     once and prompts cached by one stage serve the next. A later caller that asks for more slots gets
     the same server: read `server.slots` for how many it has. A server that has died is restarted.
     """
-    key = Path(gguf).resolve()
+    key = (Path(gguf).resolve(), Path(lora).resolve() if lora else None)
     with _shared_lock:  # a second caller waits for the first one's server rather than starting another
         server = _shared.get(key)
         if server is None or not server.running or server._owner != os.getpid():
-            server = _shared[key] = LlamaServer(key, slots=slots, log_dir=Path(log_dir)).start()
+            extra = ("--lora", str(key[1])) if lora else ()
+            server = _shared[key] = LlamaServer(key[0], slots=slots, log_dir=Path(log_dir), extra_args=extra).start()
         return server
 
 

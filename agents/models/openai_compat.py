@@ -19,6 +19,9 @@ Repetition controls (`GenerationParams.repetition`) go out in the fields of the 
 `GET /version`) takes `repetition_penalty` and `frequency_penalty` and has no DRY; any other endpoint gets the
 OpenAI API's `frequency_penalty` only. `CLCA_OPENAI_ENGINE=llama.cpp|vllm|openai` names the engine instead.
 
+An episode's requests carry its session (`GenerationParams.session`) in the `X-Session-ID` header, so a router in
+front of replicas can keep the episode on one (`CLCA_SESSION_HEADER` renames the header; empty sends none).
+
 `CLCA_REQUEST_TIMEOUT_S` (seconds, default 600) bounds one request: a server that accepts a request and never
 answers costs that long per attempt. The default suits a slow CPU model writing a long answer.
 """
@@ -39,10 +42,10 @@ from agents.models.base import (
     Completion,
     GenerationParams,
     MalformedReply,
-    Repetition,
     Message,
     ModelSpecError,
     PermanentModelError,
+    Repetition,
     ScoreRequest,
     banned_token_ids,
     refuse_credentials,
@@ -50,6 +53,8 @@ from agents.models.base import (
 from agents.models.scoring import option_logprobs, prefixes_to_read
 
 ENV_TIMEOUT = "CLCA_REQUEST_TIMEOUT_S"
+ENV_SESSION_HEADER = "CLCA_SESSION_HEADER"
+SESSION_HEADER = "X-Session-ID"  # what a router keys replica affinity on (vLLM production-stack: --session-key)
 ENV_ENGINE = "CLCA_OPENAI_ENGINE"
 ENGINES = ("llama.cpp", "vllm", "openai")
 # DRY over "the whole context" on a llama-server whose context size is unknown: long enough for any episode here,
@@ -173,6 +178,8 @@ class OpenAIBackend:
             body["logit_bias"] = {str(i): -100 for i in self._ban(params.banned)}
         if self.slots and params.cache_key:
             body["id_slot"] = self._slot(params.cache_key)
+        if params.session and (header := session_header()):
+            kwargs["extra_headers"] = {header: params.session}
         if params.repetition.active:
             controls = self.repetition_controls(params.repetition)
             if "frequency_penalty" in controls:
@@ -454,3 +461,8 @@ def request_timeout() -> float:
     if not value > 0:
         raise ModelSpecError(f"{ENV_TIMEOUT}={text!r}: expected a number of seconds above 0")
     return value
+
+
+def session_header() -> str | None:
+    """The header an episode's session goes out in: CLCA_SESSION_HEADER if set (empty: none), else X-Session-ID."""
+    return os.environ.get(ENV_SESSION_HEADER, SESSION_HEADER) or None

@@ -28,6 +28,7 @@ import numpy as np
 
 from agents.answers import answer_format, wvs_label_schema, wvs_schema, wvs_shares_schema
 from agents.models import UNSTRUCTURED_HELP, GenerationParams, Model, ModelSpecError, load_model
+from agents.models.lora_gguf import adapter_sha256
 from agents.prompts import PromptError, Prompts
 from agents.provenance import git_state
 from eval.wvs.distribution import DistributionReader
@@ -154,6 +155,7 @@ def evaluate(cfg: EvalConfig, model: Model | None = None) -> dict:
     return {
         "provenance": {
             "config": asdict(cfg),
+            "adapter_sha256": adapter_sha256(cfg.adapter) if cfg.adapter else None,
             "prompt": prompt_kind,
             "prompt_versions": prompts.versions(template_names),
             "items": [it.qid for it in items],
@@ -209,7 +211,7 @@ def _reader(cfg: EvalConfig, model: Model | None):
                                log_dir=Path(cfg.out).parent, scoring=True)
         return LogprobReader(model)
     if cfg.adapter and not in_process:
-        raise WVSError(f"--adapter works with in-process models only, not {cfg.model!r}")
+        raise WVSError(f"--adapter works with smollm2, gguf:PATH and in-process models, not {cfg.model!r}")
     if model is None:
         model = load_model(cfg.model, adapter=cfg.adapter, max_batch=cfg.batch_size, structured=not cfg.unstructured,
                            log_dir=Path(cfg.out).parent)

@@ -47,8 +47,8 @@ def no_filter(b: Builder, culture: str, student: Student) -> None:
 
 def culture_free(b: Builder, culture: str, student: Student) -> None:
     """The control that isolates culture: the same pipeline on the unadapted SOTOPIA seeds with the ungrounded
-    persona prompt (`roleplay_system_ungrounded`), judged and filtered alike, its training rows drawn (seeded) to as
-    many as `clca` trains on. What it moves is what any role-play fine-tuning moves."""
+    persona, observer and training-row prompts (`pipeline.UNGROUNDED`), judged and filtered alike, its training rows
+    drawn (seeded) to as many as `clca` trains on. What it moves is what any role-play fine-tuning moves."""
     matched = b.match_rows(culture, b.dataset(culture, "culture_free"), like=b.dataset(culture, "cultural"))
     b.trained("culture_free", culture, student, matched)
 

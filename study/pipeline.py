@@ -20,7 +20,19 @@ from study.config import Student, Study
 
 PIPELINES = ("cultural", "culture_free")  # adapted scenarios + grounded personas; SOTOPIA seeds + ungrounded personas
 MODEL_PARAMS = ("model", "judge_model")  # the parameters that hold model specs
+# What the culture_free control plays, observes and trains on without the culture: each template's `_ungrounded`
+# version, copied under its plain name into the control's prompts folder (study.run).
+UNGROUNDED = ("roleplay_system", "observer_system", "observer_turn", "sft_dialogue_system", "sft_intent_system")
 PAPER_FILTER = "paper"  # training.dataset's default rule (graphs.judge.PAPER_RULE_TEXT)
+
+
+def ungrounded_versions() -> dict[str, str]:
+    """The control's templates, name -> version of its `_ungrounded` source: in its nodes' keys, so a changed template
+    runs the control again."""
+    from agents.prompts import Prompts
+
+    prompts = Prompts()
+    return {name: prompts.version(f"{name}_ungrounded") for name in UNGROUNDED}
 
 
 @dataclass(frozen=True)
@@ -83,7 +95,8 @@ class Builder:
         m, s = self.study.roleplay, self.study.sizes
         params = {"episodes": s.episodes, "samples": s.samples, "max_turns": s.rounds, "model": m.model, "seed": 0,
                   "unstructured": m.unstructured, "use_seeds": pipeline == "culture_free",
-                  "ungrounded": pipeline == "culture_free", "db": self.store(culture, pipeline)}
+                  "ungrounded": ungrounded_versions() if pipeline == "culture_free" else False,
+                  "db": self.store(culture, pipeline)}
         if pipeline == "culture_free":  # the seeds the cultural pipeline adapted, as they were: only culture differs
             params["seeds_of"] = self.store(culture, "cultural")
         inputs = (self.adapt(culture),)
@@ -110,6 +123,8 @@ class Builder:
         source = self.judge(culture, pipeline) if filter != "none" else self.simulate(culture, pipeline)
         params = {"views": views, "filter": filter, "seed": 0, "db": self.store(culture, pipeline),
                   "judge_model": self.study.judge_model.model if filter != "none" else None}
+        if pipeline == "culture_free":  # its rows' system turns name no culture either
+            params["ungrounded"] = ungrounded_versions()
         inputs: tuple[str, ...] = (source,)
         if contrastive:  # only then a key, so the ids of exports without pairs stay what they were
             params["contrastive_model"] = self.study.roleplay.model

@@ -35,9 +35,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
 from study.config import Study, load_study, preset_path
-from study.pipeline import Builder, Node, build
-
-UNGROUNDED = "roleplay_system_ungrounded"
+from study.pipeline import UNGROUNDED, Builder, Node, build
 
 
 class StudyRunError(RuntimeError):
@@ -252,13 +250,14 @@ class _Runner:
         return ids
 
     def _ungrounded_prompts(self) -> str:
-        """A prompts folder whose `roleplay_system` is the ungrounded persona prompt (the culture never named)."""
+        """The control's prompts folder: each template of `UNGROUNDED` as its `_ungrounded` version (the personas',
+        the observer's and the training rows' system turns: the culture never named)."""
         import agents.prompts
 
         folder = self.out / "prompts" / "ungrounded"
         folder.mkdir(parents=True, exist_ok=True)
-        source = Path(agents.prompts.__file__).with_name(f"{UNGROUNDED}.j2")
-        shutil.copyfile(source, folder / "roleplay_system.j2")
+        for name in UNGROUNDED:
+            shutil.copyfile(Path(agents.prompts.__file__).with_name(f"{name}_ungrounded.j2"), folder / f"{name}.j2")
         return str(folder)
 
     def judge(self, node: Node, folder: Path) -> dict:
@@ -289,6 +288,8 @@ class _Runner:
         argv += ["--filter", "none"] if p["filter"] == "none" else ["--judge-model", p["judge_model"]]
         if p.get("contrastive_model"):
             argv += ["--contrastive-model", p["contrastive_model"]]
+        if p.get("ungrounded"):
+            argv += ["--prompts", self._ungrounded_prompts()]
         stats = _entry_point(dataset.main, argv, "training.dataset")
         return {"rows": {k: v["total"] for k, v in stats["rows"].items()}}
 

@@ -76,6 +76,9 @@ def test_every_arm_runs_and_shared_stages_run_once(finished):
     prompts = {json.loads(r[0])["roleplay_system"] for r in free.execute("select prompt_versions from episodes")}
     grounded = {json.loads(r[0])["roleplay_system"] for r in db.execute("select prompt_versions from episodes")}
     assert prompts.isdisjoint(grounded)  # ... with the ungrounded persona prompt
+    for name in ("observer_system", "observer_turn"):  # ... and the ungrounded observer
+        free_v = {json.loads(r[0])[name] for r in free.execute("select prompt_versions from episodes")}
+        assert free_v.isdisjoint({json.loads(r[0])[name] for r in db.execute("select prompt_versions from episodes")})
     # the control trains on as many rows as clca
     stages = out / "stages"
     clca_rows = {json.loads((d / "done.json").read_text())["rows"]["sft_train.jsonl"]
@@ -83,6 +86,14 @@ def test_every_arm_runs_and_shared_stages_run_once(finished):
     matched = next(stages.glob("match_rows-*"))
     like = json.loads((matched / "request.json").read_text())["inputs"][1]
     assert clca_rows == {len((stages / like / "data" / "sft_train.jsonl").read_text().splitlines())}
+
+    def systems(export: Path) -> list[str]:
+        return [m["content"] for line in (export / "sft_train.jsonl").open()
+                for m in json.loads(line)["messages"] if m["role"] == "system"]
+
+    # the control's training rows never name the culture; clca's do (the grounded templates)
+    assert not any("Chinese" in text for text in systems(matched / "data"))
+    assert any("Chinese culture" in text for text in systems(stages / like / "data"))
     for adapter in stages.glob("sft-*/adapter"):
         assert (adapter / "adapter_model.safetensors").is_file()
     # dpo continues clca's own SFT adapter, on the export that holds the contrastive pairs

@@ -65,13 +65,14 @@ def by_hand(work: Path, student: str, seeds: int, episodes: int) -> None:
     import agents.prompts
     from eval.wvs import run as wvs
     from graphs import adapt, judge, simulate
+    from study.pipeline import UNGROUNDED
     from training import dataset, sft
 
     cultural, free = str(work / "cultural.db"), str(work / "free.db")
-    ungrounded = work / "ungrounded"
+    ungrounded = work / "ungrounded"  # the control's templates, as the study writes them
     ungrounded.mkdir()
-    shutil.copyfile(Path(agents.prompts.__file__).with_name("roleplay_system_ungrounded.j2"),
-                    ungrounded / "roleplay_system.j2")
+    for name in UNGROUNDED:
+        shutil.copyfile(Path(agents.prompts.__file__).with_name(f"{name}_ungrounded.j2"), ungrounded / f"{name}.j2")
     common = ["--culture", CULTURE, "--model", "puppet", "--no-progress"]
     play = ["--episodes", str(episodes), "--samples", "2", "--max-turns", "3"]
     adapt.main([*common, "--n", str(seeds), "--db", cultural])
@@ -79,7 +80,8 @@ def by_hand(work: Path, student: str, seeds: int, episodes: int) -> None:
     simulate.main([*common, *play, "--db", free, "--use-seeds", "--prompts", str(ungrounded)])
     for db, out in ((cultural, "data-clca"), (free, "data-free")):
         judge.main([*common, "--db", db])
-        dataset.main(["--culture", CULTURE, "--db", db, "--out", str(work / out), "--judge-model", "puppet"])
+        dataset.main(["--culture", CULTURE, "--db", db, "--out", str(work / out), "--judge-model", "puppet",
+                      *(["--prompts", str(ungrounded)] if db == free else [])])
     # the control trains on as many rows as clca: a seeded draw of its rows
     rows = (work / "data-free" / "sft_train.jsonl").read_text().splitlines()
     target = len((work / "data-clca" / "sft_train.jsonl").read_text().splitlines())

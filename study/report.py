@@ -22,10 +22,15 @@ from __future__ import annotations
 
 import csv
 import json
+import sqlite3
 from collections import defaultdict
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
+
+from agents.provenance import git_commit
+from study.arms import ARMS
 
 METRICS = ["js", "anchored_score", "kl", "paper_kl", "emd", "map_distance", "accuracy"]
 TEST_METRIC = "js"
@@ -128,6 +133,24 @@ def verdict(tests: list[dict], reference: str) -> str:
     return f"mixed against {reference}: {closer} of {len(tests)} tests closer, {further} further"
 
 
+def training_rows(out: Path, study: dict) -> dict[str, str]:
+    """arm -> the SFT training rows its adapters trained on (the count of the export, matched draw or survey rows
+    an SFT node read; several counts when its runs differ)."""
+    nodes, counts = study["nodes"], {}
+    for scored in study.get("scored", []):
+        sft = next((i for i in nodes[scored["node"]]["inputs"] if nodes[i]["kind"] in ("sft", "dpo")), None)
+        while sft is not None and nodes[sft]["kind"] == "dpo":  # dpo: the SFT run it continues
+            sft = next((i for i in nodes[sft]["inputs"] if nodes[i]["kind"] == "sft"), None)
+        if sft is None:
+            continue
+        data = out / "stages" / nodes[sft]["inputs"][0] / "done.json"
+        if data.is_file():
+            rows = _load(data).get("rows", {}).get("sft_train.jsonl")
+            if rows is not None:
+                counts.setdefault(scored["arm"], set()).add(rows)
+    return {arm: ", ".join(map(str, sorted(n))) for arm, n in counts.items()}
+
+
 def write_report(out: str | Path) -> dict[str, Path]:
     """Write DIR/report.md and DIR/results.csv; returns their paths."""
     out = Path(out)
@@ -170,7 +193,7 @@ def write_report(out: str | Path) -> dict[str, Path]:
         writer.writerows(table)  # `evaluations`: the stored evaluations a row's numbers are from
     record = provenance(out, study)
     (out / "provenance.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    parts = sections(config, cultures, table, verdicts, tests, several)
+    parts = sections(config, cultures, table, verdicts, tests, several, training_rows(out, study))
     (out / "report.md").write_text(_markdown(config, parts, record))
     from study.report_html import write_html
 
@@ -179,14 +202,19 @@ def write_report(out: str | Path) -> dict[str, Path]:
 
 
 def sections(config: dict, cultures: list[str], table: list[dict], verdicts: list, tests: list,
-             several: bool) -> list[dict]:
+             several: bool, trained: dict[str, str]) -> list[dict]:
     """The report's tables, for every renderer (markdown here, HTML in `study.report_html`): each
     {"title", "note" (a sentence or ""), "header" [str], "rows" [[str]]}."""
     note = (f"Paired bootstrap on JS, one test per culture and training seed, {len(tests)} tests Holm-corrected "
-            "together (eval.wvs.paired).")
+            "together (eval.wvs.paired). ΔJS is the arm's JS minus the reference's: negative is closer to the survey. "
+            "An arm closer than base but not distinguishable from culture_free moved as any role-play fine-tuning "
+            "does, not through the culture; cultural learning shows as closer than both.")
     out = [{"title": "Verdicts", "note": note,
             "header": ["arm", "against base", "against culture_free"],
-            "rows": [[label, vb or "-", vc or "-"] for label, vb, vc in verdicts]}]
+            "rows": [[label, vb or "-", vc or "-"] for label, vb, vc in verdicts]},
+           {"title": "Arms", "note": "What each arm is (study.arms) and the SFT rows its adapter trained on.",
+            "header": ["arm", "recipe", "training rows"],
+            "rows": [[name, ARMS[name].doc, trained.get(name, "-")] for name in config["arms"]]}]
     for metric in METRICS:
         if not any(line.get(f"{metric}_{c}", "") != "" for line in table for c in [*cultures, "average"]):
             continue
@@ -202,7 +230,8 @@ def sections(config: dict, cultures: list[str], table: list[dict], verdicts: lis
         out.append({"title": f"{metric} ({better} is better; mean over seeds and formats [95% interval])", "note": "",
                     "header": ["arm", "student", *(["items", "reading"] if several else []), *cultures, "average"],
                     "rows": rows})
-    out.append({"title": "Paired tests", "note": "",
+    out.append({"title": "Paired tests", "note": "Each interval is the bootstrap's own (95%, not corrected); the "
+                "verdict reads the Holm p (eval.wvs.paired: 'no detectable change' where Holm p >= 0.05).",
                 "header": ["arm", "student", "items", "reading", "reference", "culture", "seed", "ΔJS", "95% interval",
                            "p", "Holm p", "verdict"],
                 "rows": [[t["arm"], t["student"], t["items"], t["reading"], t["reference"], t["culture"],
@@ -251,21 +280,33 @@ def provenance(out: Path, study: dict) -> dict:
             prov = _load(folder / "results.json")["provenance"]
             commits.add(prov.get("git_commit") or "")
             prompts.update(prov.get("prompt_versions") or {})
-        if (folder / "data" / "stats.json").is_file():
+        if node["kind"] == "dataset" and (folder / "data" / "stats.json").is_file():
             stats = _load(folder / "data" / "stats.json")
-            prompts.update((stats.get("provenance") or stats).get("prompt_versions") or {})
+            where = Path(node["params"]["db"]).stem  # the pipeline: the control's rows have their own templates
+            versions = (stats.get("provenance") or stats).get("prompt_versions") or {}
+            prompts.update({f"{name} ({where})": v for name, v in versions.items()})
         stages[node_id] = entry
+    for db in sorted((out / "stores").glob("*.db")):  # what each pipeline played, observed and judged with
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            for table in ("episodes", "judgements"):
+                column = "prompt_versions" if table == "episodes" else "prompt_version"
+                for (text,) in conn.execute(f"select distinct {column} from {table}"):
+                    versions = json.loads(text) if text and text.startswith("{") else {}
+                    prompts.update({f"{name} ({db.stem})": v for name, v in versions.items()})
     models = {"roleplay": config["roleplay"]["model"], "judge": (config.get("judge") or config["roleplay"])["model"],
-              "students": [s["model"] for s in config["students"]]}
-    return {"git_commits": sorted(c for c in commits if c), "models": models, "prompt_versions": dict(sorted(
-        prompts.items())), "stages": stages}
+              "students": [s["model"] for s in config["students"]],
+              "evaluated": [s.get("eval_model") or s["model"] for s in config["students"]]}
+    return {"git_commits": sorted(c for c in commits if c), "report_git_commit": git_commit(), "models": models,
+            "prompt_versions": dict(sorted(prompts.items())), "stages": stages}
 
 
 def provenance_text(record: dict) -> str:
     adapters = {i: s["adapter_sha256"][:16] for i, s in record["stages"].items() if "adapter_sha256" in s}
-    return (f"git {', '.join(c[:12] for c in record['git_commits']) or 'unknown'}; role-play "
+    return (f"git {', '.join(c[:12] for c in record['git_commits']) or 'unknown'} (report built at "
+            f"{(record.get('report_git_commit') or 'unknown')[:12]}); role-play "
             f"{record['models']['roleplay']}, judge {record['models']['judge']}, students "
-            f"{', '.join(record['models']['students'])}; prompt versions "
+            f"{', '.join(record['models']['students'])} (evaluated as {', '.join(record['models']['evaluated'])})"
+            f"; prompt versions "
             + ", ".join(f"{k} {v}" for k, v in record["prompt_versions"].items())
             + "; adapters (sha256) " + (", ".join(f"{i} {h}" for i, h in adapters.items()) or "none")
             + f"; every stage's request and seconds in provenance.json ({len(record['stages'])} stages).")

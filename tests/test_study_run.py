@@ -139,8 +139,15 @@ def test_report_has_a_row_per_arm_with_intervals_and_verdicts(finished):
     record = json.loads((out / "provenance.json").read_text())
     adapters = {i for i, s in record["stages"].items() if s["kind"] in ("sft", "dpo")}
     assert adapters and all(len(record["stages"][i]["adapter_sha256"]) == 64 for i in adapters)
-    assert record["prompt_versions"]["wvs_country"] and record["git_commits"]
+    assert record["prompt_versions"]["wvs_country"] and record["git_commits"] and record["report_git_commit"]
+    versions = record["prompt_versions"]  # what each pipeline played, observed and trained with, from its store
+    for name in ("roleplay_system", "observer_turn", "sft_dialogue_system"):
+        assert versions[f"{name} (chn-cultural)"] != versions[f"{name} (chn-culture_free)"]
     assert all(r["evaluations"] for r in rows)
+    # what each arm is and how many rows trained it: clca's export and the control's matched draw alike
+    arms = {line.split(" | ")[0].strip("| "): line.split(" | ")[-1].strip(" |")
+            for line in text.split("## Arms")[1].split("##")[0].splitlines() if line.startswith("| ")}
+    assert arms["base"] == "-" and arms["clca"] == arms["culture_free"] != "-" and set(arms) >= set(study.arms)
     # report.html stands alone: the figures are inline, nothing is fetched
     page = (out / "report.html").read_text()
     assert page.count("<svg") == 1 and "No map: the evaluation did not ask the map's ten items" in page

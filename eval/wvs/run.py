@@ -155,7 +155,7 @@ def evaluate(cfg: EvalConfig, model: Model | None = None) -> dict:
     return {
         "provenance": {
             "config": asdict(cfg),
-            "adapter_sha256": adapter_sha256(cfg.adapter) if cfg.adapter else None,
+            "adapter_sha256": _adapter_hash(cfg.adapter),
             "prompt": prompt_kind,
             "prompt_versions": prompts.versions(template_names),
             "items": [it.qid for it in items],
@@ -179,6 +179,15 @@ def evaluate(cfg: EvalConfig, model: Model | None = None) -> dict:
         "map": map_section(positions[first]),
         "answers": answer_records,
     }
+
+
+def _adapter_hash(adapter: str | None) -> str | None:
+    """The adapter's content hash (`adapter_sha256`), None without one or where the folder holds no PEFT files (a
+    test's scripted model reads no weights)."""
+    try:
+        return adapter_sha256(adapter) if adapter else None
+    except ModelSpecError:
+        return None
 
 
 def _survey_provenance(survey, countries) -> dict:

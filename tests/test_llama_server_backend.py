@@ -46,18 +46,20 @@ def test_structured_answers_from_the_real_server_validate(server):
 
 def test_a_server_stopped_and_restarted_mid_run_is_retried(server, gguf, tmp_path):
     model = load_model(f"openai:smollm2@{server.base_url}", max_batch=1)
-    model._backoff_s = 0.5
+    # Enough attempts that a server still loading its model (503 under load) cannot use them all up.
+    model._backoff_s, model._max_attempts = 0.5, 50
     port, binary = server.port, find_llama_server()
     server.close()  # the endpoint goes away between two requests
     restarted = {}
 
-    def restart():
-        time.sleep(1.0)
+    def restart():  # once the run has certainly been refused (its first retry is counted), not after a guessed delay
+        while model.usage.retries < 1:
+            time.sleep(0.05)
         restarted["proc"] = subprocess.Popen(
             [str(binary), "-m", str(gguf), "-t", "2", "--host", "127.0.0.1", "--port", str(port), "--no-webui"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    threading.Thread(target=restart).start()
+    threading.Thread(target=restart, daemon=True).start()
     try:
         [answer] = model.chat_many([[{"role": "user", "content": "Say hello."}]], task="t",
                                    params=GenerationParams(max_new_tokens=8))

@@ -44,7 +44,6 @@ from agents.models import (
     ModelSpecError,
     Repetition,
     RepetitionError,
-    model_identity,
 )
 from agents.prompts import PromptError, Prompts
 from agents.records import Culture, Intent, Scenario, Turn
@@ -275,7 +274,7 @@ def _store_failure(store: Store, ep_id: str, failure, usage: dict, row: EpisodeR
 async def _plan(sim: Simulation) -> dict:
     r = sim.request
     scenarios = await asyncio.to_thread(scenarios_for, r, sim.db)
-    plan = plan_episodes(scenarios, sim.culture.code, model_identity(r.model), r.seed, r.episodes, r.samples)
+    plan = plan_episodes(scenarios, sim.culture.code, r.model, r.seed, r.episodes, r.samples)  # ids: by identity
 
     def record(store: Store) -> tuple[str, list[str], set[str]]:
         if r.use_seeds:  # insert or ignore: runs started together on a new store share the seeds

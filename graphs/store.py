@@ -478,7 +478,8 @@ class Store:
                 "select id, scenario_id, culture, model, seed, sample from episodes").fetchall():
             new = episode_id(scenario, culture, model, seed, sample)
             if new != old and new not in taken and old.startswith("ep-"):
-                renamed[old], taken = new, taken | {new}
+                renamed[old] = new
+                taken.add(new)
         for old, new in renamed.items():
             db.execute("update episodes set id = ? where id = ?", [new, old])
             for table in ("turns", "intents", "judgements", "contrasts"):
@@ -488,8 +489,7 @@ class Store:
         for old, ep, turn, model, seed, structured, versions in db.execute(
                 "select id, episode_id, turn_index, model, seed, structured, prompt_versions from contrasts").fetchall():
             new = contrast_id(ep, turn, model, seed, bool(structured), _loads(versions) or {})
-            if new != old:
-                db.execute("update or ignore contrasts set id = ? where id = ?", [new, old])
+            if new != old and db.execute("update or ignore contrasts set id = ? where id = ?", [new, old]).rowcount:
                 db.execute("update or replace failures set item_id = ? where item_id = ? and stage = 'contrast'",
                            [new, old])
         return renamed

@@ -11,6 +11,7 @@ once, in an order where every node comes after its inputs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -28,11 +29,16 @@ PAPER_FILTER = "paper"  # training.dataset's default rule (graphs.judge.PAPER_RU
 
 def ungrounded_versions() -> dict[str, str]:
     """The control's templates, name -> version of its `_ungrounded` source: in its nodes' keys, so a changed template
-    runs the control again."""
+    runs the control again. Read once per process (a plan builds a node per culture and pipeline)."""
+    return dict(_ungrounded_versions())
+
+
+@functools.cache
+def _ungrounded_versions() -> tuple[tuple[str, str], ...]:
     from agents.prompts import Prompts
 
     prompts = Prompts()
-    return {name: prompts.version(f"{name}_ungrounded") for name in UNGROUNDED}
+    return tuple((name, prompts.version(f"{name}_ungrounded")) for name in UNGROUNDED)
 
 
 @dataclass(frozen=True)

@@ -288,11 +288,11 @@ def provenance(out: Path, study: dict) -> dict:
         stages[node_id] = entry
     for db in sorted((out / "stores").glob("*.db")):  # what each pipeline played, observed and judged with
         with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-            for table in ("episodes", "judgements"):
-                column = "prompt_versions" if table == "episodes" else "prompt_version"
-                for (text,) in conn.execute(f"select distinct {column} from {table}"):
-                    versions = json.loads(text) if text and text.startswith("{") else {}
-                    prompts.update({f"{name} ({db.stem})": v for name, v in versions.items()})
+            for (text,) in conn.execute("select distinct prompt_versions from episodes"):  # JSON {name: version}
+                prompts.update({f"{name} ({db.stem})": v for name, v in (json.loads(text) if text else {}).items()})
+            for (text,) in conn.execute("select distinct prompt_version from judgements"):  # "name:version,..."
+                prompts.update({f"{name} ({db.stem})": v for name, _, v in
+                                (part.partition(":") for part in (text or "").split(",") if part)})
     models = {"roleplay": config["roleplay"]["model"], "judge": (config.get("judge") or config["roleplay"])["model"],
               "students": [s["model"] for s in config["students"]],
               "evaluated": [s.get("eval_model") or s["model"] for s in config["students"]]}

@@ -143,6 +143,7 @@ def test_report_has_a_row_per_arm_with_intervals_and_verdicts(finished):
     versions = record["prompt_versions"]  # what each pipeline played, observed and trained with, from its store
     for name in ("roleplay_system", "observer_turn", "sft_dialogue_system"):
         assert versions[f"{name} (chn-cultural)"] != versions[f"{name} (chn-culture_free)"]
+    assert versions["judge_system (chn-cultural)"] == versions["judge_system (chn-culture_free)"]  # one judge
     assert all(r["evaluations"] for r in rows)
     # what each arm is and how many rows trained it: clca's export and the control's matched draw alike
     arms = {line.split(" | ")[0].strip("| "): line.split(" | ")[-1].strip(" |")

@@ -90,6 +90,8 @@ def load_model(spec: str, *, adapter: str | None = None, load_in_4bit: bool = Fa
             raise ModelSpecError(f"model spec {spec!r}: expected puppet or puppet:<seconds of latency>") from None
     elif spec == SMOLLM2 or spec.startswith("gguf:"):
         gguf = Path(smollm2_dir()) / SMOLLM2_GGUF if spec == SMOLLM2 else Path(spec[5:])
+        if not gguf.is_file():
+            raise ModelSpecError(f"model spec {spec!r}: no GGUF file at {gguf}")
         backend = _managed(gguf, spec, max_batch, Path(log_dir), lora=_lora(adapter, gguf) if adapter else None)
         if structured:
             backend.self_test()
@@ -126,8 +128,6 @@ def _lora(adapter: str, gguf: Path) -> Path:
     """The adapter as a GGUF LoRA for llama-server (`lora_gguf`: converted once, cached by content hash)."""
     from agents.models.lora_gguf import gguf_lora
 
-    if not gguf.is_file():
-        raise ModelSpecError(f"adapter {adapter}: no base GGUF file at {gguf}")
     return gguf_lora(adapter, gguf)
 
 
@@ -137,8 +137,6 @@ def _managed(gguf: Path, spec: str, slots: int, log_dir: Path, lora: Path | None
     from agents.models.llama_server import shared_server
     from agents.models.openai_compat import OpenAIBackend
 
-    if not gguf.is_file():
-        raise ModelSpecError(f"model spec {spec!r}: no GGUF file at {gguf}")
     # Three slots an episode in flight: its inquirer's, responder's and observer's prompts each keep one.
     server = shared_server(gguf, slots=3 * slots, log_dir=log_dir, lora=lora)
     # The server is ours and takes no key: the user's OPENAI_API_KEY (meant for some provider) is not sent to it.
